@@ -1,0 +1,273 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the agent (`lb-userspace`).
+//!
+//! Every map key and value is `#[repr(C)]`, has explicit padding fields that both sides
+//! keep zeroed (the kernel hashes and compares keys byte for byte), and has its size
+//! asserted at compile time so that a change of layout is a deliberate act.
+//!
+//! Addresses are stored as four `u32` words holding the address bytes in network order
+//! (an IPv4 address uses the first word, the rest stay zero). Ports are stored in network
+//! byte order, exactly as they appear on the wire, so the fast path never swaps bytes.
+#![no_std]
+
+mod hash;
+#[cfg(feature = "user")]
+mod user;
+
+pub use hash::flow_hash;
+#[cfg(feature = "user")]
+pub use user::{addr_words, words_addr};
+
+/// Address family tags used in keys (`family` fields).
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// IP protocol numbers the load balancer handles.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// A Maglev slot that names no backend: the VIP has no backend in rotation.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Capacities of the fixed-size maps. The connection table and the Maglev ring are
+/// sized by the agent at load time; these are their defaults.
+pub const MAX_VIPS: u32 = 1024;
+pub const MAX_BACKENDS: u32 = 16384;
+pub const MAX_INTERFACES: u32 = 64;
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
+pub const DEFAULT_MAGLEV_RING_ENTRIES: u32 = 1 << 22;
+
+/// Names of the maps in the XDP object, used by the agent and the tests.
+pub mod map_names {
+    pub const VIPS: &str = "VIPS";
+    pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
+    pub const MAGLEV_RING: &str = "MAGLEV_RING";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+}
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "weir_xdp";
+
+/// Key of the VIP table: (address, port, protocol). Port 0 means every port of the
+/// address; the fast path tries the exact port first, then port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// Key of the VIP address set: every address that carries at least one VIP. Used for
+/// packets whose ports cannot be read (fragments), so they are never mistaken for
+/// traffic to the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipAddressKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<VipAddressKey>() == 20);
+
+/// `VipMeta::flags`: pick backends by the client address only (client affinity).
+pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
+
+/// Value of the VIP table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS`, and the owner tag checked in `Backend::vip_id`.
+    pub id: u32,
+    pub flags: u32,
+    /// This VIP's Maglev table is `MAGLEV_RING[ring_base .. ring_base + ring_size]`.
+    pub ring_base: u32,
+    pub ring_size: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// `Backend::flags`: established flows may keep using this backend. Cleared when a
+/// backend is removed, so its flows move to the backend that now owns their slot.
+pub const BACKEND_ACCEPTS_FLOWS: u8 = 1 << 0;
+
+/// Value of the backend array, indexed by backend id (a Maglev slot's content).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// The VIP this backend serves; a flow entry whose VIP differs is stale.
+    pub vip_id: u32,
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+
+/// Key of the connection table: the flow's 5-tuple as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 4);
+
+/// Per-CPU traffic counters kept per VIP and per backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
+
+/// What the program did with a packet, for the per-CPU `GLOBAL_STATS` array.
+///
+/// Every packet is counted under exactly one *verdict reason* (the variants before
+/// `FlowNew`); the variants from `FlowNew` on are *events* that happen on the way and
+/// are counted in addition.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
+    /// Not IPv4/IPv6 (ARP, LLDP, stacked VLANs …): passed to the kernel.
+    PassNotIp = 0,
+    /// IP, but not for a VIP: passed to the kernel.
+    PassNotVip,
+    /// Forwarded to a backend out of the ingress interface.
+    Tx,
+    /// Forwarded to a backend out of another interface.
+    Redirect,
+    /// The VIP has no backend in rotation.
+    DropNoBackend,
+    /// An IP fragment addressed to a VIP address (see docs/architecture.md).
+    DropFragment,
+    /// Headers cut short or inconsistent.
+    DropMalformed,
+    /// The backend's next hop has no resolved neighbour entry yet.
+    DropFibNoNeigh,
+    /// Forwarding is disabled on the ingress interface (the agent enables it on the
+    /// interfaces it attaches to).
+    DropFibForwardingDisabled,
+    /// No usable route to the backend (unreachable, blackhole, prohibited …).
+    DropFibFailed,
+    /// The route to the backend leaves through an interface the agent has not attached.
+    DropEgressNotAttached,
+    /// A new flow was scheduled by Maglev.
+    FlowNew,
+    /// A flow's backend was removed; the flow moved to its slot's current backend.
+    FlowRescheduled,
+    /// The connection table refused an insert; the flow is still forwarded by hash.
+    ConntrackInsertFailed,
+    /// An ICMP "fragmentation needed" / ICMPv6 "packet too big" went to its flow's backend.
+    IcmpTooBigForwarded,
+}
+
+impl Counter {
+    /// Number of `GLOBAL_STATS` slots.
+    pub const COUNT: u32 = Counter::IcmpTooBigForwarded as u32 + 1;
+
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::PassNotIp,
+        Counter::PassNotVip,
+        Counter::Tx,
+        Counter::Redirect,
+        Counter::DropNoBackend,
+        Counter::DropFragment,
+        Counter::DropMalformed,
+        Counter::DropFibNoNeigh,
+        Counter::DropFibForwardingDisabled,
+        Counter::DropFibFailed,
+        Counter::DropEgressNotAttached,
+        Counter::FlowNew,
+        Counter::FlowRescheduled,
+        Counter::ConntrackInsertFailed,
+        Counter::IcmpTooBigForwarded,
+    ];
+
+    /// The XDP verdict this reason ends in, or `None` for an event counter.
+    pub const fn verdict(self) -> Option<Verdict> {
+        match self {
+            Counter::PassNotIp | Counter::PassNotVip => Some(Verdict::Pass),
+            Counter::Tx => Some(Verdict::Tx),
+            Counter::Redirect => Some(Verdict::Redirect),
+            Counter::DropNoBackend
+            | Counter::DropFragment
+            | Counter::DropMalformed
+            | Counter::DropFibNoNeigh
+            | Counter::DropFibForwardingDisabled
+            | Counter::DropFibFailed
+            | Counter::DropEgressNotAttached => Some(Verdict::Drop),
+            Counter::FlowNew
+            | Counter::FlowRescheduled
+            | Counter::ConntrackInsertFailed
+            | Counter::IcmpTooBigForwarded => None,
+        }
+    }
+
+    /// Stable snake_case name, used by the CLI, logs and (later) metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::PassNotIp => "pass_not_ip",
+            Counter::PassNotVip => "pass_not_vip",
+            Counter::Tx => "tx",
+            Counter::Redirect => "redirect",
+            Counter::DropNoBackend => "drop_no_backend",
+            Counter::DropFragment => "drop_fragment",
+            Counter::DropMalformed => "drop_malformed",
+            Counter::DropFibNoNeigh => "drop_fib_no_neigh",
+            Counter::DropFibForwardingDisabled => "drop_fib_forwarding_disabled",
+            Counter::DropFibFailed => "drop_fib_failed",
+            Counter::DropEgressNotAttached => "drop_egress_not_attached",
+            Counter::FlowNew => "flow_new",
+            Counter::FlowRescheduled => "flow_rescheduled",
+            Counter::ConntrackInsertFailed => "conntrack_insert_failed",
+            Counter::IcmpTooBigForwarded => "icmp_too_big_forwarded",
+        }
+    }
+}
+
+/// XDP verdicts, with the kernel's numeric values.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Aborted = 0,
+    Drop = 1,
+    Pass = 2,
+    Tx = 3,
+    Redirect = 4,
+}
+
+impl Verdict {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Aborted => "aborted",
+            Verdict::Drop => "drop",
+            Verdict::Pass => "pass",
+            Verdict::Tx => "tx",
+            Verdict::Redirect => "redirect",
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! DSR forwarding: find the backend's next hop with `bpf_fib_lookup`, rewrite the MAC
+//! addresses (nothing else: the backend holds the VIP and answers the client directly),
+//! and send the frame out of the ingress interface (XDP_TX) or another attached one
+//! (XDP_REDIRECT through the `TX_PORTS` devmap).
+
+use core::mem;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup,
+    },
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::{Counter, FAMILY_IPV4};
+use network_types::eth::EthHdr;
+
+use crate::{TX_PORTS, packet::ptr_at_mut, parse::Packet, select::Target};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Forwards the packet to `target`; `Ok` holds the forwarding reason, `Err` the drop.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Counter, Counter> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
+    let key = &packet.key;
+    fib.l4_protocol = key.protocol;
+    fib.sport = key.src_port;
+    fib.dport = key.dst_port;
+    fib.ifindex = ingress;
+    if key.family == FAMILY_IPV4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = key.src[0];
+        fib.__bindgen_anon_4.ipv4_dst = target.backend_addr[0];
+    } else {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = key.src;
+        fib.__bindgen_anon_4.ipv6_dst = target.backend_addr;
+    }
+    // tot_len stays 0: DSR does not grow the packet, so no MTU check is needed.
+    // SAFETY: `fib` is a valid, fully initialised request of the size passed.
+    let rc = unsafe {
+        fib_lookup(ctx.ctx.cast(), &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Counter::DropFibNoNeigh),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Counter::DropFibForwardingDisabled),
+        _ => return Err(Counter::DropFibFailed),
+    }
+
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
+    // SAFETY: `ptr_at_mut` bounds-checked the Ethernet header.
+    unsafe {
+        (*eth).dst_addr = fib.dmac;
+        (*eth).src_addr = fib.smac;
+    }
+    if fib.ifindex == ingress {
+        Ok(Counter::Tx)
+    } else {
+        TX_PORTS
+            .redirect(fib.ifindex, 0)
+            .map(|_| Counter::Redirect)
+            .map_err(|_| Counter::DropEgressNotAttached)
+    }
+}

@@ -1,0 +1,225 @@
+//! Header parsing: Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 (with options),
+//! IPv6 (with hop-by-hop, routing and destination-options headers), TCP, UDP, and the
+//! ICMP "too big" errors that quote a flow. The result is the flow as its client sent it.
+
+use lb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, VipAddressKey};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    vlan::VlanHdr,
+};
+
+use crate::packet::{frame_len, ipv4_words, ipv6_words, ptr_at, read};
+
+use aya_ebpf::programs::XdpContext;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// Extension headers skipped before giving up on finding the transport header.
+const IPV6_MAX_EXTENSIONS: usize = 4;
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// ICMP and ICMPv6 headers are 8 bytes before the quoted packet.
+const ICMP_HEADER_LEN: usize = 8;
+
+/// IPv4 `frags` field: more-fragments flag and fragment offset.
+const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+
+/// What a packet is, as far as the load balancer cares.
+pub enum Parsed {
+    /// TCP or UDP, or an ICMP too-big error quoting such a flow.
+    Packet(Packet),
+    /// Not IPv4 or IPv6.
+    NotIp,
+    /// IP, but nothing the load balancer handles (other protocols, other ICMP).
+    NotVip,
+    /// Headers cut short or inconsistent.
+    Malformed,
+    /// An IP fragment: its ports are unknown, only its destination address.
+    Fragment(VipAddressKey),
+}
+
+pub struct Packet {
+    /// The flow in the client → VIP direction.
+    pub key: FlowKey,
+    /// An ICMP error about the flow rather than the flow's own traffic.
+    pub icmp_too_big: bool,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: `ptr_at` bounds-checked the Ethernet header.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3 = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let Some(vlan) = ptr_at::<VlanHdr>(ctx, l3) else {
+            return Parsed::Malformed;
+        };
+        // SAFETY: bounds-checked above.
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        l3 += VlanHdr::LEN;
+    }
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(ctx, l3),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3),
+        _ => Parsed::NotIp,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
+    let Some(ip) = read::<Ipv4Hdr>(ctx, l3) else {
+        return Parsed::Malformed;
+    };
+    let header_len = (ip.vihl & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4
+        || header_len < Ipv4Hdr::LEN
+        || total_len < header_len
+        || l3 + total_len > frame_len(ctx)
+    {
+        return Parsed::Malformed;
+    }
+    let (src, dst) = (ipv4_words(ip.src_addr), ipv4_words(ip.dst_addr));
+    if u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0 {
+        return Parsed::Fragment(VipAddressKey { addr: dst, family: FAMILY_IPV4, _pad: [0; 3] });
+    }
+    let l4 = l3 + header_len;
+    match ip.proto {
+        PROTO_TCP | PROTO_UDP => transport(ctx, l4, ip.proto, FAMILY_IPV4, src, dst),
+        PROTO_ICMP => icmpv4_too_big(ctx, l4),
+        _ => Parsed::NotVip,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
+    let Some(ip) = read::<Ipv6Hdr>(ctx, l3) else {
+        return Parsed::Malformed;
+    };
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame_len(ctx) {
+        return Parsed::Malformed;
+    }
+    let (src, dst) = (ipv6_words(ip.src_addr), ipv6_words(ip.dst_addr));
+    let mut next = ip.next_hdr;
+    let mut l4 = l3 + Ipv6Hdr::LEN;
+    for _ in 0..IPV6_MAX_EXTENSIONS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
+                // Next header, then length in 8-byte units not counting the first 8.
+                let Some([ext_next, ext_len]) = read::<[u8; 2]>(ctx, l4) else {
+                    return Parsed::Malformed;
+                };
+                next = ext_next;
+                l4 += (ext_len as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                return Parsed::Fragment(VipAddressKey { addr: dst, family: FAMILY_IPV6, _pad: [0; 3] });
+            }
+            _ => break,
+        }
+    }
+    match next {
+        PROTO_TCP | PROTO_UDP => transport(ctx, l4, next, FAMILY_IPV6, src, dst),
+        PROTO_ICMPV6 => icmpv6_too_big(ctx, l4),
+        _ => Parsed::NotVip,
+    }
+}
+
+/// A TCP or UDP packet: the full transport header must be present.
+#[inline(always)]
+fn transport(ctx: &XdpContext, l4: usize, protocol: u8, family: u8, src: [u32; 4], dst: [u32; 4]) -> Parsed {
+    let header_present = if protocol == PROTO_TCP {
+        ptr_at::<[u8; 20]>(ctx, l4).is_some()
+    } else {
+        ptr_at::<[u8; 8]>(ctx, l4).is_some()
+    };
+    let Some(ports) = read::<[u16; 2]>(ctx, l4) else {
+        return Parsed::Malformed;
+    };
+    if !header_present {
+        return Parsed::Malformed;
+    }
+    Parsed::Packet(Packet {
+        key: FlowKey { src, dst, src_port: ports[0], dst_port: ports[1], protocol, family, _pad: [0; 2] },
+        icmp_too_big: false,
+    })
+}
+
+/// ICMP "fragmentation needed" about a packet the VIP sent (a backend's DSR reply):
+/// the quoted packet runs VIP → client, so its flow reversed is the client's flow.
+#[inline(always)]
+fn icmpv4_too_big(ctx: &XdpContext, l4: usize) -> Parsed {
+    let Some([icmp_type, icmp_code]) = read::<[u8; 2]>(ctx, l4) else {
+        return Parsed::Malformed;
+    };
+    if icmp_type != ICMP_DEST_UNREACH || icmp_code != ICMP_FRAG_NEEDED {
+        return Parsed::NotVip;
+    }
+    let inner = l4 + ICMP_HEADER_LEN;
+    let Some(ip) = read::<Ipv4Hdr>(ctx, inner) else {
+        return Parsed::NotVip;
+    };
+    let header_len = (ip.vihl & 0x0f) as usize * 4;
+    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
+        return Parsed::NotVip;
+    }
+    let (vip, client) = (ipv4_words(ip.src_addr), ipv4_words(ip.dst_addr));
+    quoted_flow(ctx, inner + header_len, ip.proto, FAMILY_IPV4, vip, client)
+}
+
+/// ICMPv6 "packet too big", the IPv6 twin of [`icmpv4_too_big`].
+#[inline(always)]
+fn icmpv6_too_big(ctx: &XdpContext, l4: usize) -> Parsed {
+    let Some([icmp_type, _code]) = read::<[u8; 2]>(ctx, l4) else {
+        return Parsed::Malformed;
+    };
+    if icmp_type != ICMPV6_PACKET_TOO_BIG {
+        return Parsed::NotVip;
+    }
+    let inner = l4 + ICMP_HEADER_LEN;
+    let Some(ip) = read::<Ipv6Hdr>(ctx, inner) else {
+        return Parsed::NotVip;
+    };
+    let (vip, client) = (ipv6_words(ip.src_addr), ipv6_words(ip.dst_addr));
+    quoted_flow(ctx, inner + Ipv6Hdr::LEN, ip.next_hdr, FAMILY_IPV6, vip, client)
+}
+
+/// The client's flow from the first transport bytes an ICMP error quotes (RFC 792 and
+/// RFC 4443 guarantee at least the ports).
+#[inline(always)]
+fn quoted_flow(ctx: &XdpContext, l4: usize, protocol: u8, family: u8, vip: [u32; 4], client: [u32; 4]) -> Parsed {
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return Parsed::NotVip;
+    }
+    let Some([vip_port, client_port]) = read::<[u16; 2]>(ctx, l4) else {
+        return Parsed::NotVip;
+    };
+    Parsed::Packet(Packet {
+        key: FlowKey {
+            src: client,
+            dst: vip,
+            src_port: client_port,
+            dst_port: vip_port,
+            protocol,
+            family,
+            _pad: [0; 2],
+        },
+        icmp_too_big: true,
+    })
+}

@@ -1,0 +1,79 @@
+//! Backend selection: VIP lookup, then the connection table, then the VIP's Maglev table.
+
+use lb_common::{BACKEND_ACCEPTS_FLOWS, Counter, Flow, NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta, flow_hash};
+
+use crate::{BACKENDS, CONNTRACK, MAGLEV_RING, VIP_ADDRESSES, VIPS, parse::Packet, stats};
+
+/// Where a packet goes.
+pub struct Target {
+    pub vip_id: u32,
+    pub backend_id: u32,
+    pub backend_addr: [u32; 4],
+    /// The packet started (or restarted) a flow on this backend.
+    pub new_flow: bool,
+}
+
+/// Fragments carry no ports, so they cannot be matched to a flow: the ones addressed to
+/// a VIP address are dropped and counted rather than risk sending them to the wrong
+/// backend; the rest belong to the host.
+#[inline(always)]
+pub fn fragment_reason(dst: &VipAddressKey) -> Counter {
+    if VIP_ADDRESSES.get_ptr(dst).is_some() {
+        Counter::DropFragment
+    } else {
+        Counter::PassNotVip
+    }
+}
+
+#[inline(always)]
+pub fn select(packet: &Packet) -> Result<Target, Counter> {
+    let vip = lookup_vip(packet).ok_or(Counter::PassNotVip)?;
+    let key = &packet.key;
+
+    if let Some(flow) = CONNTRACK.get_ptr(key) {
+        // SAFETY: a map value pointer from a successful lookup.
+        let backend_id = unsafe { (*flow).backend_id };
+        if let Some(backend_addr) = usable_backend(backend_id, vip.id) {
+            return Ok(Target { vip_id: vip.id, backend_id, backend_addr, new_flow: false });
+        }
+        stats::event(Counter::FlowRescheduled);
+    }
+
+    if vip.ring_size == 0 {
+        return Err(Counter::DropNoBackend);
+    }
+    let hash = flow_hash(key, vip.flags & VIP_HASH_SOURCE_ONLY != 0);
+    let slot = vip.ring_base + hash % vip.ring_size;
+    let backend_id = *MAGLEV_RING.get(slot).ok_or(Counter::DropNoBackend)?;
+    if backend_id == NO_BACKEND {
+        return Err(Counter::DropNoBackend);
+    }
+    let backend_addr = usable_backend(backend_id, vip.id).ok_or(Counter::DropNoBackend)?;
+
+    // An ICMP error follows its flow but never creates one.
+    if !packet.icmp_too_big && CONNTRACK.insert(key, Flow { backend_id }, 0).is_err() {
+        stats::event(Counter::ConntrackInsertFailed);
+    }
+    Ok(Target { vip_id: vip.id, backend_id, backend_addr, new_flow: !packet.icmp_too_big })
+}
+
+/// The exact (address, port, protocol) VIP, else the address's every-port VIP.
+#[inline(always)]
+fn lookup_vip(packet: &Packet) -> Option<VipMeta> {
+    let key = &packet.key;
+    let mut vip = VipKey { addr: key.dst, port: key.dst_port, protocol: key.protocol, family: key.family };
+    if let Some(meta) = VIPS.get_ptr(&vip) {
+        // SAFETY: a map value pointer from a successful lookup.
+        return Some(unsafe { *meta });
+    }
+    vip.port = 0;
+    // SAFETY: as above.
+    VIPS.get_ptr(&vip).map(|meta| unsafe { *meta })
+}
+
+/// The backend's address if it still takes this VIP's flows.
+#[inline(always)]
+fn usable_backend(backend_id: u32, vip_id: u32) -> Option<[u32; 4]> {
+    let backend = BACKENDS.get(backend_id)?;
+    (backend.flags & BACKEND_ACCEPTS_FLOWS != 0 && backend.vip_id == vip_id).then_some(backend.addr)
+}

@@ -1,0 +1,1152 @@
+//! The agent's TOML configuration, validated as a whole: a file is either entirely valid
+//! or rejected with one error naming the file, line, column and key, so a typo can never
+//! half-apply (unlike a keepalived/HAProxy reload that keeps going past a bad line).
+//!
+//! Parsing has two steps. serde turns the document into raw structs that keep every
+//! value's span (syntax, type and unknown-key errors come from here); validation then
+//! turns them into the public types, checking ranges and cross-references.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use lb_common::{
+    DEFAULT_CONNTRACK_ENTRIES, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, PROTO_TCP, PROTO_UDP,
+};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use toml::Spanned;
+use toml_edit::{ImDocument, Item, TableLike, Value};
+
+use crate::maglev;
+
+/// Weight of a backend that does not set one.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest backend weight: keeps weight ratios meaningful for a 65537-slot table.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Bounds of `agent.conntrack_entries`.
+pub const MIN_CONNTRACK_ENTRIES: u32 = 1024;
+pub const MAX_CONNTRACK_ENTRIES: u32 = 1 << 26;
+
+/// A validated configuration. Serializes back to the file format (same key names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub agent: AgentConfig,
+    #[serde(rename = "vip")]
+    pub vips: Vec<VipConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentConfig {
+    /// Interfaces to attach the XDP program to; unique, at least one.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    /// Capacity of the connection table.
+    pub conntrack_entries: u32,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VipConfig {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 means every port of the address.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub forwarding: Forwarding,
+    pub hash: HashMode,
+    /// Maglev table size: prime, greater than the number of backends.
+    pub table_size: u32,
+    #[serde(rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number, as used in map keys.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// How packets reach a backend. Only direct server return exists in this version; the
+/// file format already names "nat" so that it can be refused precisely.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Direct server return: only the MAC addresses are rewritten.
+    #[default]
+    Dsr,
+}
+
+/// What Maglev hashes to pick a backend for a new flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HashMode {
+    #[default]
+    #[serde(rename = "5-tuple")]
+    FiveTuple,
+    /// Client address only: every flow of a client goes to the same backend.
+    #[serde(rename = "source-ip")]
+    SourceIp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    /// Same address family as the VIP: DSR rewrites MAC addresses only.
+    pub address: IpAddr,
+    /// Share of new flows; 0 sends it none while its established flows continue.
+    pub weight: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The document is not TOML.
+    #[error("{origin}:{line}:{column}: syntax error: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A key is missing, unknown, of the wrong type or has a value that is not allowed.
+    /// `key` is a path such as `vip[1].backend[0].weight`; line and column are 1-based
+    /// and point at the offending value (or the table a missing key belongs in).
+    #[error("{origin}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors (usually the file name).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let doc = ImDocument::parse(text).map_err(|e| {
+            let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message: one_line(e.message()),
+            }
+        })?;
+        let src = Source { text, origin, doc };
+        let raw = RawConfig::deserialize(toml_edit::de::Deserializer::from(src.doc.clone()))
+            .map_err(|e| {
+                // toml's errors carry a span but no key path: recover it from the document.
+                let offset = e.span().map_or(0, |s| s.start);
+                src.error(
+                    offset,
+                    &path_at(src.doc.as_table(), offset),
+                    one_line(e.message()),
+                )
+            })?;
+        raw.validate(&src)
+    }
+}
+
+// Raw structs: the file as written. Every field is optional, so that validation reports a
+// missing key with its full path, and every value is spanned, so that errors point at it.
+// Tables are not spanned: toml has no span for a table made by dotted keys
+// (`agent.interfaces = …`) and refuses to deserialize one into `Spanned`, so the
+// position of a table is looked up in the document instead (`Source::table`).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent: Option<RawAgent>,
+    #[serde(default)]
+    vip: Vec<RawVip>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    xdp_mode: Option<XdpMode>,
+    conntrack_entries: Option<Spanned<Integer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    name: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    port: Option<Spanned<Integer>>,
+    protocol: Option<Protocol>,
+    forwarding: Option<Spanned<RawForwarding>>,
+    hash: Option<HashMode>,
+    table_size: Option<Spanned<Integer>>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Option<Spanned<String>>,
+    weight: Option<Spanned<Integer>>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawForwarding {
+    Dsr,
+    Nat,
+}
+
+/// A TOML integer of any size, range-checked by validation so that the error can state
+/// the allowed range ("expected an integer" rather than serde's "expected u16").
+struct Integer(i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntegerVisitor;
+        impl Visitor<'_> for IntegerVisitor {
+            type Value = Integer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Integer, E> {
+                Ok(Integer(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Integer, E> {
+                i64::try_from(v)
+                    .map(Integer)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        deserializer.deserialize_i64(IntegerVisitor)
+    }
+}
+
+/// A step of the path to a table in the document.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The text being parsed, to turn positions into located errors.
+struct Source<'a> {
+    text: &'a str,
+    origin: &'a str,
+    doc: ImDocument<&'a str>,
+}
+
+impl Source<'_> {
+    fn error(&self, offset: usize, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.text, offset);
+        ConfigError::Invalid {
+            origin: self.origin.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn error_at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        self.error(value.span().start, key, message)
+    }
+
+    /// Where the table at `path` starts (its header, or its key when it has no header),
+    /// or the start of the document if it is not there.
+    fn table(&self, path: &[Step<'_>]) -> usize {
+        let mut item = self.doc.as_item();
+        let mut offset = 0;
+        for step in path {
+            let (child, key_span) = match *step {
+                Step::Key(name) => match item.as_table_like().and_then(|t| t.get_key_value(name)) {
+                    Some((key, child)) => (child, key.span()),
+                    None => break,
+                },
+                Step::Index(i) => match item.get(i) {
+                    Some(child) => (child, None),
+                    None => break,
+                },
+            };
+            if let Some(span) = child.span().or(key_span) {
+                offset = span.start;
+            }
+            item = child;
+        }
+        offset
+    }
+
+    /// A required key, or an error pointing at the table it is missing from.
+    fn required<'v, T>(
+        &self,
+        value: &'v Option<T>,
+        table: &[Step<'_>],
+        key: &str,
+    ) -> Result<&'v T, ConfigError> {
+        value
+            .as_ref()
+            .ok_or_else(|| self.error(self.table(table), key, "required key is missing"))
+    }
+
+    fn integer<T>(
+        &self,
+        value: &Spanned<Integer>,
+        key: &str,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: TryFrom<i64> + Into<i64> + Copy + fmt::Display,
+    {
+        let v = value.get_ref().0;
+        match T::try_from(v) {
+            Ok(t) if (min.into()..=max.into()).contains(&v) => Ok(t),
+            _ => Err(self.error_at(value, key, format!("must be in {min}..={max}, got {v}"))),
+        }
+    }
+
+    fn address(&self, value: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
+        value.get_ref().parse().map_err(|_| {
+            let message = format!("{:?} is not an IPv4 or IPv6 address", value.get_ref());
+            self.error_at(value, key, message)
+        })
+    }
+}
+
+impl RawConfig {
+    fn validate(&self, src: &Source<'_>) -> Result<Config, ConfigError> {
+        let agent = match &self.agent {
+            Some(agent) => agent.validate(src)?,
+            None => return Err(src.error(0, "agent", "required table [agent] is missing")),
+        };
+        if self.vip.len() > MAX_VIPS as usize {
+            let at = src.table(&[Step::Key("vip"), Step::Index(MAX_VIPS as usize)]);
+            let message = format!("too many VIPs: at most {MAX_VIPS} are supported");
+            return Err(src.error(at, &format!("vip[{MAX_VIPS}]"), message));
+        }
+        let mut vips: Vec<VipConfig> = Vec::with_capacity(self.vip.len());
+        let mut total_backends = 0;
+        for (i, raw) in self.vip.iter().enumerate() {
+            let key = format!("vip[{i}]");
+            let vip = raw.validate(src, i, &mut total_backends)?;
+            // At most MAX_VIPS VIPs: a quadratic search is cheap and keeps this simple.
+            if let Some(first) = vips.iter().position(|v| v.name == vip.name) {
+                let message = format!("VIP name {:?} is already used by vip[{first}]", vip.name);
+                let at = raw.name.as_ref().map_or(0, |n| n.span().start);
+                return Err(src.error(at, &format!("{key}.name"), message));
+            }
+            let endpoint = |v: &VipConfig| (v.address, v.port, v.protocol);
+            if let Some(first) = vips.iter().position(|v| endpoint(v) == endpoint(&vip)) {
+                let message = format!(
+                    "{} port {} {} is already served by vip[{first}] ({:?})",
+                    vip.address, vip.port, vip.protocol, vips[first].name
+                );
+                let at = raw.address.as_ref().map_or(0, |a| a.span().start);
+                return Err(src.error(at, &format!("{key}.address"), message));
+            }
+            vips.push(vip);
+        }
+        Ok(Config { agent, vips })
+    }
+}
+
+impl RawAgent {
+    fn validate(&self, src: &Source<'_>) -> Result<AgentConfig, ConfigError> {
+        let key = "agent.interfaces";
+        let list = src.required(&self.interfaces, &[Step::Key("agent")], key)?;
+        if list.get_ref().is_empty() {
+            return Err(src.error_at(list, key, "must list at least one interface"));
+        }
+        if list.get_ref().len() > MAX_INTERFACES as usize {
+            let message = format!("too many interfaces: at most {MAX_INTERFACES} are supported");
+            return Err(src.error_at(list, key, message));
+        }
+        let mut interfaces: Vec<String> = Vec::with_capacity(list.get_ref().len());
+        for (i, name) in list.get_ref().iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            let name_str = name.get_ref();
+            if !valid_ifname(name_str) {
+                let message = format!(
+                    "{name_str:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)"
+                );
+                return Err(src.error_at(name, &key, message));
+            }
+            if let Some(first) = interfaces.iter().position(|n| n == name_str) {
+                let message = format!(
+                    "interface {name_str:?} is already listed as agent.interfaces[{first}]"
+                );
+                return Err(src.error_at(name, &key, message));
+            }
+            interfaces.push(name_str.clone());
+        }
+        let conntrack_entries = match &self.conntrack_entries {
+            Some(v) => src.integer(
+                v,
+                "agent.conntrack_entries",
+                MIN_CONNTRACK_ENTRIES,
+                MAX_CONNTRACK_ENTRIES,
+            )?,
+            None => DEFAULT_CONNTRACK_ENTRIES,
+        };
+        Ok(AgentConfig {
+            interfaces,
+            xdp_mode: self.xdp_mode.unwrap_or_default(),
+            conntrack_entries,
+        })
+    }
+}
+
+impl RawVip {
+    /// Validates `vip[i]`; `total_backends` counts backends across VIPs for the
+    /// `MAX_BACKENDS` capacity of the backend map.
+    fn validate(
+        &self,
+        src: &Source<'_>,
+        i: usize,
+        total_backends: &mut usize,
+    ) -> Result<VipConfig, ConfigError> {
+        let table = [Step::Key("vip"), Step::Index(i)];
+        let key = format!("vip[{i}]");
+        let name_key = format!("{key}.name");
+        let name = src.required(&self.name, &table, &name_key)?;
+        if !valid_vip_name(name.get_ref()) {
+            let message = format!(
+                "{:?} is not a valid VIP name (1 to 64 of A-Z a-z 0-9 _ . -)",
+                name.get_ref()
+            );
+            return Err(src.error_at(name, &name_key, message));
+        }
+        let address_key = format!("{key}.address");
+        let address = src.address(
+            src.required(&self.address, &table, &address_key)?,
+            &address_key,
+        )?;
+        let port_key = format!("{key}.port");
+        let port = src.integer(
+            src.required(&self.port, &table, &port_key)?,
+            &port_key,
+            0,
+            u16::MAX,
+        )?;
+        let forwarding = match &self.forwarding {
+            None => Forwarding::Dsr,
+            Some(f) => match f.get_ref() {
+                RawForwarding::Dsr => Forwarding::Dsr,
+                RawForwarding::Nat => {
+                    let message = "NAT forwarding is not available in this version; use \"dsr\" (direct server return)";
+                    return Err(src.error_at(f, &format!("{key}.forwarding"), message));
+                }
+            },
+        };
+
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(self.backend.len());
+        for (j, backend) in self.backend.iter().enumerate() {
+            let backend_table = [
+                Step::Key("vip"),
+                Step::Index(i),
+                Step::Key("backend"),
+                Step::Index(j),
+            ];
+            let backend_key = format!("{key}.backend[{j}]");
+            *total_backends += 1;
+            if *total_backends > MAX_BACKENDS as usize {
+                let message =
+                    format!("too many backends: all VIPs together may have at most {MAX_BACKENDS}");
+                return Err(src.error(src.table(&backend_table), &backend_key, message));
+            }
+            let address_key = format!("{backend_key}.address");
+            let address_value = src.required(&backend.address, &backend_table, &address_key)?;
+            let backend_address = src.address(address_value, &address_key)?;
+            if backend_address.is_ipv4() != address.is_ipv4() {
+                let message = format!(
+                    "backend {backend_address} is {} but the VIP address {address} is {}; DSR rewrites only MAC addresses, so a backend must have its VIP's address family",
+                    family(backend_address),
+                    family(address)
+                );
+                return Err(src.error_at(address_value, &address_key, message));
+            }
+            if let Some(first) = backends.iter().position(|b| b.address == backend_address) {
+                let message = format!(
+                    "backend {backend_address} is already listed as {key}.backend[{first}]"
+                );
+                return Err(src.error_at(address_value, &address_key, message));
+            }
+            let weight = match &backend.weight {
+                Some(w) => src.integer(w, &format!("{backend_key}.weight"), 0, MAX_WEIGHT)?,
+                None => DEFAULT_WEIGHT,
+            };
+            backends.push(BackendConfig {
+                address: backend_address,
+                weight,
+            });
+        }
+
+        let table_size_key = format!("{key}.table_size");
+        let (table_size, table_size_at) = match &self.table_size {
+            Some(v) => (
+                src.integer(v, &table_size_key, 2, maglev::MAX_TABLE_SIZE)?,
+                v.span().start,
+            ),
+            None => (maglev::DEFAULT_TABLE_SIZE, src.table(&table)),
+        };
+        if !maglev::is_prime(table_size) {
+            let message = format!(
+                "{table_size} is not prime; Maglev needs a prime table size (e.g. {})",
+                maglev::DEFAULT_TABLE_SIZE
+            );
+            return Err(src.error(table_size_at, &table_size_key, message));
+        }
+        if table_size as usize <= backends.len() {
+            let message = format!(
+                "must be greater than the number of backends ({})",
+                backends.len()
+            );
+            return Err(src.error(table_size_at, &table_size_key, message));
+        }
+
+        Ok(VipConfig {
+            name: name.get_ref().clone(),
+            address,
+            port,
+            protocol: self.protocol.unwrap_or_default(),
+            forwarding,
+            hash: self.hash.unwrap_or_default(),
+            table_size,
+            backends,
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut line = 1;
+    let mut column = 1;
+    for (i, c) in text.char_indices() {
+        if i >= offset {
+            break;
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    (line, column)
+}
+
+fn family(address: IpAddr) -> &'static str {
+    if address.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// What Linux accepts as a device name (`dev_valid_name`): shorter than IFNAMSIZ (16),
+/// not `.` or `..`, no `/`, `:` or whitespace.
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace() || b == 0x0b)
+}
+
+fn valid_vip_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// toml's messages span several lines; errors here are one line each.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Readable path (`vip[1].backend[0].weight`) of the innermost key or value of the
+/// document whose span contains `offset`.
+fn path_at(root: &toml_edit::Table, offset: usize) -> String {
+    let mut path = String::new();
+    if find_in_table(root, offset, &mut path) {
+        path
+    } else {
+        "(document)".to_owned()
+    }
+}
+
+fn find_in_table(table: &dyn TableLike, offset: usize, path: &mut String) -> bool {
+    for (name, item) in table.iter() {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(name);
+        let key_span = table.get_key_value(name).and_then(|(k, _)| k.span());
+        if contains(key_span, offset) || find_in_item(item, offset, path) {
+            return true;
+        }
+        path.truncate(len);
+    }
+    false
+}
+
+fn find_in_item(item: &Item, offset: usize, path: &mut String) -> bool {
+    match item {
+        Item::None => false,
+        Item::Value(value) => find_in_value(value, offset, path),
+        Item::Table(table) => find_in_table(table, offset, path) || contains(table.span(), offset),
+        Item::ArrayOfTables(array) => array.iter().enumerate().any(|(i, table)| {
+            with_index(path, i, |path| {
+                find_in_table(table, offset, path) || contains(table.span(), offset)
+            })
+        }),
+    }
+}
+
+fn find_in_value(value: &Value, offset: usize, path: &mut String) -> bool {
+    let inside = match value {
+        Value::Array(array) => array
+            .iter()
+            .enumerate()
+            .any(|(i, v)| with_index(path, i, |path| find_in_value(v, offset, path))),
+        Value::InlineTable(table) => find_in_table(table, offset, path),
+        _ => false,
+    };
+    inside || contains(value.span(), offset)
+}
+
+/// Runs `find` with `[i]` appended to `path`, keeping it only if `find` succeeds.
+fn with_index(path: &mut String, i: usize, find: impl FnOnce(&mut String) -> bool) -> bool {
+    let len = path.len();
+    path.push_str(&format!("[{i}]"));
+    let found = find(path);
+    if !found {
+        path.truncate(len);
+    }
+    found
+}
+
+fn contains(span: Option<Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|s| s.contains(&offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"# weir test configuration
+[agent]
+interfaces = ["eth0", "eth1"]
+xdp_mode = "native"
+conntrack_entries = 2048
+
+[[vip]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+
+[[vip.backend]]
+address = "198.18.1.11"
+
+[[vip.backend]]
+address = "198.18.1.12"
+weight = 0
+
+[[vip]]
+name = "dns"
+address = "2001:db8::53"
+port = 53
+protocol = "udp"
+forwarding = "dsr"
+hash = "source-ip"
+table_size = 251
+
+[[vip.backend]]
+address = "2001:db8::1:53"
+weight = 10000
+"#;
+
+    const AGENT: &str = "[agent]\ninterfaces = [\"eth0\"]\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "weir.toml")
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `AGENT` followed by one VIP `web` at 198.18.0.10:80 with the given extra lines;
+    /// the VIP's extra lines start at line 7.
+    fn web(extra: &str) -> String {
+        format!("{AGENT}\n[[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\n{extra}")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn full_config_with_defaults() {
+        let config = parse(FULL).expect("valid");
+        let expected = Config {
+            agent: AgentConfig {
+                interfaces: vec!["eth0".into(), "eth1".into()],
+                xdp_mode: XdpMode::Native,
+                conntrack_entries: 2048,
+            },
+            vips: vec![
+                VipConfig {
+                    name: "web".into(),
+                    address: ip("198.18.0.10"),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    forwarding: Forwarding::Dsr,
+                    hash: HashMode::FiveTuple,
+                    table_size: maglev::DEFAULT_TABLE_SIZE,
+                    backends: vec![
+                        BackendConfig {
+                            address: ip("198.18.1.11"),
+                            weight: DEFAULT_WEIGHT,
+                        },
+                        BackendConfig {
+                            address: ip("198.18.1.12"),
+                            weight: 0,
+                        },
+                    ],
+                },
+                VipConfig {
+                    name: "dns".into(),
+                    address: ip("2001:db8::53"),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                    forwarding: Forwarding::Dsr,
+                    hash: HashMode::SourceIp,
+                    table_size: 251,
+                    backends: vec![BackendConfig {
+                        address: ip("2001:db8::1:53"),
+                        weight: 10_000,
+                    }],
+                },
+            ],
+        };
+        assert_eq!(config, expected);
+        assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);
+        assert_eq!(config.vips[0].protocol.number(), PROTO_TCP);
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let config = parse(AGENT).expect("valid");
+        assert_eq!(config.agent.xdp_mode, XdpMode::Auto);
+        assert_eq!(config.agent.conntrack_entries, DEFAULT_CONNTRACK_ENTRIES);
+        assert!(config.vips.is_empty());
+        // A VIP without backends is valid: its new flows are dropped and counted.
+        let config = parse(&web("port = 0\n")).expect("valid");
+        assert!(config.vips[0].backends.is_empty());
+        assert_eq!(config.vips[0].port, 0);
+    }
+
+    /// What the agent prints reads back as the same configuration.
+    #[test]
+    fn serializes_to_the_file_format() {
+        let config = parse(FULL).expect("valid");
+        let text = toml::to_string(&config).expect("serializable");
+        assert_eq!(parse(&text).expect("reads back"), config);
+        let empty = parse(AGENT).expect("valid");
+        assert_eq!(
+            parse(&toml::to_string(&empty).expect("serializable")).expect("reads back"),
+            empty
+        );
+    }
+
+    #[test]
+    fn inline_tables_are_the_same_config() {
+        let inline = r#"
+agent = { interfaces = ["eth0", "eth1"], xdp_mode = "native", conntrack_entries = 2048 }
+vip = [
+  { name = "web", address = "198.18.0.10", port = 80, backend = [{ address = "198.18.1.11" }, { address = "198.18.1.12", weight = 0 }] },
+  { name = "dns", address = "2001:db8::53", port = 53, protocol = "udp", forwarding = "dsr", hash = "source-ip", table_size = 251, backend = [{ address = "2001:db8::1:53", weight = 10000 }] },
+]
+"#;
+        assert_eq!(parse(inline).expect("valid"), parse(FULL).expect("valid"));
+        let bad = "agent = { interfaces = [\"eth0\"] }\nvip = [{ name = \"web\", address = \"198.18.0.10\", port = 80, backend = [{ address = \"198.18.1.11\", wieght = 1 }] }]\n";
+        assert_eq!(
+            error(bad),
+            "weir.toml:2:98: vip[0].backend[0].wieght: unknown field `wieght`, expected `address` or `weight`"
+        );
+    }
+
+    #[test]
+    fn syntax_error() {
+        let message = error("[agent]\ninterfaces = [\"eth0\"]\nxdp_mode = \n");
+        assert!(
+            message.starts_with("weir.toml:3:12: syntax error: "),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+        let message = error("[agent]\ninterfaces = [\"eth0\"]\n[agent]\n");
+        assert!(message.starts_with("weir.toml:3:"), "{message}");
+        assert!(message.contains("duplicate key"), "{message}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        assert_eq!(
+            error(&web("port = \"eighty\"\n")),
+            "weir.toml:7:8: vip[0].port: invalid type: string \"eighty\", expected an integer"
+        );
+        assert_eq!(
+            error("[agent]\ninterfaces = [\"eth0\", 3]\n"),
+            "weir.toml:2:23: agent.interfaces[1]: invalid type: integer `3`, expected a string"
+        );
+        assert_eq!(
+            error(&web(
+                "port = 80\n[[vip.backend]]\naddress = \"198.18.1.11\"\nweight = 1.5\n"
+            )),
+            "weir.toml:10:10: vip[0].backend[0].weight: invalid type: floating point `1.5`, expected an integer"
+        );
+        let message = error(&format!("{AGENT}[vip]\nname = \"web\"\n"));
+        assert!(
+            message.starts_with("weir.toml:3:1: vip: invalid type: map"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert_eq!(
+            error(&format!("{AGENT}xdp = \"native\"\n")),
+            "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`"
+        );
+        assert_eq!(
+            error(&format!("{AGENT}[agnet]\n")),
+            "weir.toml:3:2: agnet: unknown field `agnet`, expected `agent` or `vip`"
+        );
+        assert!(
+            error(&web("port = 80\nweight = 3\n"))
+                .starts_with("weir.toml:8:1: vip[0].weight: unknown field `weight`")
+        );
+    }
+
+    #[test]
+    fn enumerations() {
+        assert_eq!(
+            error(&format!("{AGENT}xdp_mode = \"offload\"\n")),
+            "weir.toml:3:12: agent.xdp_mode: unknown variant `offload`, expected one of `auto`, `native`, `generic`"
+        );
+        assert!(
+            error(&web("port = 80\nprotocol = \"sctp\"\n"))
+                .starts_with("weir.toml:8:12: vip[0].protocol: unknown variant `sctp`")
+        );
+        assert!(
+            error(&web("port = 80\nhash = \"round-robin\"\n"))
+                .starts_with("weir.toml:8:8: vip[0].hash: unknown variant")
+        );
+    }
+
+    #[test]
+    fn nat_is_rejected() {
+        assert_eq!(
+            error(&web("port = 80\nforwarding = \"nat\"\n")),
+            "weir.toml:8:14: vip[0].forwarding: NAT forwarding is not available in this version; use \"dsr\" (direct server return)"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_interfaces() {
+        assert_eq!(
+            error(""),
+            "weir.toml:1:1: agent: required table [agent] is missing"
+        );
+        assert_eq!(
+            error("# agent\n[agent]\nxdp_mode = \"auto\"\n"),
+            "weir.toml:2:1: agent.interfaces: required key is missing"
+        );
+        assert_eq!(
+            error("[agent]\ninterfaces = []\n"),
+            "weir.toml:2:14: agent.interfaces: must list at least one interface"
+        );
+        assert_eq!(
+            error("[agent]\ninterfaces = [\"eth0\", \"eth0\"]\n"),
+            "weir.toml:2:23: agent.interfaces[1]: interface \"eth0\" is already listed as agent.interfaces[0]"
+        );
+        for bad in ["", "a/b", "eth 0", "eth0:1", "sixteen-chars-xx", ".."] {
+            let message = error(&format!("[agent]\ninterfaces = [\"{bad}\"]\n"));
+            assert!(
+                message.starts_with("weir.toml:2:15: agent.interfaces[0]: "),
+                "{message}"
+            );
+        }
+        // Columns count characters, not bytes.
+        assert!(error("[agent]\ninterfaces = [\"é\", \"é\"]\n").starts_with("weir.toml:2:20: "));
+        let many: Vec<String> = (0..=MAX_INTERFACES).map(|i| format!("\"e{i}\"")).collect();
+        let message = error(&format!("[agent]\ninterfaces = [{}]\n", many.join(",")));
+        assert!(message.contains("at most 64"), "{message}");
+    }
+
+    #[test]
+    fn conntrack_entries_range() {
+        assert_eq!(
+            error(&format!("{AGENT}conntrack_entries = 1000\n")),
+            "weir.toml:3:21: agent.conntrack_entries: must be in 1024..=67108864, got 1000"
+        );
+        assert!(error(&format!("{AGENT}conntrack_entries = 67108865\n")).contains("got 67108865"));
+        assert!(parse(&format!("{AGENT}conntrack_entries = 67108864\n")).is_ok());
+    }
+
+    #[test]
+    fn vip_fields() {
+        assert_eq!(
+            error(&web("")),
+            "weir.toml:4:1: vip[0].port: required key is missing"
+        );
+        assert_eq!(
+            error(&web("port = 65536\n")),
+            "weir.toml:7:8: vip[0].port: must be in 0..=65535, got 65536"
+        );
+        assert_eq!(
+            error(&format!("{AGENT}[[vip]]\nname = \"web\"\nport = 80\n")),
+            "weir.toml:3:1: vip[0].address: required key is missing"
+        );
+        assert_eq!(
+            error(&format!(
+                "{AGENT}[[vip]]\nname = \"web\"\naddress = \"198.18.0\"\nport = 80\n"
+            )),
+            "weir.toml:5:11: vip[0].address: \"198.18.0\" is not an IPv4 or IPv6 address"
+        );
+        assert_eq!(
+            error(&format!(
+                "{AGENT}[[vip]]\nname = \"web server\"\naddress = \"198.18.0.10\"\nport = 80\n"
+            )),
+            "weir.toml:4:8: vip[0].name: \"web server\" is not a valid VIP name (1 to 64 of A-Z a-z 0-9 _ . -)"
+        );
+        assert!(
+            error(&format!(
+                "{AGENT}[[vip]]\naddress = \"198.18.0.10\"\nport = 80\n"
+            ))
+            .starts_with("weir.toml:3:1: vip[0].name: required")
+        );
+        let long = "a".repeat(65);
+        assert!(
+            error(&format!(
+                "{AGENT}[[vip]]\nname = \"{long}\"\naddress = \"198.18.0.10\"\nport = 80\n"
+            ))
+            .contains("not a valid VIP name")
+        );
+        assert!(
+            parse(&format!(
+                "{AGENT}[[vip]]\nname = \"{}\"\naddress = \"198.18.0.10\"\nport = 80\n",
+                &long[1..]
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn duplicate_vips() {
+        let second = |name: &str, port: u16, protocol: &str| {
+            format!(
+                "{}\n[[vip]]\nname = \"{name}\"\naddress = \"198.18.0.10\"\nport = {port}\nprotocol = \"{protocol}\"\n",
+                web("port = 80\n")
+            )
+        };
+        assert_eq!(
+            error(&second("web", 443, "tcp")),
+            "weir.toml:10:8: vip[1].name: VIP name \"web\" is already used by vip[0]"
+        );
+        assert_eq!(
+            error(&second("web2", 80, "tcp")),
+            "weir.toml:11:11: vip[1].address: 198.18.0.10 port 80 tcp is already served by vip[0] (\"web\")"
+        );
+        // Another protocol, or every port of the address, is another VIP.
+        assert!(parse(&second("web2", 80, "udp")).is_ok());
+        assert!(parse(&second("web2", 0, "tcp")).is_ok());
+    }
+
+    #[test]
+    fn backends() {
+        let backend = |address: &str, extra: &str| {
+            format!("[[vip.backend]]\naddress = \"{address}\"\n{extra}")
+        };
+        let two =
+            |a: &str, b: &str| web(&format!("port = 80\n{}{}", backend(a, ""), backend(b, "")));
+        assert_eq!(
+            error(&two("198.18.1.11", "198.18.1.11")),
+            "weir.toml:11:11: vip[0].backend[1].address: backend 198.18.1.11 is already listed as vip[0].backend[0]"
+        );
+        assert_eq!(
+            error(&two("198.18.1.11", "2001:db8::11")),
+            "weir.toml:11:11: vip[0].backend[1].address: backend 2001:db8::11 is IPv6 but the VIP address 198.18.0.10 is IPv4; DSR rewrites only MAC addresses, so a backend must have its VIP's address family"
+        );
+        assert!(
+            error(&web(&format!("port = 80\n{}", backend("backend-1", ""))))
+                .contains("is not an IPv4 or IPv6 address")
+        );
+        assert_eq!(
+            error(&web("port = 80\n[[vip.backend]]\nweight = 5\n")),
+            "weir.toml:8:1: vip[0].backend[0].address: required key is missing"
+        );
+        assert_eq!(
+            error(&web(&format!(
+                "port = 80\n{}",
+                backend("198.18.1.11", "weight = 10001\n")
+            ))),
+            "weir.toml:10:10: vip[0].backend[0].weight: must be in 0..=10000, got 10001"
+        );
+        assert!(
+            error(&web(&format!(
+                "port = 80\n{}",
+                backend("198.18.1.11", "weight = -1\n")
+            )))
+            .contains("must be in 0..=10000, got -1")
+        );
+        // Spelled differently, still the same address.
+        let v6 = format!(
+            "{AGENT}[[vip]]\nname = \"v6\"\naddress = \"2001:db8::10\"\nport = 80\n{}{}",
+            backend("2001:db8::1", ""),
+            backend("2001:DB8:0::1", "")
+        );
+        assert!(error(&v6).contains("already listed"));
+    }
+
+    #[test]
+    fn table_size() {
+        assert_eq!(
+            error(&web("port = 80\ntable_size = 65536\n")),
+            "weir.toml:8:14: vip[0].table_size: 65536 is not prime; Maglev needs a prime table size (e.g. 65537)"
+        );
+        assert_eq!(
+            error(&web("port = 80\ntable_size = 1048583\n")),
+            "weir.toml:8:14: vip[0].table_size: must be in 2..=1048573, got 1048583"
+        );
+        assert_eq!(
+            error(&web(
+                "port = 80\ntable_size = 2\n[[vip.backend]]\naddress = \"198.18.1.11\"\n[[vip.backend]]\naddress = \"198.18.1.12\"\n"
+            )),
+            "weir.toml:8:14: vip[0].table_size: must be greater than the number of backends (2)"
+        );
+        assert_eq!(
+            parse(&web("port = 80\ntable_size = 1048573\n"))
+                .expect("valid")
+                .vips[0]
+                .table_size,
+            maglev::MAX_TABLE_SIZE
+        );
+    }
+
+    #[test]
+    fn capacity_limits() {
+        let vips: String = (0..=MAX_VIPS)
+            .map(|i| format!("[[vip]]\nname = \"v{i}\"\naddress = \"198.18.0.10\"\nport = {i}\n"))
+            .collect();
+        let message = error(&format!("{AGENT}{vips}"));
+        assert!(message.contains("vip[1024]: too many VIPs"), "{message}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let missing = Path::new("/nonexistent/weir.toml");
+        let message = Config::load(missing).expect_err("no such file").to_string();
+        assert!(
+            message.starts_with("cannot read /nonexistent/weir.toml: "),
+            "{message}"
+        );
+
+        let path =
+            std::env::temp_dir().join(format!("weir-config-test-{}.toml", std::process::id()));
+        std::fs::write(&path, "[agent]\ninterfaces = []\n").expect("temp file");
+        let message = Config::load(&path).expect_err("invalid").to_string();
+        std::fs::write(&path, FULL).expect("temp file");
+        let loaded = Config::load(&path);
+        std::fs::remove_file(&path).expect("temp file");
+        assert_eq!(
+            message,
+            format!(
+                "{}:2:14: agent.interfaces: must list at least one interface",
+                path.display()
+            )
+        );
+        assert_eq!(loaded.expect("valid"), parse(FULL).expect("valid"));
+    }
+
+    /// Any input either parses or is rejected with a located error; none panics.
+    #[test]
+    fn mangled_inputs_never_panic() {
+        let chars: Vec<char> = FULL.chars().collect();
+        for end in 0..=chars.len() {
+            let _ = parse(&chars[..end].iter().collect::<String>());
+        }
+        for i in 0..chars.len() {
+            for c in ['"', '[', ']', '=', '\n', '0', 'x', '.', '{', ',', 'é', '\0'] {
+                let mut mangled = chars.clone();
+                mangled[i] = c;
+                if let Err(
+                    ConfigError::Invalid { line, column, .. }
+                    | ConfigError::Syntax { line, column, .. },
+                ) = parse(&mangled.iter().collect::<String>())
+                {
+                    assert!(line >= 1 && column >= 1);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! weir's agent and CLI as a library: pure logic (Maglev, configuration, planning map
+//! writes) apart from the I/O that loads the XDP program and programs its maps.
+
+pub mod agent;
+pub mod config;
+pub mod dataplane;
+pub mod host;
+pub mod maglev;
+pub mod plan;
+pub mod report;

@@ -1,0 +1,61 @@
+//! `weir`: the agent daemon and its command-line tools.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weir::{agent::Agent, config::Config};
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "An XDP L4 load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load and attach the XDP program and program it from the config.
+    Agent {
+        /// Configuration file.
+        #[arg(long, short, default_value = "/etc/weir/weir.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print it with defaults filled in (like `haproxy -c`).
+    Check {
+        #[arg(long, short, default_value = "/etc/weir/weir.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("weir: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Agent { config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let agent = Agent::start(&config)?;
+                agent.run().await?;
+                Ok(())
+            })
+        }
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            println!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Turns a validated configuration into the map writes that bring the dataplane to it.
+//!
+//! Pure logic, no I/O: [`Reconciler`] remembers what the maps hold (ids, Maglev tables,
+//! ring slices) and [`Reconciler::plan`] computes, for a new configuration, the ordered
+//! list of [`MapWrite`]s and the state after them — or refuses the whole change before
+//! anything is written. The order of the writes keeps every intermediate state
+//! consistent for packets in flight:
+//!
+//! 1. removed VIPs stop matching;
+//! 2. new backends exist before any Maglev slot names them;
+//! 3. a VIP's table is written before the VIP points at it (a new or resized table goes
+//!    to a fresh ring slice, an unchanged size is patched slot by slot);
+//! 4. backends that left stop accepting flows only after no slot names them, so their
+//!    flows move to the backend that now owns their slot;
+//! 5. ring slices and ids are released last.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::IpAddr,
+};
+
+use lb_common::{
+    BACKEND_ACCEPTS_FLOWS, Backend, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_ONLY,
+    VipAddressKey, VipKey, VipMeta,
+};
+
+use crate::{
+    config::{Config, HashMode, VipConfig},
+    maglev::{self, MaglevBackend},
+};
+
+/// One write to the dataplane's maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapWrite {
+    /// `BACKENDS[id] = backend`.
+    SetBackend { id: u32, backend: Backend },
+    /// Zero `BACKEND_STATS[id]` on every CPU (a fresh or reused id).
+    ClearBackendStats { id: u32 },
+    /// `MAGLEV_RING[base + i] = slots[i]` for a whole table.
+    SetRing { base: u32, slots: Vec<u32> },
+    /// `MAGLEV_RING[base + offset] = backend_id` for the slots that changed.
+    PatchRing { base: u32, changes: Vec<(u32, u32)> },
+    SetVip { key: VipKey, meta: VipMeta },
+    RemoveVip { key: VipKey },
+    /// Zero `VIP_STATS[id]` on every CPU (a fresh or reused id).
+    ClearVipStats { id: u32 },
+    AddVipAddress { key: VipAddressKey },
+    RemoveVipAddress { key: VipAddressKey },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("too many VIPs: {wanted} configured, the dataplane holds {MAX_VIPS}")]
+    TooManyVips { wanted: usize },
+    #[error("too many backends: {wanted} across all VIPs, the dataplane holds {MAX_BACKENDS}")]
+    TooManyBackends { wanted: usize },
+    #[error(
+        "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free \
+         (lower table_size, or raise [agent] maglev_ring_entries)"
+    )]
+    RingFull { wanted: u64, free: u64, capacity: u32 },
+    #[error("VIP {vip:?}: {source}")]
+    Maglev { vip: String, source: maglev::MaglevError },
+}
+
+/// What the maps hold for one backend of a VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendState {
+    pub id: u32,
+    pub weight: u32,
+}
+
+/// What the maps hold for one VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipState {
+    pub name: String,
+    pub key: VipKey,
+    pub meta: VipMeta,
+    pub backends: BTreeMap<IpAddr, BackendState>,
+    /// The Maglev table as written to the ring: backend ids or `NO_BACKEND`.
+    pub table: Vec<u32>,
+}
+
+/// The dataplane's programmed state, as far as the agent wrote it.
+#[derive(Clone, Debug)]
+pub struct Reconciler {
+    vips: BTreeMap<VipKey, VipState>,
+    vip_ids: IdPool,
+    backend_ids: IdPool,
+    ring: RingAllocator,
+}
+
+impl Reconciler {
+    /// An empty dataplane whose Maglev ring has `ring_capacity` slots.
+    pub fn new(ring_capacity: u32) -> Self {
+        Reconciler {
+            vips: BTreeMap::new(),
+            vip_ids: IdPool::new(MAX_VIPS),
+            backend_ids: IdPool::new(MAX_BACKENDS),
+            ring: RingAllocator::new(ring_capacity),
+        }
+    }
+
+    pub fn vips(&self) -> impl Iterator<Item = &VipState> {
+        self.vips.values()
+    }
+
+    /// The writes that take the dataplane from this state to `config`, and the state
+    /// after them. `self` is untouched, so a refused change leaves nothing behind.
+    pub fn plan(&self, config: &Config) -> Result<(Vec<MapWrite>, Reconciler), PlanError> {
+        check_capacity(config)?;
+        let mut next = self.clone();
+        let mut writes = Vec::new();
+        let mut released_slices = Vec::new();
+        let mut released_backends = Vec::new();
+        let mut released_vips = Vec::new();
+
+        let wanted: BTreeMap<VipKey, &VipConfig> =
+            config.vips.iter().map(|vip| (vip_key(vip), vip)).collect();
+
+        // 1. Removed VIPs stop matching first.
+        let removed: Vec<VipKey> =
+            next.vips.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
+        for key in removed {
+            let Some(state) = next.vips.remove(&key) else { continue };
+            writes.push(MapWrite::RemoveVip { key });
+            released_slices.push((state.meta.ring_base, state.meta.ring_size));
+            released_backends.extend(state.backends.values().map(|b| b.id));
+            released_vips.push(state.meta.id);
+        }
+
+        // Addresses are added before the VIPs that use them, removed after.
+        let old_addresses = vip_addresses(self.vips.keys());
+        let new_addresses = vip_addresses(wanted.keys());
+        for key in new_addresses.difference(&old_addresses) {
+            writes.push(MapWrite::AddVipAddress { key: *key });
+        }
+
+        for (key, vip) in &wanted {
+            next.apply_vip(
+                *key,
+                vip,
+                &mut writes,
+                &mut released_slices,
+                &mut released_backends,
+            )?;
+        }
+
+        // 4. Backends that left stop accepting flows, now that no slot names them.
+        for &id in &released_backends {
+            writes.push(MapWrite::SetBackend { id, backend: Backend::default() });
+        }
+        for key in old_addresses.difference(&new_addresses) {
+            writes.push(MapWrite::RemoveVipAddress { key: *key });
+        }
+
+        // 5. Release ring slices and ids.
+        for (base, size) in released_slices {
+            next.ring.free(base, size);
+        }
+        for id in released_backends {
+            next.backend_ids.free(id);
+        }
+        for id in released_vips {
+            next.vip_ids.free(id);
+        }
+        Ok((writes, next))
+    }
+
+    fn apply_vip(
+        &mut self,
+        key: VipKey,
+        vip: &VipConfig,
+        writes: &mut Vec<MapWrite>,
+        released_slices: &mut Vec<(u32, u32)>,
+        released_backends: &mut Vec<u32>,
+    ) -> Result<(), PlanError> {
+        let flags = match vip.hash {
+            HashMode::FiveTuple => 0,
+            HashMode::SourceIp => VIP_HASH_SOURCE_ONLY,
+        };
+        let previous = self.vips.get(&key).cloned();
+        let is_new = previous.is_none();
+        let vip_id = match &previous {
+            Some(state) => state.meta.id,
+            None => self.vip_ids.allocate().ok_or(PlanError::TooManyVips {
+                wanted: self.vips.len() + 1,
+            })?,
+        };
+
+        // 2. Backends: keep ids of those that stay, allocate ids for new ones.
+        let old_backends = previous.as_ref().map(|s| s.backends.clone()).unwrap_or_default();
+        let mut backends = BTreeMap::new();
+        for backend in &vip.backends {
+            let id = match old_backends.get(&backend.address) {
+                Some(state) => state.id,
+                None => {
+                    let id = self.backend_ids.allocate().ok_or(PlanError::TooManyBackends {
+                        wanted: MAX_BACKENDS as usize + 1,
+                    })?;
+                    writes.push(MapWrite::ClearBackendStats { id });
+                    writes.push(MapWrite::SetBackend {
+                        id,
+                        backend: Backend::new(backend.address, vip_id, BACKEND_ACCEPTS_FLOWS),
+                    });
+                    id
+                }
+            };
+            backends.insert(backend.address, BackendState { id, weight: backend.weight });
+        }
+        released_backends.extend(
+            old_backends
+                .iter()
+                .filter(|(addr, _)| !backends.contains_key(*addr))
+                .map(|(_, state)| state.id),
+        );
+
+        // 3. The Maglev table, then the VIP entry that points at it.
+        let table = maglev_table(&vip.name, &backends, vip.table_size)?;
+        let mut meta = VipMeta { id: vip_id, flags, ring_base: 0, ring_size: vip.table_size };
+        match previous.as_ref().filter(|state| state.meta.ring_size == vip.table_size) {
+            Some(state) => {
+                meta.ring_base = state.meta.ring_base;
+                let changes: Vec<(u32, u32)> = (0u32..)
+                    .zip(state.table.iter().zip(&table))
+                    .filter(|(_, (old, new))| old != new)
+                    .map(|(offset, (_, new))| (offset, *new))
+                    .collect();
+                if !changes.is_empty() {
+                    writes.push(MapWrite::PatchRing { base: meta.ring_base, changes });
+                }
+            }
+            None => {
+                meta.ring_base = self.ring.allocate(vip.table_size)?;
+                writes.push(MapWrite::SetRing { base: meta.ring_base, slots: table.clone() });
+                if let Some(state) = &previous {
+                    released_slices.push((state.meta.ring_base, state.meta.ring_size));
+                }
+            }
+        }
+        if is_new {
+            writes.push(MapWrite::ClearVipStats { id: vip_id });
+        }
+        if previous.as_ref().map(|state| state.meta) != Some(meta) {
+            writes.push(MapWrite::SetVip { key, meta });
+        }
+        self.vips.insert(
+            key,
+            VipState { name: vip.name.clone(), key, meta, backends, table },
+        );
+        Ok(())
+    }
+}
+
+/// The VIP table key of a configured VIP.
+pub fn vip_key(vip: &VipConfig) -> VipKey {
+    VipKey::new(vip.address, vip.port, vip.protocol.number())
+}
+
+fn vip_addresses<'a>(keys: impl Iterator<Item = &'a VipKey>) -> BTreeSet<VipAddressKey> {
+    keys.map(|key| VipAddressKey { addr: key.addr, family: key.family, _pad: [0; 3] })
+        .collect()
+}
+
+/// Refuses configurations that cannot fit before any id or slot is handed out.
+fn check_capacity(config: &Config) -> Result<(), PlanError> {
+    if config.vips.len() > MAX_VIPS as usize {
+        return Err(PlanError::TooManyVips { wanted: config.vips.len() });
+    }
+    let backends: usize = config.vips.iter().map(|vip| vip.backends.len()).sum();
+    if backends > MAX_BACKENDS as usize {
+        return Err(PlanError::TooManyBackends { wanted: backends });
+    }
+    Ok(())
+}
+
+/// The VIP's Maglev table in backend ids. Backends are named by address, so every node
+/// with the same backends builds the same table.
+fn maglev_table(
+    vip: &str,
+    backends: &BTreeMap<IpAddr, BackendState>,
+    table_size: u32,
+) -> Result<Vec<u32>, PlanError> {
+    let names: Vec<String> = backends.keys().map(IpAddr::to_string).collect();
+    let entries: Vec<MaglevBackend<'_>> = names
+        .iter()
+        .zip(backends.values())
+        .map(|(name, state)| MaglevBackend { name: name.as_bytes(), weight: state.weight })
+        .collect();
+    let ids: Vec<u32> = backends.values().map(|state| state.id).collect();
+    let table = maglev::build_table(&entries, table_size)
+        .map_err(|source| PlanError::Maglev { vip: vip.to_owned(), source })?;
+    Ok(table
+        .into_iter()
+        .map(|index| if index == NO_BACKEND { NO_BACKEND } else { ids[index as usize] })
+        .collect())
+}
+
+/// Hands out small integer ids. Freed ids go to the back of the queue, so an id is
+/// reused as late as possible (a stale connection-table entry naming it is long gone).
+#[derive(Clone, Debug)]
+struct IdPool {
+    free: VecDeque<u32>,
+}
+
+impl IdPool {
+    fn new(capacity: u32) -> Self {
+        IdPool { free: (0..capacity).collect() }
+    }
+
+    fn allocate(&mut self) -> Option<u32> {
+        self.free.pop_front()
+    }
+
+    fn free(&mut self, id: u32) {
+        self.free.push_back(id);
+    }
+}
+
+/// First-fit allocator of contiguous slices of the Maglev ring.
+#[derive(Clone, Debug)]
+struct RingAllocator {
+    capacity: u32,
+    /// Free slices, base → size, never adjacent (merged on free).
+    free: BTreeMap<u32, u32>,
+}
+
+impl RingAllocator {
+    fn new(capacity: u32) -> Self {
+        let free = if capacity > 0 { BTreeMap::from([(0, capacity)]) } else { BTreeMap::new() };
+        RingAllocator { capacity, free }
+    }
+
+    fn allocate(&mut self, size: u32) -> Result<u32, PlanError> {
+        let Some((&base, &free_size)) = self.free.iter().find(|(_, free)| **free >= size) else {
+            return Err(PlanError::RingFull {
+                wanted: u64::from(size),
+                free: self.free.values().map(|&s| u64::from(s)).sum(),
+                capacity: self.capacity,
+            });
+        };
+        self.free.remove(&base);
+        if free_size > size {
+            self.free.insert(base + size, free_size - size);
+        }
+        Ok(base)
+    }
+
+    fn free(&mut self, base: u32, size: u32) {
+        let (mut base, mut size) = (base, size);
+        if let Some((&prev_base, &prev_size)) = self.free.range(..base).next_back()
+            && prev_base + prev_size == base
+        {
+            self.free.remove(&prev_base);
+            base = prev_base;
+            size += prev_size;
+        }
+        if let Some(next_size) = self.free.remove(&(base + size)) {
+            size += next_size;
+        }
+        self.free.insert(base, size);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const RING: u32 = 1 << 20;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "test.toml").expect("valid test config")
+    }
+
+    fn web(backends: &[(&str, u32)], table_size: u32) -> Config {
+        let mut text = format!(
+            "[agent]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\n\
+             port = 80\ntable_size = {table_size}\n"
+        );
+        for (addr, weight) in backends {
+            text += &format!("[[vip.backend]]\naddress = \"{addr}\"\nweight = {weight}\n");
+        }
+        config(&text)
+    }
+
+    fn ring_writes(writes: &[MapWrite]) -> usize {
+        writes
+            .iter()
+            .map(|w| match w {
+                MapWrite::SetRing { slots, .. } => slots.len(),
+                MapWrite::PatchRing { changes, .. } => changes.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn first_apply_writes_backends_then_ring_then_vip() {
+        let cfg = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 251);
+        let (writes, next) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let position = |pred: &dyn Fn(&MapWrite) -> bool| writes.iter().position(pred).unwrap();
+        let backend = position(&|w| matches!(w, MapWrite::SetBackend { .. }));
+        let ring = position(&|w| matches!(w, MapWrite::SetRing { .. }));
+        let vip = position(&|w| matches!(w, MapWrite::SetVip { .. }));
+        let address = position(&|w| matches!(w, MapWrite::AddVipAddress { .. }));
+        assert!(backend < ring && ring < vip && address < vip, "{writes:?}");
+        let state = next.vips().next().unwrap();
+        assert_eq!(state.table.len(), 251);
+        assert!(state.table.iter().all(|id| *id != NO_BACKEND));
+    }
+
+    #[test]
+    fn reapplying_the_same_config_writes_nothing() {
+        let cfg = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 251);
+        let (_, state) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let (writes, _) = state.plan(&cfg).unwrap();
+        assert_eq!(writes, vec![]);
+    }
+
+    #[test]
+    fn removing_a_backend_patches_only_changed_slots_and_retires_it_last() {
+        let before = web(&[("198.18.1.11", 100), ("198.18.1.12", 100), ("198.18.1.13", 100)], 65537);
+        let after = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 65537);
+        let (_, state) = Reconciler::new(RING).plan(&before).unwrap();
+        let removed_id = state.vips().next().unwrap().backends[&"198.18.1.13".parse().unwrap()].id;
+        let (writes, next) = state.plan(&after).unwrap();
+        assert!(matches!(writes.first(), Some(MapWrite::PatchRing { .. })), "{writes:?}");
+        assert_eq!(
+            writes.last(),
+            Some(&MapWrite::SetBackend { id: removed_id, backend: Backend::default() })
+        );
+        assert!(ring_writes(&writes) < 65537 / 2, "only changed slots are written");
+        assert!(next.vips().next().unwrap().table.iter().all(|id| *id != removed_id));
+    }
+
+    #[test]
+    fn resizing_a_table_moves_it_to_a_fresh_slice_and_frees_the_old_one() {
+        let cfg = web(&[("198.18.1.11", 100)], 251);
+        let (_, state) = Reconciler::new(600).plan(&cfg).unwrap();
+        let (writes, next) = state.plan(&web(&[("198.18.1.11", 100)], 257)).unwrap();
+        let meta = next.vips().next().unwrap().meta;
+        assert_eq!((meta.ring_base, meta.ring_size), (251, 257));
+        assert!(writes.contains(&MapWrite::SetVip { key: state.vips().next().unwrap().key, meta }));
+        // The old slice is free again: a third size fits at base 0.
+        let (_, after) = next.plan(&web(&[("198.18.1.11", 100)], 241)).unwrap();
+        assert_eq!(after.vips().next().unwrap().meta.ring_base, 0);
+    }
+
+    #[test]
+    fn a_change_that_does_not_fit_is_refused_whole() {
+        let cfg = web(&[("198.18.1.11", 100)], 251);
+        let (_, state) = Reconciler::new(300).plan(&cfg).unwrap();
+        let err = state.plan(&web(&[("198.18.1.11", 100)], 257)).unwrap_err();
+        assert!(matches!(err, PlanError::RingFull { wanted: 257, free: 49, capacity: 300 }), "{err}");
+        // The state is unchanged: the same config still plans to nothing.
+        assert_eq!(state.plan(&cfg).unwrap().0, vec![]);
+    }
+
+    #[test]
+    fn removing_a_vip_stops_matching_first_and_frees_everything() {
+        let cfg = web(&[("198.18.1.11", 100)], 251);
+        let (_, state) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let empty = config("[agent]\ninterfaces = [\"eth0\"]\n");
+        let (writes, next) = state.plan(&empty).unwrap();
+        assert!(matches!(writes.first(), Some(MapWrite::RemoveVip { .. })), "{writes:?}");
+        assert!(matches!(writes.last(), Some(MapWrite::RemoveVipAddress { .. })), "{writes:?}");
+        assert_eq!(next.vips().count(), 0);
+        // Ids are reused late: a new VIP gets a fresh id, not the one just freed.
+        let (_, again) = next.plan(&cfg).unwrap();
+        assert_ne!(again.vips().next().unwrap().meta.id, state.vips().next().unwrap().meta.id);
+    }
+
+    #[test]
+    fn hash_mode_change_rewrites_only_the_vip_entry() {
+        let cfg = web(&[("198.18.1.11", 100)], 251);
+        let (_, state) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let text = "[agent]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\n\
+                    port = 80\nhash = \"source-ip\"\ntable_size = 251\n[[vip.backend]]\naddress = \"198.18.1.11\"\n";
+        let (writes, _) = state.plan(&config(text)).unwrap();
+        assert!(
+            matches!(writes.as_slice(), [MapWrite::SetVip { meta, .. }] if meta.flags == VIP_HASH_SOURCE_ONLY),
+            "{writes:?}"
+        );
+    }
+
+    #[test]
+    fn ring_allocator_merges_free_neighbours() {
+        let mut ring = RingAllocator::new(30);
+        let a = ring.allocate(10).unwrap();
+        let b = ring.allocate(10).unwrap();
+        let c = ring.allocate(10).unwrap();
+        ring.free(a, 10);
+        ring.free(c, 10);
+        ring.free(b, 10);
+        assert_eq!(ring.free, BTreeMap::from([(0, 30)]));
+    }
+}

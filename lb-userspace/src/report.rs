@@ -1,0 +1,130 @@
+//! A snapshot of the dataplane's counters, per VIP and backend and per verdict reason,
+//! for people (`Display`) and for scripts (`Serialize`).
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use lb_common::{Counter, TrafficCounters, Verdict, words_addr};
+use serde::Serialize;
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    plan::Reconciler,
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl From<TrafficCounters> for Traffic {
+    fn from(c: TrafficCounters) -> Self {
+        Traffic { packets: c.packets, bytes: c.bytes, new_flows: c.new_flows }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendReport {
+    pub address: IpAddr,
+    pub traffic: Traffic,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VipReport {
+    pub name: String,
+    pub address: Option<IpAddr>,
+    pub port: u16,
+    pub protocol: u8,
+    pub traffic: Traffic,
+    pub backends: Vec<BackendReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatsReport {
+    /// Packets per XDP verdict (derived from the reasons).
+    pub verdicts: BTreeMap<&'static str, u64>,
+    /// Packets per verdict reason, and event counts, by counter name.
+    pub counters: BTreeMap<&'static str, u64>,
+    pub vips: Vec<VipReport>,
+}
+
+impl StatsReport {
+    pub fn collect(dataplane: &Dataplane, state: &Reconciler) -> Result<Self, DataplaneError> {
+        let global = dataplane.global_counters()?;
+        let mut verdicts = BTreeMap::new();
+        for (counter, value) in &global {
+            if let Some(verdict) = counter.verdict() {
+                *verdicts.entry(verdict.name()).or_insert(0) += value;
+            }
+        }
+        let mut vips = Vec::new();
+        for vip in state.vips() {
+            let backends = vip
+                .backends
+                .iter()
+                .map(|(address, backend)| {
+                    Ok(BackendReport {
+                        address: *address,
+                        traffic: dataplane.backend_counters(backend.id)?.into(),
+                    })
+                })
+                .collect::<Result<_, DataplaneError>>()?;
+            vips.push(VipReport {
+                name: vip.name.clone(),
+                address: words_addr(vip.key.family, vip.key.addr),
+                port: u16::from_be(vip.key.port),
+                protocol: vip.key.protocol,
+                traffic: dataplane.vip_counters(vip.meta.id)?.into(),
+                backends,
+            });
+        }
+        Ok(StatsReport {
+            verdicts,
+            counters: global.into_iter().map(|(c, v)| (c.name(), v)).collect(),
+            vips,
+        })
+    }
+
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters.get(counter.name()).copied().unwrap_or(0)
+    }
+
+    pub fn verdict(&self, verdict: Verdict) -> u64 {
+        self.verdicts.get(verdict.name()).copied().unwrap_or(0)
+    }
+}
+
+fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        lb_common::PROTO_TCP => "tcp",
+        lb_common::PROTO_UDP => "udp",
+        _ => "?",
+    }
+}
+
+impl fmt::Display for StatsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<40} {:>12} {:>14} {:>10}", "VIP / backend", "packets", "bytes", "new flows")?;
+        for vip in &self.vips {
+            let address = vip.address.map_or_else(|| "?".to_owned(), |a| a.to_string());
+            let label = format!("{} {}:{}/{}", vip.name, address, vip.port, protocol_name(vip.protocol));
+            row(f, &label, vip.traffic)?;
+            for backend in &vip.backends {
+                row(f, &format!("  {}", backend.address), backend.traffic)?;
+            }
+        }
+        writeln!(f)?;
+        let verdicts: Vec<String> = self.verdicts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(f, "verdicts: {}", verdicts.join(", "))?;
+        let counters: Vec<String> = Counter::ALL
+            .iter()
+            .map(|c| format!("{} {}", c.name(), self.counter(*c)))
+            .collect();
+        write!(f, "counters: {}", counters.join(", "))
+    }
+}
+
+fn row(f: &mut fmt::Formatter<'_>, label: &str, t: Traffic) -> fmt::Result {
+    writeln!(f, "{label:<40} {:>12} {:>14} {:>10}", t.packets, t.bytes, t.new_flows)
+}
