@@ -1,6 +1,6 @@
 //! The agent's TOML configuration, validated as a whole: a file is either entirely valid
-//! or rejected with one error naming the file, line, column and key, so a typo can never
-//! half-apply (unlike a keepalived/HAProxy reload that keeps going past a bad line).
+//! or rejected with one error naming the file, line, column and key, so that a typo is
+//! never half-applied to the data plane.
 //!
 //! Parsing has two steps. serde turns the document into raw structs that keep every
 //! value's span (syntax, type and unknown-key errors come from here); validation then
@@ -24,7 +24,7 @@ use crate::maglev;
 
 /// Weight of a backend that does not set one.
 pub const DEFAULT_WEIGHT: u32 = 100;
-/// Largest backend weight: keeps weight ratios meaningful for a 65537-slot table.
+/// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Bounds of `agent.conntrack_entries`.
 pub const MIN_CONNTRACK_ENTRIES: u32 = 1024;

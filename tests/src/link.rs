@@ -225,8 +225,10 @@ impl Netns {
     }
 
     /// Turns GRO on or off (`ethtool -K DEV gro on|off`). On a veth, GRO on gives the
-    /// device a NAPI instance, which is what lets frames that XDP transmits or redirects
-    /// into its peer arrive (see [`Netns::attach_xdp`] for the other way).
+    /// device NAPI, but on kernel 6.18 that is NOT enough to receive frames that XDP
+    /// transmits or redirects into it: they are accepted (the sender counts
+    /// `rx_queue_0_xdp_tx`) and never delivered, because the receiver's NAPI is only
+    /// kicked when it has an XDP program. Use [`Netns::attach_xdp`] on the receiving end.
     pub fn set_gro(&self, dev: &str, on: bool) -> Result<()> {
         self.run(&["ethtool", "-K", dev, "gro", if on { "on" } else { "off" }]).map(drop)
     }

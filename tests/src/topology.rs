@@ -21,8 +21,10 @@
 //! * Neighbour entries are static (permanent) everywhere they matter: the LB knows the
 //!   client's and every backend's MAC, the client the LB's, each backend the client's and
 //!   the LB's. Routing and `bpf_fib_lookup` in the LB namespace are deterministic.
-//! * The LB's veth peer (the bridge port) has GRO on, which gives it NAPI, so frames the
-//!   LB's XDP program sends back out (XDP_TX) are delivered rather than dropped.
+//! * The LB's veth peer (its bridge port) runs an XDP_PASS program, which gives it NAPI,
+//!   so frames the LB's XDP program sends back out (XDP_TX) are delivered rather than
+//!   dropped. (GRO on the peer is not enough on kernel 6.18: the frames are accepted,
+//!   `rx_queue_0_xdp_tx` counts them, but they are never delivered.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -34,6 +36,7 @@ use crate::{
     link::{MacAddr, veth_pair},
     netns::{Child, Netns},
     server::{READY, ServerConfig},
+    xdp::{XdpAction, XdpLink},
 };
 
 pub const SEGMENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
@@ -129,6 +132,7 @@ pub struct DsrTopology {
     backends: Vec<Backend>,
     client: Host,
     lb: Host,
+    lb_port_xdp: XdpLink,
     switch: Netns,
     bridge: String,
     vips: Vec<IpAddr>,
@@ -153,10 +157,10 @@ impl DsrTopology {
         let client = attach_host(&switch, &bridge, "client", CLIENT_V4, CLIENT_V6)?;
         let lb = attach_host(&switch, &bridge, "lb", LB_V4, LB_V6)?;
         // Frames the LB's XDP program transmits land in this port's receive queue, which
-        // drops them unless it has NAPI; GRO gives it NAPI without an XDP program.
-        switch
-            .set_gro(&lb.switch_port, true)
-            .context("cannot enable GRO (NAPI) on the LB's bridge port")?;
+        // drops them unless it has NAPI: an XDP program gives it NAPI.
+        let lb_port_xdp = switch
+            .attach_xdp(&lb.switch_port, XdpAction::Pass)
+            .context("cannot attach XDP_PASS (for NAPI) to the LB's bridge port")?;
 
         client.ns.add_route(VIP_NET_V4, IpAddr::V4(LB_V4))?;
         client.ns.add_route(VIP_NET_V6, IpAddr::V6(LB_V6))?;
@@ -167,6 +171,7 @@ impl DsrTopology {
             backends: Vec::new(),
             client,
             lb,
+            lb_port_xdp,
             switch,
             bridge,
             vips: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)],
@@ -204,6 +209,11 @@ impl DsrTopology {
 
     pub fn switch(&self) -> &Netns {
         &self.switch
+    }
+
+    /// The XDP_PASS program on the LB's bridge port (see the module documentation).
+    pub fn lb_port_xdp(&self) -> &XdpLink {
+        &self.lb_port_xdp
     }
 
     /// The bridge's name inside the switch namespace.

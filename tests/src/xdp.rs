@@ -1,7 +1,8 @@
 //! Trivial XDP programs (one fixed action) loaded and attached with raw `bpf()` calls, no
 //! toolchain needed. Their main use is on the far end of a veth: a frame that XDP sends
 //! into a veth (XDP_TX out of one end, or XDP_REDIRECT) is dropped unless the receiving
-//! end has NAPI, which an attached XDP program (or GRO, see [`Netns::set_gro`]) gives it.
+//! end has an XDP program too (GRO on the receiving veth is not enough on kernel 6.18,
+//! see [`Netns::set_gro`]); `XDP_PASS` there hands the frames on to the kernel as usual.
 //! An `XDP_DROP` program there is also the cheapest packet sink for benchmarks.
 
 use std::{

@@ -1,0 +1,395 @@
+#![allow(dead_code)] // each test binary uses a different part of the bed
+
+//! The dataplane fixture bed, shared by the dataplane tests and the benchmark: the real
+//! XDP program run with BPF_PROG_TEST_RUN on crafted frames.
+//!
+//! Each bed builds its own network namespace so that `bpf_fib_lookup` sees a fixed
+//! routing and neighbour table (below), and programs the maps through the agent's own
+//! path (configuration → planner → map writes). Packets are built and checked with
+//! `etherparse`, an implementation independent of the program's.
+//!
+//! The namespace: `lb0` (198.18.0.1/24, 2001:db8:0:1::1/64), `lb1` (198.18.2.1/24) and
+//! `lb2` (198.18.3.1/24), veths with fixed MACs; permanent neighbours for the backends;
+//! `lb0` and `lb1` may be redirected to, `lb2` not (as if the agent had not attached it).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Verdict, flow_hash};
+use weir::{
+    config::Config,
+    dataplane::{Dataplane, LoadOptions},
+    host,
+    plan::{Reconciler, VipState},
+};
+use weir_testbed::Netns;
+
+pub const LB0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const LB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const LB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
+
+pub const CLIENT4: [u8; 4] = [198, 18, 0, 100];
+pub const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x01, 0x00];
+pub const ROUTER4: [u8; 4] = [198, 18, 0, 254];
+pub const ROUTER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+
+pub const VIP4: [u8; 4] = [198, 19, 0, 10];
+pub const VIP4_ANY_PORT: [u8; 4] = [198, 19, 0, 20];
+pub const VIP4_EMPTY: [u8; 4] = [198, 19, 0, 30];
+pub const VIP4_REDIRECT: [u8; 4] = [198, 19, 0, 40];
+pub const VIP4_NO_NEIGH: [u8; 4] = [198, 19, 0, 41];
+pub const VIP4_NO_ROUTE: [u8; 4] = [198, 19, 0, 42];
+pub const VIP4_UNATTACHED: [u8; 4] = [198, 19, 0, 43];
+pub const VIP4_SOURCE_HASH: [u8; 4] = [198, 19, 0, 50];
+pub const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10];
+pub const NOT_A_VIP4: [u8; 4] = [198, 18, 0, 1];
+
+/// Backends and the MACs their permanent neighbour entries give them.
+pub const NEIGHBOURS: &[(&str, &str, [u8; 6])] = &[
+    ("lb0", "198.18.0.11", [0x02, 0, 0, 0, 0x01, 0x11]),
+    ("lb0", "198.18.0.12", [0x02, 0, 0, 0, 0x01, 0x12]),
+    ("lb0", "198.18.0.13", [0x02, 0, 0, 0, 0x01, 0x13]),
+    ("lb0", "198.18.0.14", [0x02, 0, 0, 0, 0x01, 0x14]),
+    ("lb0", "2001:db8:0:1::11", [0x02, 0, 0, 0, 0x01, 0x11]),
+    ("lb0", "2001:db8:0:1::12", [0x02, 0, 0, 0, 0x01, 0x12]),
+    ("lb0", "2001:db8:0:1::13", [0x02, 0, 0, 0, 0x01, 0x13]),
+    ("lb1", "198.18.2.21", [0x02, 0, 0, 0, 0x02, 0x21]),
+    ("lb2", "198.18.3.31", [0x02, 0, 0, 0, 0x03, 0x31]),
+];
+
+pub const BASE_CONFIG: &str = r#"
+[agent]
+interfaces = ["lb0", "lb1"]
+
+[[vip]]
+name = "tcp4"
+address = "198.19.0.10"
+port = 80
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+[[vip.backend]]
+address = "198.18.0.12"
+[[vip.backend]]
+address = "198.18.0.13"
+
+[[vip]]
+name = "udp4"
+address = "198.19.0.10"
+port = 53
+protocol = "udp"
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+[[vip.backend]]
+address = "198.18.0.12"
+
+[[vip]]
+name = "any-port"
+address = "198.19.0.20"
+port = 0
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.12"
+
+[[vip]]
+name = "empty"
+address = "198.19.0.30"
+port = 80
+table_size = 251
+
+[[vip]]
+name = "redirect"
+address = "198.19.0.40"
+port = 80
+table_size = 251
+[[vip.backend]]
+address = "198.18.2.21"
+
+[[vip]]
+name = "no-neigh"
+address = "198.19.0.41"
+port = 80
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.99"
+
+[[vip]]
+name = "no-route"
+address = "198.19.0.42"
+port = 80
+table_size = 251
+[[vip.backend]]
+address = "198.18.9.9"
+
+[[vip]]
+name = "unattached"
+address = "198.19.0.43"
+port = 80
+table_size = 251
+[[vip.backend]]
+address = "198.18.3.31"
+
+[[vip]]
+name = "source-hash"
+address = "198.19.0.50"
+port = 80
+hash = "source-ip"
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+[[vip.backend]]
+address = "198.18.0.12"
+[[vip.backend]]
+address = "198.18.0.13"
+
+[[vip]]
+name = "tcp6"
+address = "2001:db8:0:ff::10"
+port = 80
+table_size = 251
+[[vip.backend]]
+address = "2001:db8:0:1::11"
+[[vip.backend]]
+address = "2001:db8:0:1::12"
+[[vip.backend]]
+address = "2001:db8:0:1::13"
+
+[[vip]]
+name = "udp6"
+address = "2001:db8:0:ff::10"
+port = 53
+protocol = "udp"
+table_size = 251
+[[vip.backend]]
+address = "2001:db8:0:1::11"
+"#;
+
+/// A namespace with a loaded program whose maps hold a configuration.
+pub struct Bed {
+    pub ns: Netns,
+    pub dataplane: Dataplane,
+    pub state: Reconciler,
+    pub lb0: u32,
+}
+
+impl Bed {
+    pub fn new() -> Bed {
+        let ns = Netns::new("dataplane").expect("dataplane tests need root and network namespaces");
+        for (dev, peer, mac) in [("lb0", "lb0p", LB0_MAC), ("lb1", "lb1p", LB1_MAC), ("lb2", "lb2p", LB2_MAC)] {
+            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]).unwrap();
+            ns.ip(&["link", "set", dev, "address", &mac_string(mac)]).unwrap();
+            ns.ip(&["link", "set", dev, "up"]).unwrap();
+            ns.ip(&["link", "set", peer, "up"]).unwrap();
+        }
+        for (dev, cidr) in [
+            ("lb0", "198.18.0.1/24"),
+            ("lb0", "2001:db8:0:1::1/64"),
+            ("lb1", "198.18.2.1/24"),
+            ("lb2", "198.18.3.1/24"),
+        ] {
+            ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"]).unwrap();
+        }
+        for (dev, addr, mac) in NEIGHBOURS {
+            ns.ip(&["neigh", "replace", addr, "lladdr", &mac_string(*mac), "dev", dev, "nud", "permanent"])
+                .unwrap();
+        }
+        let (dataplane, lb0) = ns
+            .enter(|| {
+                for dev in ["lb0", "lb1", "lb2"] {
+                    host::enable_forwarding(dev).unwrap();
+                }
+                let mut dataplane = Dataplane::load(LoadOptions {
+                    conntrack_entries: 65536,
+                    maglev_ring_entries: 1 << 16,
+                })
+                .expect("the XDP program loads and passes the verifier");
+                let lb0 = weir::dataplane::ifindex("lb0").unwrap();
+                let lb1 = weir::dataplane::ifindex("lb1").unwrap();
+                dataplane.add_tx_port(lb0).unwrap();
+                dataplane.add_tx_port(lb1).unwrap();
+                (dataplane, lb0)
+            })
+            .unwrap();
+        let mut bed = Bed { ns, dataplane, state: Reconciler::new(1 << 16), lb0 };
+        bed.apply(BASE_CONFIG);
+        bed
+    }
+
+    pub fn apply(&mut self, text: &str) {
+        let config = Config::parse(text, "test.toml").unwrap();
+        let (writes, state) = self.state.plan(&config).unwrap();
+        self.dataplane.apply(&writes).unwrap();
+        self.state = state;
+    }
+
+    pub fn vip(&self, name: &str) -> &VipState {
+        self.state.vips().find(|vip| vip.name == name).unwrap()
+    }
+
+    /// Runs the program once on `frame` arriving on `ifindex`.
+    pub fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|word: &u32| word.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 512];
+        let dataplane = &mut self.dataplane;
+        let result = self
+            .ns
+            .enter(|| {
+                dataplane.program().unwrap().test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..Default::default()
+                })
+            })
+            .unwrap()
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let lb0 = self.lb0;
+        self.run_on(lb0, frame)
+    }
+
+    pub fn counters(&self) -> BTreeMap<Counter, u64> {
+        self.dataplane.global_counters().unwrap()
+    }
+
+    /// Runs `frame` and checks the verdict, the output frame and that the global
+    /// counters moved by exactly `counters` (every other counter unchanged).
+    pub fn expect(&mut self, name: &str, frame: &[u8], verdict: Verdict, output: &[u8], counters: &[(Counter, u64)]) {
+        let before = self.counters();
+        let (action, out) = self.run(frame);
+        assert_eq!(action, verdict as u32, "{name}: verdict");
+        assert_eq!(hex(&out), hex(output), "{name}: output frame");
+        let after = self.counters();
+        let moved: BTreeMap<Counter, u64> =
+            after.iter().map(|(c, v)| (*c, v - before[c])).filter(|(_, d)| *d != 0).collect();
+        let wanted: BTreeMap<Counter, u64> = counters.iter().copied().collect();
+        assert_eq!(moved, wanted, "{name}: counter changes");
+    }
+
+    /// The backend the VIP's Maglev table picks for `key`.
+    pub fn maglev_pick(&self, vip: &str, key: &FlowKey) -> IpAddr {
+        let vip = self.vip(vip);
+        let hash = flow_hash(key, vip.meta.flags & lb_common::VIP_HASH_SOURCE_ONLY != 0);
+        let id = vip.table[(hash % vip.meta.ring_size) as usize];
+        *vip.backends.iter().find(|(_, b)| b.id == id).unwrap().0
+    }
+
+    pub fn backend_id(&self, vip: &str, addr: &str) -> u32 {
+        self.vip(vip).backends[&addr.parse::<IpAddr>().unwrap()].id
+    }
+}
+
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+pub fn mac_of(addr: &str) -> [u8; 6] {
+    NEIGHBOURS.iter().find(|(_, a, _)| *a == addr).unwrap().2
+}
+
+/// The frame as forwarded: new destination and source MACs, every other byte as sent.
+pub fn rewritten(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&dst);
+    out[6..12].copy_from_slice(&src);
+    out
+}
+
+pub const PAYLOAD: &[u8] = b"weir test payload";
+
+pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240).syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, PAYLOAD).unwrap();
+    frame
+}
+
+pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv4(src, dst, 64).udp(sport, dport);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, PAYLOAD).unwrap();
+    frame
+}
+
+pub fn tcp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv6(src, dst, 64).tcp(sport, dport, 1000, 64240).syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, PAYLOAD).unwrap();
+    frame
+}
+
+pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv6(src, dst, 64).udp(sport, dport);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, PAYLOAD).unwrap();
+    frame
+}
+
+pub fn key(frame: &[u8]) -> FlowKey {
+    let packet = SlicedPacket::from_ethernet(frame).unwrap();
+    let (src, dst): (IpAddr, IpAddr) = match packet.net.unwrap() {
+        etherparse::NetSlice::Ipv4(ip) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+        etherparse::NetSlice::Ipv6(ip) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+        _ => unreachable!(),
+    };
+    match packet.transport.unwrap() {
+        TransportSlice::Tcp(tcp) => FlowKey::new(src, tcp.source_port(), dst, tcp.destination_port(), PROTO_TCP),
+        TransportSlice::Udp(udp) => FlowKey::new(src, udp.source_port(), dst, udp.destination_port(), PROTO_UDP),
+        _ => unreachable!(),
+    }
+}
+
+/// Asserts that the frame's IP header checksum and transport checksum are valid, as an
+/// independent implementation computes them.
+pub fn assert_checksums_valid(frame: &[u8]) {
+    let packet = SlicedPacket::from_ethernet(frame).unwrap();
+    let headers = etherparse::PacketHeaders::from_ethernet_slice(frame).unwrap();
+    if let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &headers.net {
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    }
+    let payload = packet.transport.as_ref().map(|t| match t {
+        TransportSlice::Tcp(tcp) => tcp.payload().to_vec(),
+        TransportSlice::Udp(udp) => udp.payload().to_vec(),
+        _ => Vec::new(),
+    });
+    match (&headers.net, &headers.transport, payload) {
+        (Some(etherparse::NetHeaders::Ipv4(ip, _)), Some(etherparse::TransportHeader::Tcp(tcp)), Some(p)) => {
+            assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(ip, &p).unwrap(), "TCP checksum")
+        }
+        (Some(etherparse::NetHeaders::Ipv6(ip, _)), Some(etherparse::TransportHeader::Tcp(tcp)), Some(p)) => {
+            assert_eq!(tcp.checksum, tcp.calc_checksum_ipv6(ip, &p).unwrap(), "TCP checksum")
+        }
+        (Some(etherparse::NetHeaders::Ipv4(ip, _)), Some(etherparse::TransportHeader::Udp(udp)), Some(p)) => {
+            assert_eq!(udp.checksum, udp.calc_checksum_ipv4(ip, &p).unwrap(), "UDP checksum")
+        }
+        (Some(etherparse::NetHeaders::Ipv6(ip, _)), Some(etherparse::TransportHeader::Udp(udp)), Some(p)) => {
+            assert_eq!(udp.checksum, udp.calc_checksum_ipv6(ip, &p).unwrap(), "UDP checksum")
+        }
+        _ => {}
+    }
+}
+
+pub fn forwarded(new_flows: u64) -> Vec<(Counter, u64)> {
+    let mut counters = vec![(Counter::Tx, 1)];
+    if new_flows > 0 {
+        counters.push((Counter::FlowNew, new_flows));
+    }
+    counters
+}
+
