@@ -598,7 +598,7 @@ fn valid_ifname(name: &str) -> bool {
         && name != ".."
         && !name
             .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace() || b == 0x0b)
+            .any(|b| matches!(b, b'/' | b':' | b'\0' | b'\x0b') || b.is_ascii_whitespace())
 }
 
 fn valid_vip_name(name: &str) -> bool {
@@ -828,6 +828,16 @@ vip = [
 ]
 "#;
         assert_eq!(parse(inline).expect("valid"), parse(FULL).expect("valid"));
+        // Dotted keys make tables without a header; a missing key points at the first.
+        let dotted = "agent.interfaces = [\"eth0\"]\nagent.xdp_mode = \"generic\"\n";
+        assert_eq!(
+            parse(dotted).expect("valid").agent.xdp_mode,
+            XdpMode::Generic
+        );
+        assert_eq!(
+            error("\nagent.xdp_mode = \"auto\"\n"),
+            "weir.toml:2:1: agent.interfaces: required key is missing"
+        );
         let bad = "agent = { interfaces = [\"eth0\"] }\nvip = [{ name = \"web\", address = \"198.18.0.10\", port = 80, backend = [{ address = \"198.18.1.11\", wieght = 1 }] }]\n";
         assert_eq!(
             error(bad),
@@ -1099,7 +1109,25 @@ vip = [
             .map(|i| format!("[[vip]]\nname = \"v{i}\"\naddress = \"198.18.0.10\"\nport = {i}\n"))
             .collect();
         let message = error(&format!("{AGENT}{vips}"));
-        assert!(message.contains("vip[1024]: too many VIPs"), "{message}");
+        assert!(
+            message.contains(":4099:1: vip[1024]: too many VIPs"),
+            "{message}"
+        );
+        let backends: String = (0..=MAX_BACKENDS)
+            .map(|i| {
+                format!(
+                    "[[vip.backend]]\naddress = \"10.{}.{}.{}\"\n",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect();
+        let message = error(&web(&format!("port = 80\n{backends}")));
+        assert!(
+            message.contains(":32776:1: vip[0].backend[16384]: too many backends"),
+            "{message}"
+        );
     }
 
     #[test]
