@@ -15,7 +15,10 @@ pub const TEST_SERVER_BIN_ENV: &str = "WEIR_TEST_SERVER_BIN";
 
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_owned()
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
@@ -23,7 +26,11 @@ pub fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { workspace_root().join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
         }
         _ => workspace_root().join("target"),
     }
@@ -35,7 +42,10 @@ pub fn weir_bin() -> Result<PathBuf> {
     if let Some(path) = env::var_os(WEIR_BIN_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!("${WEIR_BIN_ENV} is {} but no such file exists", path.display());
+            bail!(
+                "${WEIR_BIN_ENV} is {} but no such file exists",
+                path.display()
+            );
         }
         return Ok(path);
     }
@@ -47,7 +57,11 @@ pub fn weir_bin() -> Result<PathBuf> {
         None => bail!(
             "the weir binary is not built (looked for {}); run `cargo xtask test` (which builds it \
              and sets ${WEIR_BIN_ENV}), or `cargo build -p lb-userspace` first, or set ${WEIR_BIN_ENV}",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -60,7 +74,10 @@ pub fn test_server_bin() -> Result<PathBuf> {
     if let Some(path) = env::var_os(TEST_SERVER_BIN_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!("${TEST_SERVER_BIN_ENV} is {} but no such file exists", path.display());
+            bail!(
+                "${TEST_SERVER_BIN_ENV} is {} but no such file exists",
+                path.display()
+            );
         }
         return Ok(path);
     }
@@ -77,7 +94,11 @@ pub fn test_server_bin() -> Result<PathBuf> {
         None => bail!(
             "{NAME} is not built (looked for {}); run `cargo xtask test`, or \
              `cargo build -p weir-tests --bins` first, or set ${TEST_SERVER_BIN_ENV}",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

@@ -27,22 +27,32 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// `http://HOST[:PORT][/PATH]` with an IP literal host → (address, path).
 pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String)> {
-    let rest = url.strip_prefix("http://").with_context(|| format!("not an http:// URL: {url}"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("not an http:// URL: {url}"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].to_owned()),
         None => (rest, "/".to_owned()),
     };
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').with_context(|| format!("bad IPv6 host in {url}"))?;
+        let (host, after) = v6
+            .split_once(']')
+            .with_context(|| format!("bad IPv6 host in {url}"))?;
         let port = match after {
             "" => None,
-            p => Some(p.strip_prefix(':').with_context(|| format!("bad port in {url}"))?),
+            p => Some(
+                p.strip_prefix(':')
+                    .with_context(|| format!("bad port in {url}"))?,
+            ),
         };
         (host, port)
     } else {
@@ -51,7 +61,9 @@ pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String)> {
             None => (authority, None),
         }
     };
-    let ip: IpAddr = host.parse().with_context(|| format!("host of {url} is not an IP address"))?;
+    let ip: IpAddr = host
+        .parse()
+        .with_context(|| format!("host of {url} is not an IP address"))?;
     let port = match port {
         Some(p) => p.parse().with_context(|| format!("bad port in {url}"))?,
         None => 80,
@@ -83,7 +95,11 @@ pub fn http_get_keepalive(ns: &Netns, url: &str, count: usize) -> Result<Vec<Htt
     };
     let mut responses = Vec::with_capacity(count);
     for i in 0..count {
-        let connection = if i + 1 == count { "close" } else { "keep-alive" };
+        let connection = if i + 1 == count {
+            "close"
+        } else {
+            "keep-alive"
+        };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-testbed\r\nConnection: {connection}\r\n\r\n"
         );
@@ -99,10 +115,16 @@ pub fn http_get_keepalive(ns: &Netns, url: &str, count: usize) -> Result<Vec<Htt
 
 fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse> {
     let mut status_line = String::new();
-    ensure!(reader.read_line(&mut status_line)? > 0, "connection closed before a response");
+    ensure!(
+        reader.read_line(&mut status_line)? > 0,
+        "connection closed before a response"
+    );
     let mut parts = status_line.split_whitespace();
     let version = parts.next().unwrap_or_default();
-    ensure!(version.starts_with("HTTP/1."), "bad status line {status_line:?}");
+    ensure!(
+        version.starts_with("HTTP/1."),
+        "bad status line {status_line:?}"
+    );
     let status: u16 = parts
         .next()
         .and_then(|s| s.parse().ok())
@@ -110,37 +132,63 @@ fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse> {
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        ensure!(reader.read_line(&mut line)? > 0, "connection closed inside the headers");
+        ensure!(
+            reader.read_line(&mut line)? > 0,
+            "connection closed inside the headers"
+        );
         let line = line.trim_end_matches(['\r', '\n']);
         if line.is_empty() {
             break;
         }
-        let (key, value) = line.split_once(':').with_context(|| format!("bad header {line:?}"))?;
+        let (key, value) = line
+            .split_once(':')
+            .with_context(|| format!("bad header {line:?}"))?;
         headers.push((key.trim().to_owned(), value.trim().to_owned()));
         ensure!(headers.len() < 100, "too many headers");
     }
-    let response = HttpResponse { status, headers, body: String::new() };
+    let response = HttpResponse {
+        status,
+        headers,
+        body: String::new(),
+    };
     if response.header("transfer-encoding").is_some() {
         bail!("chunked responses are not supported");
     }
     let mut body = Vec::new();
     match response.header("content-length") {
         Some(len) => {
-            let len: u64 = len.parse().with_context(|| format!("bad content-length {len:?}"))?;
+            let len: u64 = len
+                .parse()
+                .with_context(|| format!("bad content-length {len:?}"))?;
             reader.take(len).read_to_end(&mut body)?;
-            ensure!(body.len() as u64 == len, "body cut short ({} of {len} bytes)", body.len());
+            ensure!(
+                body.len() as u64 == len,
+                "body cut short ({} of {len} bytes)",
+                body.len()
+            );
         }
         None => {
             reader.read_to_end(&mut body)?;
         }
     }
-    Ok(HttpResponse { body: String::from_utf8_lossy(&body).into_owned(), ..response })
+    Ok(HttpResponse {
+        body: String::from_utf8_lossy(&body).into_owned(),
+        ..response
+    })
 }
 
 /// GETs `url` with `curl` run inside `ns` and returns the body (for checking against a
 /// real client).
 pub fn curl(ns: &Netns, url: &str) -> Result<String> {
-    ns.run(&["curl", "--silent", "--show-error", "--fail", "--max-time", "5", url])
+    ns.run(&[
+        "curl",
+        "--silent",
+        "--show-error",
+        "--fail",
+        "--max-time",
+        "5",
+        url,
+    ])
 }
 
 /// Sends `payload` to `addr` over UDP from inside `ns` and returns the first answer that
@@ -148,12 +196,22 @@ pub fn curl(ns: &Netns, url: &str) -> Result<String> {
 /// address, e.g. a DSR backend that did not answer from the VIP, are ignored). Resends up
 /// to 5 times, one second apart.
 pub fn udp_request(ns: &Netns, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()?;
     udp_request_from(ns, bind, addr, payload)
 }
 
 /// [`udp_request`] from a chosen local address and port (e.g. to pick the flow).
-pub fn udp_request_from(ns: &Netns, bind: SocketAddr, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+pub fn udp_request_from(
+    ns: &Netns,
+    bind: SocketAddr,
+    addr: SocketAddr,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
     const ATTEMPTS: u32 = 5;
     const WAIT: Duration = Duration::from_secs(1);
     let socket = ns
@@ -165,7 +223,9 @@ pub fn udp_request_from(ns: &Netns, bind: SocketAddr, addr: SocketAddr, payload:
         .with_context(|| format!("cannot open a UDP socket {bind} -> {addr} in {}", ns.name()))?;
     let mut buf = vec![0u8; 65536];
     for _ in 0..ATTEMPTS {
-        socket.send(payload).with_context(|| format!("cannot send to {addr}"))?;
+        socket
+            .send(payload)
+            .with_context(|| format!("cannot send to {addr}"))?;
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -176,7 +236,10 @@ pub fn udp_request_from(ns: &Netns, bind: SocketAddr, addr: SocketAddr, payload:
             match socket.recv(&mut buf) {
                 Ok(n) => return Ok(buf[..n].to_vec()),
                 Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     break;
                 }
@@ -189,5 +252,9 @@ pub fn udp_request_from(ns: &Netns, bind: SocketAddr, addr: SocketAddr, payload:
             }
         }
     }
-    bail!("no UDP answer from {addr} to {} after {ATTEMPTS} tries from {}", bind, ns.name())
+    bail!(
+        "no UDP answer from {addr} to {} after {ATTEMPTS} tries from {}",
+        bind,
+        ns.name()
+    )
 }

@@ -21,7 +21,8 @@ pub fn describe(cmd: &Command) -> String {
 fn quote(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
     if !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@[]%".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@[]%".contains(c))
     {
         s.into_owned()
     } else {

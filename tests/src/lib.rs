@@ -10,6 +10,7 @@
 //! Everything here needs root: functions fail with a clear error otherwise, and tests
 //! should `unwrap`/`expect` them (never skip).
 
+pub mod agent;
 pub mod bins;
 pub mod client;
 pub mod cmd;

@@ -37,7 +37,9 @@ fn check_ifname(name: &str) -> Result<()> {
     ensure!(
         !name.is_empty()
             && name.len() <= IFNAME_MAX
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
         "bad interface name {name:?} (1-15 characters of [A-Za-z0-9._-])"
     );
     Ok(())
@@ -79,8 +81,11 @@ impl FromStr for MacAddr {
         let mut octets = [0u8; 6];
         let mut parts = s.split(':');
         for octet in &mut octets {
-            let part = parts.next().with_context(|| format!("bad MAC address {s:?}"))?;
-            *octet = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC address {s:?}"))?;
+            let part = parts
+                .next()
+                .with_context(|| format!("bad MAC address {s:?}"))?;
+            *octet =
+                u8::from_str_radix(part, 16).with_context(|| format!("bad MAC address {s:?}"))?;
         }
         ensure!(parts.next().is_none(), "bad MAC address {s:?}");
         Ok(MacAddr(octets))
@@ -99,7 +104,10 @@ pub struct VethPair {
 /// (which may be the same namespace). Both ends stay down.
 pub fn veth_pair(ns_a: &Netns, ns_b: &Netns) -> Result<VethPair> {
     let a = unique_ifname('a');
-    let b = a.strip_suffix('a').map(|base| format!("{base}b")).unwrap_or_else(|| unique_ifname('b'));
+    let b = a
+        .strip_suffix('a')
+        .map(|base| format!("{base}b"))
+        .unwrap_or_else(|| unique_ifname('b'));
     veth_pair_named(ns_a, &a, ns_b, &b)?;
     Ok(VethPair { a, b })
 }
@@ -112,8 +120,13 @@ pub fn veth_pair_named(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> Result<(
     if ns_a.name() != ns_b.name() {
         args.extend(["netns", ns_b.name()]);
     }
-    ns_a.ip(&args)
-        .with_context(|| format!("cannot create veth {a} ({}) <-> {b} ({})", ns_a.name(), ns_b.name()))?;
+    ns_a.ip(&args).with_context(|| {
+        format!(
+            "cannot create veth {a} ({}) <-> {b} ({})",
+            ns_a.name(),
+            ns_b.name()
+        )
+    })?;
     Ok(())
 }
 
@@ -146,7 +159,8 @@ impl Netns {
 
     /// Sets the interface's Ethernet address.
     pub fn set_mac(&self, dev: &str, mac: MacAddr) -> Result<()> {
-        self.ip(&["link", "set", "dev", dev, "address", &mac.to_string()]).map(drop)
+        self.ip(&["link", "set", "dev", dev, "address", &mac.to_string()])
+            .map(drop)
     }
 
     /// The interface's Ethernet address.
@@ -184,20 +198,29 @@ impl Netns {
 
     /// Removes `addr/prefix` from the interface.
     pub fn del_addr(&self, dev: &str, addr: IpAddr, prefix: u8) -> Result<()> {
-        self.ip(&["addr", "del", &format!("{addr}/{prefix}"), "dev", dev]).map(drop)
+        self.ip(&["addr", "del", &format!("{addr}/{prefix}"), "dev", dev])
+            .map(drop)
     }
 
     /// `ip route replace DST via GATEWAY` (`dst` is a CIDR such as `198.19.0.0/24`).
     pub fn add_route(&self, dst: &str, via: IpAddr) -> Result<()> {
         let family = if via.is_ipv6() { "-6" } else { "-4" };
-        self.ip(&[family, "route", "replace", dst, "via", &via.to_string()]).map(drop)
+        self.ip(&[family, "route", "replace", dst, "via", &via.to_string()])
+            .map(drop)
     }
 
     /// A permanent neighbour entry (ARP / NDP resolved without asking), so lookups such
     /// as `bpf_fib_lookup` find the next hop's address deterministically.
     pub fn add_neigh(&self, dev: &str, addr: IpAddr, mac: MacAddr) -> Result<()> {
         self.ip(&[
-            "neigh", "replace", &addr.to_string(), "lladdr", &mac.to_string(), "dev", dev, "nud",
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &mac.to_string(),
+            "dev",
+            dev,
+            "nud",
             "permanent",
         ])
         .map(drop)
@@ -205,7 +228,8 @@ impl Netns {
 
     /// Removes a neighbour entry.
     pub fn del_neigh(&self, dev: &str, addr: IpAddr) -> Result<()> {
-        self.ip(&["neigh", "del", &addr.to_string(), "dev", dev]).map(drop)
+        self.ip(&["neigh", "del", &addr.to_string(), "dev", dev])
+            .map(drop)
     }
 
     /// Creates a bridge (no STP, no forwarding delay, no multicast snooping, so IPv6
@@ -213,15 +237,25 @@ impl Netns {
     pub fn add_bridge(&self, name: &str) -> Result<()> {
         check_ifname(name)?;
         self.ip(&[
-            "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0",
-            "mcast_snooping", "0",
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
         ])?;
         self.link_up(name)
     }
 
     /// Makes `dev` a port of `bridge`.
     pub fn set_master(&self, dev: &str, bridge: &str) -> Result<()> {
-        self.ip(&["link", "set", "dev", dev, "master", bridge]).map(drop)
+        self.ip(&["link", "set", "dev", dev, "master", bridge])
+            .map(drop)
     }
 
     /// Turns GRO on or off (`ethtool -K DEV gro on|off`). On a veth, GRO on gives the
@@ -230,7 +264,8 @@ impl Netns {
     /// `rx_queue_0_xdp_tx`) and never delivered, because the receiver's NAPI is only
     /// kicked when it has an XDP program. Use [`Netns::attach_xdp`] on the receiving end.
     pub fn set_gro(&self, dev: &str, on: bool) -> Result<()> {
-        self.run(&["ethtool", "-K", dev, "gro", if on { "on" } else { "off" }]).map(drop)
+        self.run(&["ethtool", "-K", dev, "gro", if on { "on" } else { "off" }])
+            .map(drop)
     }
 
     /// Moves the device's NAPI polling to a kernel thread (`/sys/class/net/DEV/threaded`),
@@ -244,17 +279,30 @@ impl Netns {
     /// The device's `/sys/class/net/DEV/statistics` counters.
     pub fn link_stats(&self, dev: &str) -> Result<LinkStats> {
         check_ifname(dev)?;
-        const FIELDS: [&str; 6] =
-            ["rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped", "tx_dropped"];
+        const FIELDS: [&str; 6] = [
+            "rx_packets",
+            "tx_packets",
+            "rx_bytes",
+            "tx_bytes",
+            "rx_dropped",
+            "tx_dropped",
+        ];
         let mut argv = vec!["cat".to_owned()];
-        argv.extend(FIELDS.iter().map(|f| format!("/sys/class/net/{dev}/statistics/{f}")));
+        argv.extend(
+            FIELDS
+                .iter()
+                .map(|f| format!("/sys/class/net/{dev}/statistics/{f}")),
+        );
         let out = self.run(&argv)?;
         let values: Vec<u64> = out
             .lines()
             .map(|l| l.trim().parse())
             .collect::<Result<_, _>>()
             .with_context(|| format!("bad statistics for {dev}: {out}"))?;
-        ensure!(values.len() == FIELDS.len(), "bad statistics for {dev}: {out}");
+        ensure!(
+            values.len() == FIELDS.len(),
+            "bad statistics for {dev}: {out}"
+        );
         Ok(LinkStats {
             rx_packets: values[0],
             tx_packets: values[1],
@@ -270,8 +318,19 @@ impl Netns {
     pub fn ping(&self, dst: IpAddr, count: u32) -> Result<()> {
         let count = count.max(1).to_string();
         let deadline = (2 * count.parse::<u32>()?).to_string();
-        self.run(&["ping", "-n", "-q", "-c", &count, "-i", "0.2", "-w", &deadline, &dst.to_string()])
-            .map(drop)
+        self.run(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count,
+            "-i",
+            "0.2",
+            "-w",
+            &deadline,
+            &dst.to_string(),
+        ])
+        .map(drop)
     }
 
     /// The driver's own counters (`ethtool -S DEV`), e.g. a veth's

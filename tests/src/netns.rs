@@ -64,7 +64,9 @@ impl Netns {
         ensure!(
             !role.is_empty()
                 && role.len() <= 16
-                && role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                && role
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
             "bad namespace role {role:?}: use 1-16 characters of [a-z0-9-]"
         );
         let name = format!("{PREFIX}{}-{}-{role}", std::process::id(), next_id());
@@ -81,7 +83,10 @@ impl Netns {
     }
 
     fn setup_defaults(&self) -> Result<()> {
-        for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+        for key in [
+            "net.ipv6.conf.all.accept_dad",
+            "net.ipv6.conf.default.accept_dad",
+        ] {
             self.sysctl(key, "0")?;
         }
         self.ip(&["link", "set", "lo", "up"])?;
@@ -109,13 +114,17 @@ impl Netns {
     /// Runs `argv` inside the namespace and returns its stdout; the error names the
     /// command and quotes its stderr.
     pub fn run<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<String> {
-        let (program, args) = argv.split_first().context("Netns::run: empty command line")?;
+        let (program, args) = argv
+            .split_first()
+            .context("Netns::run: empty command line")?;
         cmd::check(self.command(program).args(args))
     }
 
     /// Runs `argv` inside the namespace and returns its output whatever its status.
     pub fn output<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<Output> {
-        let (program, args) = argv.split_first().context("Netns::output: empty command line")?;
+        let (program, args) = argv
+            .split_first()
+            .context("Netns::output: empty command line")?;
         cmd::output(self.command(program).args(args))
     }
 
@@ -126,7 +135,9 @@ impl Netns {
 
     /// Starts the long-running `argv` inside the namespace; the returned guard stops it.
     pub fn spawn<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<Child> {
-        let (program, args) = argv.split_first().context("Netns::spawn: empty command line")?;
+        let (program, args) = argv
+            .split_first()
+            .context("Netns::spawn: empty command line")?;
         let mut cmd = self.command(program);
         cmd.args(args);
         Child::spawn(cmd)
@@ -181,7 +192,10 @@ impl Drop for Netns {
 /// Kills what runs inside `name` and deletes the namespace.
 fn delete(name: &str) -> Result<()> {
     let pids = cmd::run(&["ip", "netns", "pids", name]).unwrap_or_default();
-    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -194,7 +208,9 @@ fn delete(name: &str) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Err(last.unwrap().context(format!("cannot delete network namespace {name}")))
+    Err(last
+        .unwrap()
+        .context(format!("cannot delete network namespace {name}")))
 }
 
 /// Deletes the test bed's namespaces left behind by processes that no longer exist
@@ -232,8 +248,8 @@ struct Switch {
 
 impl Switch {
     fn to(target: &File) -> Result<Switch> {
-        let original =
-            File::open("/proc/thread-self/ns/net").context("cannot open /proc/thread-self/ns/net")?;
+        let original = File::open("/proc/thread-self/ns/net")
+            .context("cannot open /proc/thread-self/ns/net")?;
         // SAFETY: setns on valid namespace file descriptors only changes this thread.
         if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error()).context("setns(CLONE_NEWNET)");
@@ -272,11 +288,8 @@ impl Child {
     /// Starts `cmd` with stdin closed and stdout+stderr captured in a log file.
     pub fn spawn(mut cmd: Command) -> Result<Child> {
         let label = cmd::describe(&cmd);
-        let log_path = std::env::temp_dir().join(format!(
-            "{PREFIX}{}-{}.log",
-            std::process::id(),
-            next_id()
-        ));
+        let log_path =
+            std::env::temp_dir().join(format!("{PREFIX}{}-{}.log", std::process::id(), next_id()));
         let log = File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
         let child = cmd
@@ -285,7 +298,12 @@ impl Child {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start `{label}`"))?;
-        Ok(Child { child, label, log_path, status: None })
+        Ok(Child {
+            child,
+            label,
+            log_path,
+            status: None,
+        })
     }
 
     /// The process id.
@@ -403,7 +421,11 @@ impl Drop for Child {
             eprintln!("weir-testbed: cannot stop `{}`: {e:#}", self.label);
         }
         if thread::panicking() {
-            eprintln!("---- output of `{}` ----\n{}---- end ----", self.label, self.log());
+            eprintln!(
+                "---- output of `{}` ----\n{}---- end ----",
+                self.label,
+                self.log()
+            );
         }
         let _ = fs::remove_file(&self.log_path);
     }

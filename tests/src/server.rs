@@ -55,11 +55,16 @@ impl ServerConfig {
         let mut args = args.into_iter().map(Into::into);
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
+                Some((flag, value)) if flag.starts_with("--") => {
+                    (flag.to_owned(), Some(value.to_owned()))
+                }
                 _ => (arg.clone(), None),
             };
             let mut value = || -> Result<String> {
-                inline.clone().or_else(|| args.next()).with_context(|| format!("{flag} needs a value"))
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .with_context(|| format!("{flag} needs a value"))
             };
             match flag.as_str() {
                 "--name" => config.name = value()?,
@@ -90,7 +95,8 @@ impl ServerConfig {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr> {
-    s.parse().with_context(|| format!("bad address {s:?}: use ADDR:PORT or [ADDR6]:PORT"))
+    s.parse()
+        .with_context(|| format!("bad address {s:?}: use ADDR:PORT or [ADDR6]:PORT"))
 }
 
 /// Binds every socket of `config`, prints [`READY`] and serves until the process ends.
@@ -121,7 +127,11 @@ fn os_err<T>(what: &str, addr: SocketAddr) -> Result<T> {
 
 /// A socket of `kind` for `addr`'s family; IPv6 sockets are IPv6-only.
 fn socket(addr: SocketAddr, kind: libc::c_int) -> Result<OwnedFd> {
-    let domain = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let domain = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     // SAFETY: plain socket creation.
     let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -157,7 +167,14 @@ fn set_opt(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, addr: SocketAddr)
 fn bind(fd: &OwnedFd, addr: SocketAddr) -> Result<()> {
     let (storage, len) = to_sockaddr(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-    if unsafe { libc::bind(fd.as_raw_fd(), &storage as *const _ as *const libc::sockaddr, len) } != 0 {
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &storage as *const _ as *const libc::sockaddr,
+            len,
+        )
+    } != 0
+    {
         return os_err("cannot bind", addr);
     }
     Ok(())
@@ -268,21 +285,45 @@ fn serve_connection(stream: TcpStream, name: &str) -> io::Result<()> {
             Ok(Some(request)) => request,
             Ok(None) => return Ok(()),
             Err(_) => {
-                let _ = respond(&mut writer, "400 Bad Request", "bad request\n", name, false, true);
+                let _ = respond(
+                    &mut writer,
+                    "400 Bad Request",
+                    "bad request\n",
+                    name,
+                    false,
+                    true,
+                );
                 return Ok(());
             }
         };
         if request.content_length > MAX_BODY {
-            respond(&mut writer, "413 Content Too Large", "too large\n", name, false, true)?;
+            respond(
+                &mut writer,
+                "413 Content Too Large",
+                "too large\n",
+                name,
+                false,
+                true,
+            )?;
             return Ok(());
         }
-        io::copy(&mut (&mut reader).take(request.content_length as u64), &mut io::sink())?;
+        io::copy(
+            &mut (&mut reader).take(request.content_length as u64),
+            &mut io::sink(),
+        )?;
         let keep_alive = request.keep_alive;
         match request.method.as_str() {
             "GET" => respond(&mut writer, "200 OK", &body, name, keep_alive, true)?,
             "HEAD" => respond(&mut writer, "200 OK", &body, name, keep_alive, false)?,
             _ => {
-                respond(&mut writer, "405 Method Not Allowed", "GET only\n", name, false, true)?;
+                respond(
+                    &mut writer,
+                    "405 Method Not Allowed",
+                    "GET only\n",
+                    name,
+                    false,
+                    true,
+                )?;
                 return Ok(());
             }
         }
@@ -299,15 +340,24 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     let mut total = 0;
     loop {
         let mut line = Vec::new();
-        let n = reader.by_ref().take((MAX_HEAD - total + 1) as u64).read_until(b'\n', &mut line)?;
+        let n = reader
+            .by_ref()
+            .take((MAX_HEAD - total + 1) as u64)
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
-            return if lines.is_empty() { Ok(None) } else { Err(bad("truncated head")) };
+            return if lines.is_empty() {
+                Ok(None)
+            } else {
+                Err(bad("truncated head"))
+            };
         }
         total += n;
         if total > MAX_HEAD {
             return Err(bad("head too large"));
         }
-        let line = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
+        let line = String::from_utf8_lossy(&line)
+            .trim_end_matches(['\r', '\n'])
+            .to_owned();
         if line.is_empty() {
             if lines.is_empty() {
                 continue; // tolerate blank lines between requests
@@ -317,13 +367,20 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         lines.push(line);
     }
     let mut request_line = lines[0].split_whitespace();
-    let method = request_line.next().ok_or_else(|| bad("empty request line"))?.to_owned();
-    let _target = request_line.next().ok_or_else(|| bad("no request target"))?;
+    let method = request_line
+        .next()
+        .ok_or_else(|| bad("empty request line"))?
+        .to_owned();
+    let _target = request_line
+        .next()
+        .ok_or_else(|| bad("no request target"))?;
     let version = request_line.next().unwrap_or("HTTP/1.0");
     let mut keep_alive = version == "HTTP/1.1";
     let mut content_length = 0;
     for header in &lines[1..] {
-        let Some((key, value)) = header.split_once(':') else { continue };
+        let Some((key, value)) = header.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if key.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
@@ -337,7 +394,11 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
             return Err(bad("chunked requests are not supported"));
         }
     }
-    Ok(Some(Request { method, keep_alive, content_length }))
+    Ok(Some(Request {
+        method,
+        keep_alive,
+        content_length,
+    }))
 }
 
 fn respond(
@@ -373,7 +434,11 @@ fn udp_loop(socket: UdpSocket, bound: SocketAddr, name: Arc<str>) {
         reply.extend_from_slice(&buf[..len]);
         reply.truncate(65507);
         // Answer from the address the datagram was sent to, unless bound to one.
-        let from = if bound.ip().is_unspecified() { dst } else { None };
+        let from = if bound.ip().is_unspecified() {
+            dst
+        } else {
+            None
+        };
         let _ = send_from(&socket, &reply, peer, from);
     }
 }
@@ -384,11 +449,17 @@ const CMSG_ROOM: usize = 64;
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_ROOM]);
 
-fn recv_with_dst(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+fn recv_with_dst(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
     // SAFETY: zeroed C structs are valid; every pointer stored below outlives the call.
     unsafe {
         let mut peer: libc::sockaddr_storage = mem::zeroed();
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
         let mut control = CmsgBuf([0; CMSG_ROOM]);
         let mut msg: libc::msghdr = mem::zeroed();
         msg.msg_name = (&mut peer as *mut libc::sockaddr_storage).cast();
@@ -401,17 +472,24 @@ fn recv_with_dst(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Socke
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let peer = from_sockaddr(&peer)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown peer address family"))?;
+        let peer = from_sockaddr(&peer).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "unknown peer address family")
+        })?;
         let mut dst = None;
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
             if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
-                let info = libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>().read_unaligned();
-                dst = Some(IpAddr::V4(Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes())));
+                let info = libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in_pktinfo>()
+                    .read_unaligned();
+                dst = Some(IpAddr::V4(Ipv4Addr::from(
+                    info.ipi_addr.s_addr.to_ne_bytes(),
+                )));
             } else if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
-                let info = libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>().read_unaligned();
+                let info = libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in6_pktinfo>()
+                    .read_unaligned();
                 dst = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
@@ -420,14 +498,22 @@ fn recv_with_dst(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Socke
     }
 }
 
-fn send_from(socket: &UdpSocket, data: &[u8], peer: SocketAddr, from: Option<IpAddr>) -> io::Result<()> {
+fn send_from(
+    socket: &UdpSocket,
+    data: &[u8],
+    peer: SocketAddr,
+    from: Option<IpAddr>,
+) -> io::Result<()> {
     let Some(from) = from else {
         return socket.send_to(data, peer).map(drop);
     };
     let (mut peer_addr, peer_len) = to_sockaddr(peer);
     // SAFETY: as in recv_with_dst; the control buffer is large enough for one pktinfo.
     unsafe {
-        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
         let mut control = CmsgBuf([0; CMSG_ROOM]);
         let mut msg: libc::msghdr = mem::zeroed();
         msg.msg_name = (&mut peer_addr as *mut libc::sockaddr_storage).cast();
@@ -448,20 +534,28 @@ fn send_from(socket: &UdpSocket, data: &[u8], peer: SocketAddr, from: Option<IpA
                 (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<libc::in_pktinfo>() as u32) as _;
                 let info = libc::in_pktinfo {
                     ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(ip.octets()),
+                    },
                     ipi_addr: libc::in_addr { s_addr: 0 },
                 };
-                libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>().write_unaligned(info);
+                libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in_pktinfo>()
+                    .write_unaligned(info);
             }
             IpAddr::V6(ip) => {
                 (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
                 (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
                 (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<libc::in6_pktinfo>() as u32) as _;
                 let info = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr { s6_addr: ip.octets() },
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
                     ipi6_ifindex: 0,
                 };
-                libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>().write_unaligned(info);
+                libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in6_pktinfo>()
+                    .write_unaligned(info);
             }
         }
         if libc::sendmsg(socket.as_raw_fd(), &msg, 0) < 0 {

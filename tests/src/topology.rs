@@ -233,11 +233,17 @@ impl DsrTopology {
 
     /// Backend number `n`.
     pub fn backend(&self, n: u8) -> Result<&Backend> {
-        self.backends.iter().find(|b| b.number == n).with_context(|| format!("no backend {n}"))
+        self.backends
+            .iter()
+            .find(|b| b.number == n)
+            .with_context(|| format!("no backend {n}"))
     }
 
     pub fn backend_mut(&mut self, n: u8) -> Result<&mut Backend> {
-        self.backends.iter_mut().find(|b| b.number == n).with_context(|| format!("no backend {n}"))
+        self.backends
+            .iter_mut()
+            .find(|b| b.number == n)
+            .with_context(|| format!("no backend {n}"))
     }
 
     /// Adds a backend with the lowest free number and returns the number. Its server is
@@ -252,10 +258,19 @@ impl DsrTopology {
 
     /// Adds backend number `n` (1..=89), which must not exist.
     pub fn add_backend_number(&mut self, n: u8) -> Result<()> {
-        ensure!((1..=MAX_BACKENDS).contains(&n), "backend numbers go from 1 to {MAX_BACKENDS}");
+        ensure!(
+            (1..=MAX_BACKENDS).contains(&n),
+            "backend numbers go from 1 to {MAX_BACKENDS}"
+        );
         ensure!(self.backend(n).is_err(), "backend {n} already exists");
-        let host = attach_host(&self.switch, &self.bridge, &format!("b{n}"), backend_v4(n), backend_v6(n))
-            .with_context(|| format!("cannot add backend {n}"))?;
+        let host = attach_host(
+            &self.switch,
+            &self.bridge,
+            &format!("b{n}"),
+            backend_v4(n),
+            backend_v6(n),
+        )
+        .with_context(|| format!("cannot add backend {n}"))?;
         let ns = &host.ns;
         for key in ["all", "default", "lo", host.ifname.as_str()] {
             ns.sysctl(&format!("net.ipv4.conf.{key}.arp_ignore"), "1")?;
@@ -268,7 +283,11 @@ impl DsrTopology {
         add_neighbours(&host, &self.lb)?;
         add_neighbours(&self.client, &host)?;
         add_neighbours(&self.lb, &host)?;
-        let backend = Backend { server: None, number: n, host };
+        let backend = Backend {
+            server: None,
+            number: n,
+            host,
+        };
         let at = self.backends.partition_point(|b| b.number < n);
         self.backends.insert(at, backend);
         Ok(())
@@ -277,11 +296,19 @@ impl DsrTopology {
     /// Removes backend `n`: stops its server, deletes its namespace and the LB's and
     /// client's neighbour entries for it.
     pub fn remove_backend(&mut self, n: u8) -> Result<()> {
-        let at = self.backends.iter().position(|b| b.number == n).with_context(|| format!("no backend {n}"))?;
+        let at = self
+            .backends
+            .iter()
+            .position(|b| b.number == n)
+            .with_context(|| format!("no backend {n}"))?;
         let backend = self.backends.remove(at);
         for other in [&self.lb, &self.client] {
-            other.ns.del_neigh(&other.ifname, IpAddr::V4(backend.host.ipv4))?;
-            other.ns.del_neigh(&other.ifname, IpAddr::V6(backend.host.ipv6))?;
+            other
+                .ns
+                .del_neigh(&other.ifname, IpAddr::V4(backend.host.ipv4))?;
+            other
+                .ns
+                .del_neigh(&other.ifname, IpAddr::V6(backend.host.ipv6))?;
         }
         drop(backend);
         Ok(())
@@ -292,13 +319,22 @@ impl DsrTopology {
     pub fn start_server(&mut self, n: u8) -> Result<()> {
         let bin = bins::test_server_bin()?;
         let backend = self.backend_mut(n)?;
-        ensure!(backend.server.is_none(), "backend {n} already runs a server");
+        ensure!(
+            backend.server.is_none(),
+            "backend {n} already runs a server"
+        );
         let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let config = ServerConfig {
             name: backend.name(),
-            http: vec![SocketAddr::new(any4, HTTP_PORT), SocketAddr::new(any6, HTTP_PORT)],
-            udp: vec![SocketAddr::new(any4, UDP_PORT), SocketAddr::new(any6, UDP_PORT)],
+            http: vec![
+                SocketAddr::new(any4, HTTP_PORT),
+                SocketAddr::new(any6, HTTP_PORT),
+            ],
+            udp: vec![
+                SocketAddr::new(any4, UDP_PORT),
+                SocketAddr::new(any6, UDP_PORT),
+            ],
         };
         let mut argv = vec![bin.display().to_string()];
         argv.extend(config.to_args());
@@ -318,7 +354,12 @@ impl DsrTopology {
 
     /// Starts the test server on every backend that has none.
     pub fn start_servers(&mut self) -> Result<()> {
-        let idle: Vec<u8> = self.backends.iter().filter(|b| b.server.is_none()).map(|b| b.number).collect();
+        let idle: Vec<u8> = self
+            .backends
+            .iter()
+            .filter(|b| b.server.is_none())
+            .map(|b| b.number)
+            .collect();
         for n in idle {
             self.start_server(n)?;
         }
@@ -329,7 +370,10 @@ impl DsrTopology {
     /// outside [`VIP_NET_V4`] / [`VIP_NET_V6`] also get a client route via the LB.
     pub fn add_vip(&mut self, vip: IpAddr) -> Result<()> {
         ensure!(!self.vips.contains(&vip), "{vip} is already a VIP");
-        ensure!(is_test_address(vip), "{vip} is outside 198.18.0.0/15 and 2001:db8::/32");
+        ensure!(
+            is_test_address(vip),
+            "{vip} is outside 198.18.0.0/15 and 2001:db8::/32"
+        );
         for backend in &self.backends {
             add_vip_to(&backend.host.ns, vip)?;
         }
@@ -366,22 +410,42 @@ fn add_vip_to(ns: &Netns, vip: IpAddr) -> Result<()> {
 }
 
 /// A namespace `role` joined to the bridge by a veth, with its addresses and testbed MAC.
-fn attach_host(switch: &Netns, bridge: &str, role: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Result<Host> {
+fn attach_host(
+    switch: &Netns,
+    bridge: &str,
+    role: &str,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+) -> Result<Host> {
     ensure!(is_test_address(IpAddr::V4(ipv4)) && is_test_address(IpAddr::V6(ipv6)));
     let ns = Netns::new(role)?;
     let pair = veth_pair(&ns, switch)?;
     let mac = MacAddr::testbed(ipv4.octets()[3]);
     ns.set_mac(&pair.a, mac)?;
+    // veth leaves transport checksums to "hardware" that never computes them (the frame
+    // carries only the pseudo-header sum, trusted along the skb path). A frame that goes
+    // through the LB's XDP program loses that trust, so hosts must send full checksums,
+    // as a real NIC would put on the wire.
+    ns.run(&["ethtool", "-K", &pair.a, "tx", "off"])
+        .with_context(|| format!("cannot turn off TX checksum offload on {}", pair.a))?;
     ns.add_addr(&pair.a, IpAddr::V4(ipv4), SEGMENT_V4_PREFIX)?;
     ns.add_addr(&pair.a, IpAddr::V6(ipv6), SEGMENT_V6_PREFIX)?;
     switch.set_master(&pair.b, bridge)?;
     switch.link_up(&pair.b)?;
     ns.link_up(&pair.a)?;
-    Ok(Host { ns, ifname: pair.a, switch_port: pair.b, mac, ipv4, ipv6 })
+    Ok(Host {
+        ns,
+        ifname: pair.a,
+        switch_port: pair.b,
+        mac,
+        ipv4,
+        ipv6,
+    })
 }
 
 /// Static neighbour entries on `on` for both of `peer`'s addresses.
 fn add_neighbours(on: &Host, peer: &Host) -> Result<()> {
-    on.ns.add_neigh(&on.ifname, IpAddr::V4(peer.ipv4), peer.mac)?;
+    on.ns
+        .add_neigh(&on.ifname, IpAddr::V4(peer.ipv4), peer.mac)?;
     on.ns.add_neigh(&on.ifname, IpAddr::V6(peer.ipv6), peer.mac)
 }

@@ -75,7 +75,12 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
     // SAFETY: `attr` is a properly initialised, zero-padded attribute block of the size
     // passed; the kernel only reads (and for logs writes) the memory it names.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, mem::size_of::<T>())
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            mem::size_of::<T>(),
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -88,9 +93,19 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
 fn load(action: XdpAction) -> Result<OwnedFd> {
     let insns = [
         // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
-        BpfInsn { code: 0xb7, regs: 0, off: 0, imm: action as i32 },
+        BpfInsn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm: action as i32,
+        },
         // BPF_JMP | BPF_EXIT
-        BpfInsn { code: 0x95, regs: 0, off: 0, imm: 0 },
+        BpfInsn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
     ];
     let license = CString::new("GPL").unwrap();
     let mut name = [0u8; 16];
@@ -140,7 +155,12 @@ impl Netns {
     }
 
     /// [`Netns::attach_xdp`] with explicit `XDP_FLAGS_*`.
-    pub fn attach_xdp_with_flags(&self, dev: &str, action: XdpAction, flags: u32) -> Result<XdpLink> {
+    pub fn attach_xdp_with_flags(
+        &self,
+        dev: &str,
+        action: XdpAction,
+        flags: u32,
+    ) -> Result<XdpLink> {
         let prog = load(action)?;
         let ifindex = self.ifindex(dev)?;
         let mut attr = LinkCreateAttr {
@@ -154,6 +174,11 @@ impl Netns {
         let link = self
             .enter(|| bpf(BPF_LINK_CREATE, &mut attr))?
             .with_context(|| format!("cannot attach XDP_{action:?} to {dev} in {}", self.name()))?;
-        Ok(XdpLink { _link: link, _prog: prog, dev: dev.to_owned(), action })
+        Ok(XdpLink {
+            _link: link,
+            _prog: prog,
+            dev: dev.to_owned(),
+            action,
+        })
     }
 }
