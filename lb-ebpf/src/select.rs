@@ -62,13 +62,13 @@ pub fn select(packet: &Packet) -> Result<Target, Counter> {
 fn lookup_vip(packet: &Packet) -> Option<VipMeta> {
     let key = &packet.key;
     let mut vip = VipKey { addr: key.dst, port: key.dst_port, protocol: key.protocol, family: key.family };
-    if let Some(meta) = VIPS.get_ptr(&vip) {
+    if let Some(meta) = VIPS.get_ptr(vip) {
         // SAFETY: a map value pointer from a successful lookup.
         return Some(unsafe { *meta });
     }
     vip.port = 0;
     // SAFETY: as above.
-    VIPS.get_ptr(&vip).map(|meta| unsafe { *meta })
+    VIPS.get_ptr(vip).map(|meta| unsafe { *meta })
 }
 
 /// The backend's address if it still takes this VIP's flows.

@@ -14,16 +14,27 @@ use weir_testbed::{
     udp_request_from,
 };
 
+/// A VIP of the test configuration; `backend` gives backend N's address.
+struct Vip {
+    name: &'static str,
+    address: IpAddr,
+    port: u16,
+    protocol: &'static str,
+    backend: fn(u8) -> IpAddr,
+}
+
 /// A configuration for the topology: TCP and UDP VIPs over IPv4 and TCP over IPv6, each
 /// with the given backends.
 fn config(topology: &DsrTopology, backends: &[u8]) -> String {
     let mut text = format!("[agent]\ninterfaces = [\"{}\"]\n", topology.lb_ifname());
-    let vips: [(&str, IpAddr, u16, &str, fn(u8) -> IpAddr); 3] = [
-        ("web", VIP_V4.into(), HTTP_PORT, "tcp", |n| backend_v4(n).into()),
-        ("echo", VIP_V4.into(), UDP_PORT, "udp", |n| backend_v4(n).into()),
-        ("web6", VIP_V6.into(), HTTP_PORT, "tcp", |n| backend_v6(n).into()),
+    let v4 = |n| IpAddr::from(backend_v4(n));
+    let v6 = |n| IpAddr::from(backend_v6(n));
+    let vips = [
+        Vip { name: "web", address: VIP_V4.into(), port: HTTP_PORT, protocol: "tcp", backend: v4 },
+        Vip { name: "echo", address: VIP_V4.into(), port: UDP_PORT, protocol: "udp", backend: v4 },
+        Vip { name: "web6", address: VIP_V6.into(), port: HTTP_PORT, protocol: "tcp", backend: v6 },
     ];
-    for (name, address, port, protocol, backend) in vips {
+    for Vip { name, address, port, protocol, backend } in vips {
         text += &format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\ntable_size = 1021\n"
         );
@@ -230,4 +241,53 @@ fn stopping_the_agent_detaches_the_program() {
     agent.stop().unwrap();
     let link = topology.lb_ns().ip(&["link", "show", topology.lb_ifname()]).unwrap();
     assert!(!link.contains("xdp"), "detached after SIGTERM: {link}");
+}
+
+#[test]
+fn generic_mode_forwards_too() {
+    let topology = DsrTopology::with_servers(2).unwrap();
+    let text = config(&topology, &[1, 2]).replacen("[agent]\n", "[agent]\nxdp_mode = \"generic\"\n", 1);
+    let agent = Agent::start(topology.lb_ns(), &text).unwrap();
+    assert!(agent.log().contains("mode=\"generic\""), "{}", agent.log());
+    let client = &topology.client().ns;
+    let counts = spread((0..60).map(|_| http_get(client, &url(VIP_V4.into())).unwrap().body));
+    assert_every_backend_served(&counts, 2, 60);
+}
+
+/// Without any neighbour entry for the backends on the LB, the agent's managed neighbour
+/// entries get them resolved by the kernel, and no packet meets an unresolved next hop.
+#[test]
+fn next_hops_are_resolved_without_static_neighbours() {
+    let topology = DsrTopology::with_servers(2).unwrap();
+    let lb = topology.lb_ns();
+    for n in 1..=2 {
+        for addr in [IpAddr::from(backend_v4(n)), IpAddr::from(backend_v6(n))] {
+            lb.ip(&["neigh", "del", &addr.to_string(), "dev", topology.lb_ifname()]).unwrap();
+        }
+    }
+    let agent = Agent::start(lb, &config(&topology, &[1, 2])).unwrap();
+    let resolved = || {
+        let neighbours = lb.ip(&["neigh", "show", "dev", topology.lb_ifname()]).unwrap();
+        (1..=2).all(|n| {
+            [backend_v4(n).to_string(), backend_v6(n).to_string()].iter().all(|addr| {
+                neighbours
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{addr} ")) && l.contains("managed") && l.contains("lladdr"))
+            })
+        })
+    };
+    for _ in 0..100 {
+        if resolved() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(resolved(), "managed neighbours resolved:\n{}", lb.ip(&["neigh"]).unwrap());
+    let client = &topology.client().ns;
+    for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+        let counts = spread((0..40).map(|_| http_get(client, &url(vip)).unwrap().body));
+        assert_every_backend_served(&counts, 2, 40);
+    }
+    let log = agent.stop().unwrap();
+    assert!(log.contains("drop_fib_no_neigh 0,"), "{log}");
 }

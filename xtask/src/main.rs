@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use crate::cmd::Cmd;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "weir's developer tasks")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "weir's developer tasks")]
 struct Cli {
     #[command(subcommand)]
     task: Task,

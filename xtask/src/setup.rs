@@ -36,7 +36,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const RUST_SRC_TARBALL: &str = "rust-src-nightly-2026-05-19.tar.xz";
 const RUST_SRC_NIGHTLY_COMMIT: &str = "e50aa6fba";
 /// How long `rustup` may try to reach its server before the tarball fallback.
-const RUSTUP_TIMEOUT_SECS: &str = "300";
+const RUSTUP_TIMEOUT_SECS: &str = "120";
 
 pub fn setup() -> Result<()> {
     let mut installed = Vec::new();
