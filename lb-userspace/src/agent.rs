@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
-    host,
+    host::{self, HostSetup},
     plan::{PlanError, Reconciler},
     report::StatsReport,
 };
@@ -34,6 +34,7 @@ pub struct Agent {
     config: Config,
     dataplane: Dataplane,
     state: Reconciler,
+    host: HostSetup,
 }
 
 impl Agent {
@@ -50,14 +51,15 @@ impl Agent {
         })?;
         let (writes, state) = Reconciler::new(DEFAULT_MAGLEV_RING_ENTRIES).plan(&config)?;
         dataplane.apply(&writes)?;
-        resolve_next_hops(&config);
+        let mut host = HostSetup::default();
+        resolve_next_hops(&mut host, &config);
         for interface in &config.agent.interfaces {
-            host::enable_forwarding(interface)?;
+            host.enable_forwarding(interface)?;
             let attachment = dataplane.attach(interface, config.agent.xdp_mode)?;
             info!(interface = %attachment.interface, ifindex = attachment.ifindex, mode = attachment.mode, "attached");
         }
         info!(vips = config.vips.len(), config = %config_path.display(), "weir agent ready");
-        Ok(Agent { config_path: config_path.to_owned(), config, dataplane, state })
+        Ok(Agent { config_path: config_path.to_owned(), config, dataplane, state, host })
     }
 
     /// Re-reads the configuration and applies only the difference. A bad file or a
@@ -70,7 +72,7 @@ impl Agent {
         let (writes, state) = self.state.plan(&config)?;
         self.dataplane.apply(&writes)?;
         self.state = state;
-        resolve_next_hops(&config);
+        resolve_next_hops(&mut self.host, &config);
         info!(writes = writes.len(), vips = config.vips.len(), "configuration reloaded");
         self.config = config;
         Ok(())
@@ -103,14 +105,17 @@ impl Agent {
             Err(err) => warn!(error = %err, "could not read the counters"),
         }
         self.dataplane.detach_all()?;
+        for err in self.host.restore() {
+            warn!(error = %err, "could not restore a host setting");
+        }
         info!("detached");
         Ok(())
     }
 }
 
-fn resolve_next_hops(config: &Config) {
+fn resolve_next_hops(host: &mut HostSetup, config: &Config) {
     for backend in config.vips.iter().flat_map(|vip| &vip.backends) {
-        if let Err(err) = host::ensure_managed(backend.address) {
+        if let Err(err) = host.manage_next_hop(backend.address) {
             warn!(backend = %backend.address, error = %err, "cannot keep the next hop resolved");
         }
     }

@@ -7,14 +7,17 @@
 //!   (Linux 5.16, `NTF_MANAGED`) exist for this: the kernel resolves them on its own and
 //!   keeps them fresh without traffic. The agent creates one per next hop with iproute2
 //!   (`ip neigh replace … managed`).
+//!
+//! [`HostSetup`] records what it changed, so the agent can put the host back as it found
+//! it when it detaches.
 
-use std::{net::IpAddr, process::Command};
+use std::{collections::BTreeSet, net::IpAddr, process::Command};
 
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("enabling forwarding on {interface} ({path}): {source}")]
+    #[error("forwarding setting {path}: {source}")]
     Forwarding { interface: String, path: String, source: std::io::Error },
     #[error("running `{command}`: {source}")]
     Spawn { command: String, source: std::io::Error },
@@ -24,17 +27,67 @@ pub enum HostError {
     NoRoute { command: String },
 }
 
-/// Enables IPv4 and IPv6 forwarding on `interface` (per interface, not host-wide).
-pub fn enable_forwarding(interface: &str) -> Result<(), HostError> {
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
-        std::fs::write(&path, "1").map_err(|source| HostError::Forwarding {
-            interface: interface.to_owned(),
-            path,
-            source,
-        })?;
+/// Host settings changed by the agent, and how to undo them.
+#[derive(Debug, Default)]
+pub struct HostSetup {
+    /// Forwarding sysctls written, with the value each had before.
+    forwarding: Vec<(String, String)>,
+    /// Neighbour entries (next hop, device) made managed.
+    managed: BTreeSet<(IpAddr, String)>,
+}
+
+impl HostSetup {
+    /// Enables IPv4 and IPv6 forwarding on `interface` (per interface, not host-wide).
+    pub fn enable_forwarding(&mut self, interface: &str) -> Result<(), HostError> {
+        for family in ["ipv4", "ipv6"] {
+            let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
+            let error = |source| HostError::Forwarding {
+                interface: interface.to_owned(),
+                path: path.clone(),
+                source,
+            };
+            let previous = std::fs::read_to_string(&path).map_err(error)?;
+            std::fs::write(&path, "1").map_err(error)?;
+            if !self.forwarding.iter().any(|(known, _)| *known == path) {
+                self.forwarding.push((path, previous.trim().to_owned()));
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Makes the next hop towards `backend` a managed neighbour entry. Backends reached
+    /// through the host itself (local addresses) need none.
+    pub fn manage_next_hop(&mut self, backend: IpAddr) -> Result<(), HostError> {
+        let output = ip(&["-j", "route", "get", &backend.to_string()])?;
+        let routes: Vec<Route> = serde_json::from_str(&output).unwrap_or_default();
+        let Some(route) = routes.into_iter().next() else {
+            return Err(HostError::NoRoute { command: format!("ip route get {backend}") });
+        };
+        if route.kind.as_deref() == Some("local") || route.dev == "lo" {
+            return Ok(());
+        }
+        let next_hop = route.gateway.unwrap_or(backend);
+        ip(&["neigh", "replace", &next_hop.to_string(), "dev", &route.dev, "managed"])?;
+        self.managed.insert((next_hop, route.dev));
+        Ok(())
+    }
+
+    /// Puts back the forwarding settings and removes the managed neighbour entries (the
+    /// kernel resolves those next hops again on demand). Returns what could not be undone.
+    pub fn restore(self) -> Vec<HostError> {
+        let mut errors = Vec::new();
+        for (path, previous) in self.forwarding {
+            if let Err(source) = std::fs::write(&path, previous) {
+                errors.push(HostError::Forwarding { interface: String::new(), path, source });
+            }
+        }
+        for (next_hop, dev) in self.managed {
+            if let Err(err) = ip(&["neigh", "del", &next_hop.to_string(), "dev", &dev]) {
+                errors.push(err);
+            }
+        }
+        errors
+    }
 }
 
 /// A next hop as `ip -j route get` reports it.
@@ -44,21 +97,6 @@ struct Route {
     gateway: Option<IpAddr>,
     #[serde(rename = "type", default)]
     kind: Option<String>,
-}
-
-/// Makes the next hop towards `backend` a managed neighbour entry. Backends reached
-/// through the host itself (local addresses) need none.
-pub fn ensure_managed(backend: IpAddr) -> Result<(), HostError> {
-    let output = ip(&["-j", "route", "get", &backend.to_string()])?;
-    let routes: Vec<Route> = serde_json::from_str(&output).unwrap_or_default();
-    let Some(route) = routes.into_iter().next() else {
-        return Err(HostError::NoRoute { command: format!("ip route get {backend}") });
-    };
-    if route.kind.as_deref() == Some("local") || route.dev == "lo" {
-        return Ok(());
-    }
-    let next_hop = route.gateway.unwrap_or(backend).to_string();
-    ip(&["neigh", "replace", &next_hop, "dev", &route.dev, "managed"]).map(drop)
 }
 
 fn ip(args: &[&str]) -> Result<String, HostError> {

@@ -107,8 +107,11 @@ impl fmt::Display for StatsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<40} {:>12} {:>14} {:>10}", "VIP / backend", "packets", "bytes", "new flows")?;
         for vip in &self.vips {
-            let address = vip.address.map_or_else(|| "?".to_owned(), |a| a.to_string());
-            let label = format!("{} {}:{}/{}", vip.name, address, vip.port, protocol_name(vip.protocol));
+            let address = vip.address.map_or_else(
+                || "?".to_owned(),
+                |a| std::net::SocketAddr::new(a, vip.port).to_string(),
+            );
+            let label = format!("{} {}/{}", vip.name, address, protocol_name(vip.protocol));
             row(f, &label, vip.traffic)?;
             for backend in &vip.backends {
                 row(f, &format!("  {}", backend.address), backend.traffic)?;

@@ -36,7 +36,7 @@ use crate::{
     link::{MacAddr, veth_pair},
     netns::{Child, Netns},
     server::{READY, ServerConfig},
-    xdp::{XdpAction, XdpLink},
+    xdp::XdpLink,
 };
 
 pub const SEGMENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
@@ -159,7 +159,7 @@ impl DsrTopology {
         // Frames the LB's XDP program transmits land in this port's receive queue, which
         // drops them unless it has NAPI: an XDP program gives it NAPI.
         let lb_port_xdp = switch
-            .attach_xdp(&lb.switch_port, XdpAction::Pass)
+            .enable_veth_xdp_receive(&lb.switch_port)
             .context("cannot attach XDP_PASS (for NAPI) to the LB's bridge port")?;
 
         client.ns.add_route(VIP_NET_V4, IpAddr::V4(LB_V4))?;

@@ -154,6 +154,13 @@ impl Netns {
         self.attach_xdp_with_flags(dev, action, XDP_FLAGS_DRV_MODE)
     }
 
+    /// Lets the veth `dev` receive frames that XDP sends into it from its peer (XDP_TX
+    /// on the peer, or XDP_REDIRECT into it): attaches an XDP_PASS program, which gives
+    /// it NAPI and hands every frame on to the kernel as before. Keep the guard.
+    pub fn enable_veth_xdp_receive(&self, dev: &str) -> Result<XdpLink> {
+        self.attach_xdp(dev, XdpAction::Pass)
+    }
+
     /// [`Netns::attach_xdp`] with explicit `XDP_FLAGS_*`.
     pub fn attach_xdp_with_flags(
         &self,

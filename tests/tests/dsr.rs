@@ -234,13 +234,22 @@ fn a_bad_configuration_is_refused_and_nothing_is_attached() {
 }
 
 #[test]
-fn stopping_the_agent_detaches_the_program() {
-    let (topology, agent) = start(1);
-    let link = topology.lb_ns().ip(&["link", "show", topology.lb_ifname()]).unwrap();
+fn stopping_the_agent_detaches_and_restores_the_host() {
+    let topology = DsrTopology::with_servers(1).unwrap();
+    let lb = topology.lb_ns();
+    let forwarding = format!("net.ipv4.conf.{}.forwarding", topology.lb_ifname());
+    assert_eq!(lb.read_sysctl(&forwarding).unwrap(), "0");
+    let agent = Agent::start(lb, &config(&topology, &[1])).unwrap();
+    let link = lb.ip(&["link", "show", topology.lb_ifname()]).unwrap();
     assert!(link.contains("xdp"), "attached while running: {link}");
+    assert_eq!(lb.read_sysctl(&forwarding).unwrap(), "1", "forwarding on while attached");
+    assert!(lb.ip(&["neigh"]).unwrap().contains("managed"));
+
     agent.stop().unwrap();
-    let link = topology.lb_ns().ip(&["link", "show", topology.lb_ifname()]).unwrap();
+    let link = lb.ip(&["link", "show", topology.lb_ifname()]).unwrap();
     assert!(!link.contains("xdp"), "detached after SIGTERM: {link}");
+    assert_eq!(lb.read_sysctl(&forwarding).unwrap(), "0", "forwarding restored");
+    assert!(!lb.ip(&["neigh"]).unwrap().contains("managed"), "managed neighbours removed");
 }
 
 #[test]

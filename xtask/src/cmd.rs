@@ -58,7 +58,7 @@ impl Cmd {
     }
 
     fn echo(&self) {
-        eprintln!("\x1b[1m$ {}\x1b[0m", self.line());
+        eprintln!("{}", crate::style::bold(&format!("$ {}", self.line())));
     }
 
     fn check(&self, status: ExitStatus) -> Result<()> {

@@ -14,9 +14,13 @@ mod build;
 mod cmd;
 mod demo;
 mod setup;
+mod style;
 mod test;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -24,7 +28,11 @@ use clap::{Parser, Subcommand};
 use crate::cmd::Cmd;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "weir's developer tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "weir's developer tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -49,10 +57,21 @@ enum Task {
     Bench,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the whole chain of causes, without anyhow's backtrace.
+            eprintln!("{}", style::error(&format!("error: {e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
     std::env::set_current_dir(workspace_root())?;
-    match cli.task {
+    match task {
         Task::Setup => setup::setup(),
         Task::Build { release } => {
             setup::setup()?;

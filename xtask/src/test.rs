@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use weir_testbed::bins::{TEST_SERVER_BIN_ENV, WEIR_BIN_ENV};
 
-use crate::{build, cargo, require_root, setup};
+use crate::{build, cargo, cmd::Cmd, require_root, setup, style};
 
 /// Test threads per test binary: the network-namespace tests mostly wait on `ip` and on
 /// sockets, so a few more than the 2 cores keeps them busy; they are parallel-safe.
@@ -32,7 +32,7 @@ struct Report {
 impl Report {
     /// Runs `f` as step `name` and records how it went; returns whether it succeeded.
     fn step<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Option<T> {
-        eprintln!("\n\x1b[1m==> {name}\x1b[0m");
+        eprintln!("\n{}", style::bold(&format!("==> {name}")));
         let start = Instant::now();
         let result = f();
         let took = start.elapsed();
@@ -46,7 +46,7 @@ impl Report {
                 Some(value)
             }
             Err(e) => {
-                eprintln!("\x1b[1;31m{name} failed:\x1b[0m {e:#}");
+                eprintln!("{} {e:#}", style::error(&format!("{name} failed:")));
                 self.steps.push(Step {
                     name,
                     outcome: Outcome::Failed(format!("{e:#}")),
@@ -159,6 +159,14 @@ pub fn test() -> Result<()> {
             .arg("clippy")
             .args(build::host_packages())
             .args(["--all-targets", "--", "-D", "warnings"])
+            .run()
+    });
+    // The XDP program only builds for the BPF target, so it is linted there.
+    report.step("clippy-ebpf", || {
+        Cmd::new("cargo")
+            .current_dir(crate::workspace_root())
+            .args(["+nightly", "clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
             .run()
     });
     match report.step("build", || build::build(false, true)) {

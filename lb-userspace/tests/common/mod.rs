@@ -20,7 +20,7 @@ use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Verdict, flow_hash};
 use weir::{
     config::Config,
     dataplane::{Dataplane, LoadOptions},
-    host,
+    host::HostSetup,
     plan::{Reconciler, VipState},
 };
 use weir_testbed::Netns;
@@ -31,9 +31,13 @@ pub const LB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
 
 pub const CLIENT4: [u8; 4] = [198, 18, 0, 100];
-pub const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x01, 0x00];
+pub const CLIENT6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+];
 pub const ROUTER4: [u8; 4] = [198, 18, 0, 254];
-pub const ROUTER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+pub const ROUTER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+];
 
 pub const VIP4: [u8; 4] = [198, 19, 0, 10];
 pub const VIP4_ANY_PORT: [u8; 4] = [198, 19, 0, 20];
@@ -43,7 +47,9 @@ pub const VIP4_NO_NEIGH: [u8; 4] = [198, 19, 0, 41];
 pub const VIP4_NO_ROUTE: [u8; 4] = [198, 19, 0, 42];
 pub const VIP4_UNATTACHED: [u8; 4] = [198, 19, 0, 43];
 pub const VIP4_SOURCE_HASH: [u8; 4] = [198, 19, 0, 50];
-pub const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10];
+pub const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
 pub const NOT_A_VIP4: [u8; 4] = [198, 18, 0, 1];
 
 /// Backends and the MACs their permanent neighbour entries give them.
@@ -178,9 +184,15 @@ pub struct Bed {
 impl Bed {
     pub fn new() -> Bed {
         let ns = Netns::new("dataplane").expect("dataplane tests need root and network namespaces");
-        for (dev, peer, mac) in [("lb0", "lb0p", LB0_MAC), ("lb1", "lb1p", LB1_MAC), ("lb2", "lb2p", LB2_MAC)] {
-            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]).unwrap();
-            ns.ip(&["link", "set", dev, "address", &mac_string(mac)]).unwrap();
+        for (dev, peer, mac) in [
+            ("lb0", "lb0p", LB0_MAC),
+            ("lb1", "lb1p", LB1_MAC),
+            ("lb2", "lb2p", LB2_MAC),
+        ] {
+            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer])
+                .unwrap();
+            ns.ip(&["link", "set", dev, "address", &mac_string(mac)])
+                .unwrap();
             ns.ip(&["link", "set", dev, "up"]).unwrap();
             ns.ip(&["link", "set", peer, "up"]).unwrap();
         }
@@ -193,13 +205,24 @@ impl Bed {
             ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"]).unwrap();
         }
         for (dev, addr, mac) in NEIGHBOURS {
-            ns.ip(&["neigh", "replace", addr, "lladdr", &mac_string(*mac), "dev", dev, "nud", "permanent"])
-                .unwrap();
+            ns.ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac_string(*mac),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
         }
         let (dataplane, lb0) = ns
             .enter(|| {
+                let mut host = HostSetup::default();
                 for dev in ["lb0", "lb1", "lb2"] {
-                    host::enable_forwarding(dev).unwrap();
+                    host.enable_forwarding(dev).unwrap();
                 }
                 let mut dataplane = Dataplane::load(LoadOptions {
                     conntrack_entries: 65536,
@@ -213,7 +236,12 @@ impl Bed {
                 (dataplane, lb0)
             })
             .unwrap();
-        let mut bed = Bed { ns, dataplane, state: Reconciler::new(1 << 16), lb0 };
+        let mut bed = Bed {
+            ns,
+            dataplane,
+            state: Reconciler::new(1 << 16),
+            lb0,
+        };
         bed.apply(BASE_CONFIG);
         bed
     }
@@ -266,14 +294,24 @@ impl Bed {
 
     /// Runs `frame` and checks the verdict, the output frame and that the global
     /// counters moved by exactly `counters` (every other counter unchanged).
-    pub fn expect(&mut self, name: &str, frame: &[u8], verdict: Verdict, output: &[u8], counters: &[(Counter, u64)]) {
+    pub fn expect(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        verdict: Verdict,
+        output: &[u8],
+        counters: &[(Counter, u64)],
+    ) {
         let before = self.counters();
         let (action, out) = self.run(frame);
         assert_eq!(action, verdict as u32, "{name}: verdict");
         assert_eq!(hex(&out), hex(output), "{name}: output frame");
         let after = self.counters();
-        let moved: BTreeMap<Counter, u64> =
-            after.iter().map(|(c, v)| (*c, v - before[c])).filter(|(_, d)| *d != 0).collect();
+        let moved: BTreeMap<Counter, u64> = after
+            .iter()
+            .map(|(c, v)| (*c, v - before[c]))
+            .filter(|(_, d)| *d != 0)
+            .collect();
         let wanted: BTreeMap<Counter, u64> = counters.iter().copied().collect();
         assert_eq!(moved, wanted, "{name}: counter changes");
     }
@@ -292,11 +330,18 @@ impl Bed {
 }
 
 pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn mac_of(addr: &str) -> [u8; 6] {
@@ -314,28 +359,38 @@ pub fn rewritten(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 pub const PAYLOAD: &[u8] = b"weir test payload";
 
 pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240).syn();
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn();
     let mut frame = Vec::new();
     builder.write(&mut frame, PAYLOAD).unwrap();
     frame
 }
 
 pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv4(src, dst, 64).udp(sport, dport);
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
     let mut frame = Vec::new();
     builder.write(&mut frame, PAYLOAD).unwrap();
     frame
 }
 
 pub fn tcp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv6(src, dst, 64).tcp(sport, dport, 1000, 64240).syn();
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn();
     let mut frame = Vec::new();
     builder.write(&mut frame, PAYLOAD).unwrap();
     frame
 }
 
 pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC).ipv6(src, dst, 64).udp(sport, dport);
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv6(src, dst, 64)
+        .udp(sport, dport);
     let mut frame = Vec::new();
     builder.write(&mut frame, PAYLOAD).unwrap();
     frame
@@ -344,13 +399,31 @@ pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
 pub fn key(frame: &[u8]) -> FlowKey {
     let packet = SlicedPacket::from_ethernet(frame).unwrap();
     let (src, dst): (IpAddr, IpAddr) = match packet.net.unwrap() {
-        etherparse::NetSlice::Ipv4(ip) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
-        etherparse::NetSlice::Ipv6(ip) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+        etherparse::NetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        etherparse::NetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
         _ => unreachable!(),
     };
     match packet.transport.unwrap() {
-        TransportSlice::Tcp(tcp) => FlowKey::new(src, tcp.source_port(), dst, tcp.destination_port(), PROTO_TCP),
-        TransportSlice::Udp(udp) => FlowKey::new(src, udp.source_port(), dst, udp.destination_port(), PROTO_UDP),
+        TransportSlice::Tcp(tcp) => FlowKey::new(
+            src,
+            tcp.source_port(),
+            dst,
+            tcp.destination_port(),
+            PROTO_TCP,
+        ),
+        TransportSlice::Udp(udp) => FlowKey::new(
+            src,
+            udp.source_port(),
+            dst,
+            udp.destination_port(),
+            PROTO_UDP,
+        ),
         _ => unreachable!(),
     }
 }
@@ -361,7 +434,11 @@ pub fn assert_checksums_valid(frame: &[u8]) {
     let packet = SlicedPacket::from_ethernet(frame).unwrap();
     let headers = etherparse::PacketHeaders::from_ethernet_slice(frame).unwrap();
     if let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &headers.net {
-        assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+        assert_eq!(
+            ip.header_checksum,
+            ip.calc_header_checksum(),
+            "IPv4 header checksum"
+        );
     }
     let payload = packet.transport.as_ref().map(|t| match t {
         TransportSlice::Tcp(tcp) => tcp.payload().to_vec(),
@@ -369,17 +446,49 @@ pub fn assert_checksums_valid(frame: &[u8]) {
         _ => Vec::new(),
     });
     match (&headers.net, &headers.transport, payload) {
-        (Some(etherparse::NetHeaders::Ipv4(ip, _)), Some(etherparse::TransportHeader::Tcp(tcp)), Some(p)) => {
-            assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(ip, &p).unwrap(), "TCP checksum")
+        (
+            Some(etherparse::NetHeaders::Ipv4(ip, _)),
+            Some(etherparse::TransportHeader::Tcp(tcp)),
+            Some(p),
+        ) => {
+            assert_eq!(
+                tcp.checksum,
+                tcp.calc_checksum_ipv4(ip, &p).unwrap(),
+                "TCP checksum"
+            )
         }
-        (Some(etherparse::NetHeaders::Ipv6(ip, _)), Some(etherparse::TransportHeader::Tcp(tcp)), Some(p)) => {
-            assert_eq!(tcp.checksum, tcp.calc_checksum_ipv6(ip, &p).unwrap(), "TCP checksum")
+        (
+            Some(etherparse::NetHeaders::Ipv6(ip, _)),
+            Some(etherparse::TransportHeader::Tcp(tcp)),
+            Some(p),
+        ) => {
+            assert_eq!(
+                tcp.checksum,
+                tcp.calc_checksum_ipv6(ip, &p).unwrap(),
+                "TCP checksum"
+            )
         }
-        (Some(etherparse::NetHeaders::Ipv4(ip, _)), Some(etherparse::TransportHeader::Udp(udp)), Some(p)) => {
-            assert_eq!(udp.checksum, udp.calc_checksum_ipv4(ip, &p).unwrap(), "UDP checksum")
+        (
+            Some(etherparse::NetHeaders::Ipv4(ip, _)),
+            Some(etherparse::TransportHeader::Udp(udp)),
+            Some(p),
+        ) => {
+            assert_eq!(
+                udp.checksum,
+                udp.calc_checksum_ipv4(ip, &p).unwrap(),
+                "UDP checksum"
+            )
         }
-        (Some(etherparse::NetHeaders::Ipv6(ip, _)), Some(etherparse::TransportHeader::Udp(udp)), Some(p)) => {
-            assert_eq!(udp.checksum, udp.calc_checksum_ipv6(ip, &p).unwrap(), "UDP checksum")
+        (
+            Some(etherparse::NetHeaders::Ipv6(ip, _)),
+            Some(etherparse::TransportHeader::Udp(udp)),
+            Some(p),
+        ) => {
+            assert_eq!(
+                udp.checksum,
+                udp.calc_checksum_ipv6(ip, &p).unwrap(),
+                "UDP checksum"
+            )
         }
         _ => {}
     }
@@ -392,4 +501,3 @@ pub fn forwarded(new_flows: u64) -> Vec<(Counter, u64)> {
     }
     counters
 }
-
