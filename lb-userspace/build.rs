@@ -8,6 +8,9 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf"),
         ..Default::default()
     };
-    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-common"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-common")
+    );
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }

@@ -30,8 +30,14 @@ pub fn flow_hash(key: &FlowKey, source_only: bool) -> u32 {
 
 #[inline(always)]
 fn mix(h: u32, word: u32) -> u32 {
-    let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = word
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -91,7 +97,10 @@ mod tests {
             counts[flow_hash(&key(port as u16), false) as usize % buckets] += 1;
         }
         let expected = (flows / buckets) as f64;
-        let worst: Vec<f64> = counts.iter().map(|c| (*c as f64 - expected).abs() / expected).collect();
+        let worst: Vec<f64> = counts
+            .iter()
+            .map(|c| (*c as f64 - expected).abs() / expected)
+            .collect();
         let max = worst.iter().cloned().fold(0.0, f64::max);
         assert!(max < 0.25, "a bucket is {max:.2} off its share");
     }

@@ -56,21 +56,36 @@ impl VipKey {
     /// `port` in host order; stored in network order.
     pub fn new(addr: IpAddr, port: u16, protocol: u8) -> Self {
         let (family, addr) = addr_words(addr);
-        VipKey { addr, port: port.to_be(), protocol, family }
+        VipKey {
+            addr,
+            port: port.to_be(),
+            protocol,
+            family,
+        }
     }
 }
 
 impl VipAddressKey {
     pub fn new(addr: IpAddr) -> Self {
         let (family, addr) = addr_words(addr);
-        VipAddressKey { addr, family, _pad: [0; 3] }
+        VipAddressKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
     }
 }
 
 impl Backend {
     pub fn new(addr: IpAddr, vip_id: u32, flags: u8) -> Self {
         let (family, addr) = addr_words(addr);
-        Backend { addr, vip_id, family, flags, _pad: [0; 2] }
+        Backend {
+            addr,
+            vip_id,
+            family,
+            flags,
+            _pad: [0; 2],
+        }
     }
 
     pub fn ip(&self) -> Option<IpAddr> {

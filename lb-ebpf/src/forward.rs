@@ -44,7 +44,12 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Cou
     // tot_len stays 0: DSR does not grow the packet, so no MTU check is needed.
     // SAFETY: `fib` is a valid, fully initialised request of the size passed.
     let rc = unsafe {
-        fib_lookup(ctx.ctx.cast(), &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}

@@ -60,8 +60,7 @@ static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(M
 
 /// Per backend, indexed by backend id.
 #[map(name = "BACKEND_STATS")]
-static BACKEND_STATS: PerCpuArray<TrafficCounters> =
-    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[xdp]
 pub fn weir_xdp(ctx: XdpContext) -> u32 {

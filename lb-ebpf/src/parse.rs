@@ -96,7 +96,11 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
     }
     let (src, dst) = (ipv4_words(ip.src_addr), ipv4_words(ip.dst_addr));
     if u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0 {
-        return Parsed::Fragment(VipAddressKey { addr: dst, family: FAMILY_IPV4, _pad: [0; 3] });
+        return Parsed::Fragment(VipAddressKey {
+            addr: dst,
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+        });
     }
     let l4 = l3 + header_len;
     match ip.proto {
@@ -129,7 +133,11 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 l4 += (ext_len as usize + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                return Parsed::Fragment(VipAddressKey { addr: dst, family: FAMILY_IPV6, _pad: [0; 3] });
+                return Parsed::Fragment(VipAddressKey {
+                    addr: dst,
+                    family: FAMILY_IPV6,
+                    _pad: [0; 3],
+                });
             }
             _ => break,
         }
@@ -143,7 +151,14 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
 
 /// A TCP or UDP packet: the full transport header must be present.
 #[inline(always)]
-fn transport(ctx: &XdpContext, l4: usize, protocol: u8, family: u8, src: [u32; 4], dst: [u32; 4]) -> Parsed {
+fn transport(
+    ctx: &XdpContext,
+    l4: usize,
+    protocol: u8,
+    family: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+) -> Parsed {
     let header_present = if protocol == PROTO_TCP {
         ptr_at::<[u8; 20]>(ctx, l4).is_some()
     } else {
@@ -156,7 +171,15 @@ fn transport(ctx: &XdpContext, l4: usize, protocol: u8, family: u8, src: [u32; 4
         return Parsed::Malformed;
     }
     Parsed::Packet(Packet {
-        key: FlowKey { src, dst, src_port: ports[0], dst_port: ports[1], protocol, family, _pad: [0; 2] },
+        key: FlowKey {
+            src,
+            dst,
+            src_port: ports[0],
+            dst_port: ports[1],
+            protocol,
+            family,
+            _pad: [0; 2],
+        },
         icmp_too_big: false,
     })
 }
@@ -176,7 +199,8 @@ fn icmpv4_too_big(ctx: &XdpContext, l4: usize) -> Parsed {
         return Parsed::NotVip;
     };
     let header_len = (ip.vihl & 0x0f) as usize * 4;
-    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
+    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x1fff != 0
+    {
         return Parsed::NotVip;
     }
     let (vip, client) = (ipv4_words(ip.src_addr), ipv4_words(ip.dst_addr));
@@ -197,13 +221,27 @@ fn icmpv6_too_big(ctx: &XdpContext, l4: usize) -> Parsed {
         return Parsed::NotVip;
     };
     let (vip, client) = (ipv6_words(ip.src_addr), ipv6_words(ip.dst_addr));
-    quoted_flow(ctx, inner + Ipv6Hdr::LEN, ip.next_hdr, FAMILY_IPV6, vip, client)
+    quoted_flow(
+        ctx,
+        inner + Ipv6Hdr::LEN,
+        ip.next_hdr,
+        FAMILY_IPV6,
+        vip,
+        client,
+    )
 }
 
 /// The client's flow from the first transport bytes an ICMP error quotes (RFC 792 and
 /// RFC 4443 guarantee at least the ports).
 #[inline(always)]
-fn quoted_flow(ctx: &XdpContext, l4: usize, protocol: u8, family: u8, vip: [u32; 4], client: [u32; 4]) -> Parsed {
+fn quoted_flow(
+    ctx: &XdpContext,
+    l4: usize,
+    protocol: u8,
+    family: u8,
+    vip: [u32; 4],
+    client: [u32; 4],
+) -> Parsed {
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return Parsed::NotVip;
     }

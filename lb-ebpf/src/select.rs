@@ -1,6 +1,9 @@
 //! Backend selection: VIP lookup, then the connection table, then the VIP's Maglev table.
 
-use lb_common::{BACKEND_ACCEPTS_FLOWS, Counter, Flow, NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta, flow_hash};
+use lb_common::{
+    BACKEND_ACCEPTS_FLOWS, Counter, Flow, NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey,
+    VipMeta, flow_hash,
+};
 
 use crate::{BACKENDS, CONNTRACK, MAGLEV_RING, VIP_ADDRESSES, VIPS, parse::Packet, stats};
 
@@ -34,7 +37,12 @@ pub fn select(packet: &Packet) -> Result<Target, Counter> {
         // SAFETY: a map value pointer from a successful lookup.
         let backend_id = unsafe { (*flow).backend_id };
         if let Some(backend_addr) = usable_backend(backend_id, vip.id) {
-            return Ok(Target { vip_id: vip.id, backend_id, backend_addr, new_flow: false });
+            return Ok(Target {
+                vip_id: vip.id,
+                backend_id,
+                backend_addr,
+                new_flow: false,
+            });
         }
         stats::event(Counter::FlowRescheduled);
     }
@@ -54,14 +62,24 @@ pub fn select(packet: &Packet) -> Result<Target, Counter> {
     if !packet.icmp_too_big && CONNTRACK.insert(key, Flow { backend_id }, 0).is_err() {
         stats::event(Counter::ConntrackInsertFailed);
     }
-    Ok(Target { vip_id: vip.id, backend_id, backend_addr, new_flow: !packet.icmp_too_big })
+    Ok(Target {
+        vip_id: vip.id,
+        backend_id,
+        backend_addr,
+        new_flow: !packet.icmp_too_big,
+    })
 }
 
 /// The exact (address, port, protocol) VIP, else the address's every-port VIP.
 #[inline(always)]
 fn lookup_vip(packet: &Packet) -> Option<VipMeta> {
     let key = &packet.key;
-    let mut vip = VipKey { addr: key.dst, port: key.dst_port, protocol: key.protocol, family: key.family };
+    let mut vip = VipKey {
+        addr: key.dst,
+        port: key.dst_port,
+        protocol: key.protocol,
+        family: key.family,
+    };
     if let Some(meta) = VIPS.get_ptr(vip) {
         // SAFETY: a map value pointer from a successful lookup.
         return Some(unsafe { *meta });

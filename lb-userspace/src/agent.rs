@@ -59,7 +59,13 @@ impl Agent {
             info!(interface = %attachment.interface, ifindex = attachment.ifindex, mode = attachment.mode, "attached");
         }
         info!(vips = config.vips.len(), config = %config_path.display(), "weir agent ready");
-        Ok(Agent { config_path: config_path.to_owned(), config, dataplane, state, host })
+        Ok(Agent {
+            config_path: config_path.to_owned(),
+            config,
+            dataplane,
+            state,
+            host,
+        })
     }
 
     /// Re-reads the configuration and applies only the difference. A bad file or a
@@ -73,7 +79,11 @@ impl Agent {
         self.dataplane.apply(&writes)?;
         self.state = state;
         resolve_next_hops(&mut self.host, &config);
-        info!(writes = writes.len(), vips = config.vips.len(), "configuration reloaded");
+        info!(
+            writes = writes.len(),
+            vips = config.vips.len(),
+            "configuration reloaded"
+        );
         self.config = config;
         Ok(())
     }

@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey,
-    VipMeta, map_names,
+    Backend, Counter, Flow, FlowKey, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey, VipMeta,
+    map_names,
 };
 use tracing::warn;
 
@@ -24,7 +24,10 @@ pub enum DataplaneError {
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the XDP object has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("the XDP program: {0}")]
     Program(#[from] ProgramError),
     #[error("map {map}: {source}")]
@@ -32,7 +35,10 @@ pub enum DataplaneError {
     #[error("map TX_PORTS: {0}")]
     TxPorts(#[from] aya::maps::xdp::XdpMapError),
     #[error("attaching XDP to {interface}: {source}")]
-    Attach { interface: String, source: ProgramError },
+    Attach {
+        interface: String,
+        source: ProgramError,
+    },
     #[error("interface {0} does not exist")]
     UnknownInterface(String),
     #[error("counting CPUs: {0}")]
@@ -80,7 +86,9 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
     T::try_from(map).map_err(map_err(name))
 }
 
@@ -119,10 +127,12 @@ impl Dataplane {
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
         let ifindex = ifindex(interface)?;
         let attach = |program: &mut Xdp, mode| {
-            program.attach_to_if_index(ifindex, mode).map_err(|source| DataplaneError::Attach {
-                interface: interface.to_owned(),
-                source,
-            })
+            program
+                .attach_to_if_index(ifindex, mode)
+                .map_err(|source| DataplaneError::Attach {
+                    interface: interface.to_owned(),
+                    source,
+                })
         };
         let program = self.program()?;
         let (link, mode) = match mode {
@@ -137,7 +147,11 @@ impl Dataplane {
             },
         };
         self.add_tx_port(ifindex)?;
-        let attachment = Attachment { interface: interface.to_owned(), ifindex, mode };
+        let attachment = Attachment {
+            interface: interface.to_owned(),
+            ifindex,
+            mode,
+        };
         self.links.push((attachment.clone(), link));
         Ok(attachment)
     }
@@ -172,12 +186,15 @@ impl Dataplane {
 
     fn apply_one(&mut self, write: &MapWrite) -> Result<(), DataplaneError> {
         match write {
-            MapWrite::SetBackend { id, backend } => {
-                self.backends.set(*id, backend, 0).map_err(map_err(map_names::BACKENDS))
-            }
+            MapWrite::SetBackend { id, backend } => self
+                .backends
+                .set(*id, backend, 0)
+                .map_err(map_err(map_names::BACKENDS)),
             MapWrite::ClearBackendStats { id } => {
                 let zero = self.zeroed_per_cpu()?;
-                self.backend_stats.set(*id, zero, 0).map_err(map_err(map_names::BACKEND_STATS))
+                self.backend_stats
+                    .set(*id, zero, 0)
+                    .map_err(map_err(map_names::BACKEND_STATS))
             }
             MapWrite::SetRing { base, slots } => (*base..)
                 .zip(slots)
@@ -187,22 +204,25 @@ impl Dataplane {
                 .iter()
                 .try_for_each(|(offset, id)| self.ring.set(base + offset, id, 0))
                 .map_err(map_err(map_names::MAGLEV_RING)),
-            MapWrite::SetVip { key, meta } => {
-                self.vips.insert(key, meta, 0).map_err(map_err(map_names::VIPS))
-            }
-            MapWrite::RemoveVip { key } => {
-                self.vips.remove(key).map_err(map_err(map_names::VIPS))
-            }
+            MapWrite::SetVip { key, meta } => self
+                .vips
+                .insert(key, meta, 0)
+                .map_err(map_err(map_names::VIPS)),
+            MapWrite::RemoveVip { key } => self.vips.remove(key).map_err(map_err(map_names::VIPS)),
             MapWrite::ClearVipStats { id } => {
                 let zero = self.zeroed_per_cpu()?;
-                self.vip_stats.set(*id, zero, 0).map_err(map_err(map_names::VIP_STATS))
+                self.vip_stats
+                    .set(*id, zero, 0)
+                    .map_err(map_err(map_names::VIP_STATS))
             }
-            MapWrite::AddVipAddress { key } => {
-                self.vip_addresses.insert(key, 1, 0).map_err(map_err(map_names::VIP_ADDRESSES))
-            }
-            MapWrite::RemoveVipAddress { key } => {
-                self.vip_addresses.remove(key).map_err(map_err(map_names::VIP_ADDRESSES))
-            }
+            MapWrite::AddVipAddress { key } => self
+                .vip_addresses
+                .insert(key, 1, 0)
+                .map_err(map_err(map_names::VIP_ADDRESSES)),
+            MapWrite::RemoveVipAddress { key } => self
+                .vip_addresses
+                .remove(key)
+                .map_err(map_err(map_names::VIP_ADDRESSES)),
         }
     }
 
@@ -243,7 +263,9 @@ impl Dataplane {
 
     /// One backend entry as the program sees it.
     pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
-        self.backends.get(&id, 0).map_err(map_err(map_names::BACKENDS))
+        self.backends
+            .get(&id, 0)
+            .map_err(map_err(map_names::BACKENDS))
     }
 }
 
@@ -263,7 +285,10 @@ fn sum_per_cpu(
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     let program = ebpf
         .program_mut(PROGRAM_NAME)
-        .ok_or(DataplaneError::Missing { kind: "program", name: PROGRAM_NAME })?;
+        .ok_or(DataplaneError::Missing {
+            kind: "program",
+            name: PROGRAM_NAME,
+        })?;
     program.try_into().map_err(DataplaneError::Program)
 }
 

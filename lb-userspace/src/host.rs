@@ -18,9 +18,16 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("forwarding setting {path}: {source}")]
-    Forwarding { interface: String, path: String, source: std::io::Error },
+    Forwarding {
+        interface: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("running `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
     #[error("`{command}` printed no route")]
@@ -61,13 +68,22 @@ impl HostSetup {
         let output = ip(&["-j", "route", "get", &backend.to_string()])?;
         let routes: Vec<Route> = serde_json::from_str(&output).unwrap_or_default();
         let Some(route) = routes.into_iter().next() else {
-            return Err(HostError::NoRoute { command: format!("ip route get {backend}") });
+            return Err(HostError::NoRoute {
+                command: format!("ip route get {backend}"),
+            });
         };
         if route.kind.as_deref() == Some("local") || route.dev == "lo" {
             return Ok(());
         }
         let next_hop = route.gateway.unwrap_or(backend);
-        ip(&["neigh", "replace", &next_hop.to_string(), "dev", &route.dev, "managed"])?;
+        ip(&[
+            "neigh",
+            "replace",
+            &next_hop.to_string(),
+            "dev",
+            &route.dev,
+            "managed",
+        ])?;
         self.managed.insert((next_hop, route.dev));
         Ok(())
     }
@@ -78,7 +94,11 @@ impl HostSetup {
         let mut errors = Vec::new();
         for (path, previous) in self.forwarding {
             if let Err(source) = std::fs::write(&path, previous) {
-                errors.push(HostError::Forwarding { interface: String::new(), path, source });
+                errors.push(HostError::Forwarding {
+                    interface: String::new(),
+                    path,
+                    source,
+                });
             }
         }
         for (next_hop, dev) in self.managed {
@@ -104,7 +124,10 @@ fn ip(args: &[&str]) -> Result<String, HostError> {
     let output = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|source| HostError::Spawn { command: command.clone(), source })?;
+        .map_err(|source| HostError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if !output.status.success() {
         return Err(HostError::Failed {
             command,

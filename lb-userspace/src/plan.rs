@@ -33,19 +33,41 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapWrite {
     /// `BACKENDS[id] = backend`.
-    SetBackend { id: u32, backend: Backend },
+    SetBackend {
+        id: u32,
+        backend: Backend,
+    },
     /// Zero `BACKEND_STATS[id]` on every CPU (a fresh or reused id).
-    ClearBackendStats { id: u32 },
+    ClearBackendStats {
+        id: u32,
+    },
     /// `MAGLEV_RING[base + i] = slots[i]` for a whole table.
-    SetRing { base: u32, slots: Vec<u32> },
+    SetRing {
+        base: u32,
+        slots: Vec<u32>,
+    },
     /// `MAGLEV_RING[base + offset] = backend_id` for the slots that changed.
-    PatchRing { base: u32, changes: Vec<(u32, u32)> },
-    SetVip { key: VipKey, meta: VipMeta },
-    RemoveVip { key: VipKey },
+    PatchRing {
+        base: u32,
+        changes: Vec<(u32, u32)>,
+    },
+    SetVip {
+        key: VipKey,
+        meta: VipMeta,
+    },
+    RemoveVip {
+        key: VipKey,
+    },
     /// Zero `VIP_STATS[id]` on every CPU (a fresh or reused id).
-    ClearVipStats { id: u32 },
-    AddVipAddress { key: VipAddressKey },
-    RemoveVipAddress { key: VipAddressKey },
+    ClearVipStats {
+        id: u32,
+    },
+    AddVipAddress {
+        key: VipAddressKey,
+    },
+    RemoveVipAddress {
+        key: VipAddressKey,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,9 +80,16 @@ pub enum PlanError {
         "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free \
          (lower table_size, or raise [agent] maglev_ring_entries)"
     )]
-    RingFull { wanted: u64, free: u64, capacity: u32 },
+    RingFull {
+        wanted: u64,
+        free: u64,
+        capacity: u32,
+    },
     #[error("VIP {vip:?}: {source}")]
-    Maglev { vip: String, source: maglev::MaglevError },
+    Maglev {
+        vip: String,
+        source: maglev::MaglevError,
+    },
 }
 
 /// What the maps hold for one backend of a VIP.
@@ -119,10 +148,16 @@ impl Reconciler {
             config.vips.iter().map(|vip| (vip_key(vip), vip)).collect();
 
         // 1. Removed VIPs stop matching first.
-        let removed: Vec<VipKey> =
-            next.vips.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
+        let removed: Vec<VipKey> = next
+            .vips
+            .keys()
+            .filter(|key| !wanted.contains_key(key))
+            .copied()
+            .collect();
         for key in removed {
-            let Some(state) = next.vips.remove(&key) else { continue };
+            let Some(state) = next.vips.remove(&key) else {
+                continue;
+            };
             writes.push(MapWrite::RemoveVip { key });
             released_slices.push((state.meta.ring_base, state.meta.ring_size));
             released_backends.extend(state.backends.values().map(|b| b.id));
@@ -148,7 +183,10 @@ impl Reconciler {
 
         // 4. Backends that left stop accepting flows, now that no slot names them.
         for &id in &released_backends {
-            writes.push(MapWrite::SetBackend { id, backend: Backend::default() });
+            writes.push(MapWrite::SetBackend {
+                id,
+                backend: Backend::default(),
+            });
         }
         for key in old_addresses.difference(&new_addresses) {
             writes.push(MapWrite::RemoveVipAddress { key: *key });
@@ -189,15 +227,21 @@ impl Reconciler {
         };
 
         // 2. Backends: keep ids of those that stay, allocate ids for new ones.
-        let old_backends = previous.as_ref().map(|s| s.backends.clone()).unwrap_or_default();
+        let old_backends = previous
+            .as_ref()
+            .map(|s| s.backends.clone())
+            .unwrap_or_default();
         let mut backends = BTreeMap::new();
         for backend in &vip.backends {
             let id = match old_backends.get(&backend.address) {
                 Some(state) => state.id,
                 None => {
-                    let id = self.backend_ids.allocate().ok_or(PlanError::TooManyBackends {
-                        wanted: MAX_BACKENDS as usize + 1,
-                    })?;
+                    let id = self
+                        .backend_ids
+                        .allocate()
+                        .ok_or(PlanError::TooManyBackends {
+                            wanted: MAX_BACKENDS as usize + 1,
+                        })?;
                     writes.push(MapWrite::ClearBackendStats { id });
                     writes.push(MapWrite::SetBackend {
                         id,
@@ -206,7 +250,13 @@ impl Reconciler {
                     id
                 }
             };
-            backends.insert(backend.address, BackendState { id, weight: backend.weight });
+            backends.insert(
+                backend.address,
+                BackendState {
+                    id,
+                    weight: backend.weight,
+                },
+            );
         }
         released_backends.extend(
             old_backends
@@ -217,8 +267,16 @@ impl Reconciler {
 
         // 3. The Maglev table, then the VIP entry that points at it.
         let table = maglev_table(&vip.name, &backends, vip.table_size)?;
-        let mut meta = VipMeta { id: vip_id, flags, ring_base: 0, ring_size: vip.table_size };
-        match previous.as_ref().filter(|state| state.meta.ring_size == vip.table_size) {
+        let mut meta = VipMeta {
+            id: vip_id,
+            flags,
+            ring_base: 0,
+            ring_size: vip.table_size,
+        };
+        match previous
+            .as_ref()
+            .filter(|state| state.meta.ring_size == vip.table_size)
+        {
             Some(state) => {
                 meta.ring_base = state.meta.ring_base;
                 let changes: Vec<(u32, u32)> = (0u32..)
@@ -227,12 +285,18 @@ impl Reconciler {
                     .map(|(offset, (_, new))| (offset, *new))
                     .collect();
                 if !changes.is_empty() {
-                    writes.push(MapWrite::PatchRing { base: meta.ring_base, changes });
+                    writes.push(MapWrite::PatchRing {
+                        base: meta.ring_base,
+                        changes,
+                    });
                 }
             }
             None => {
                 meta.ring_base = self.ring.allocate(vip.table_size)?;
-                writes.push(MapWrite::SetRing { base: meta.ring_base, slots: table.clone() });
+                writes.push(MapWrite::SetRing {
+                    base: meta.ring_base,
+                    slots: table.clone(),
+                });
                 if let Some(state) = &previous {
                     released_slices.push((state.meta.ring_base, state.meta.ring_size));
                 }
@@ -246,7 +310,13 @@ impl Reconciler {
         }
         self.vips.insert(
             key,
-            VipState { name: vip.name.clone(), key, meta, backends, table },
+            VipState {
+                name: vip.name.clone(),
+                key,
+                meta,
+                backends,
+                table,
+            },
         );
         Ok(())
     }
@@ -258,14 +328,20 @@ pub fn vip_key(vip: &VipConfig) -> VipKey {
 }
 
 fn vip_addresses<'a>(keys: impl Iterator<Item = &'a VipKey>) -> BTreeSet<VipAddressKey> {
-    keys.map(|key| VipAddressKey { addr: key.addr, family: key.family, _pad: [0; 3] })
-        .collect()
+    keys.map(|key| VipAddressKey {
+        addr: key.addr,
+        family: key.family,
+        _pad: [0; 3],
+    })
+    .collect()
 }
 
 /// Refuses configurations that cannot fit before any id or slot is handed out.
 fn check_capacity(config: &Config) -> Result<(), PlanError> {
     if config.vips.len() > MAX_VIPS as usize {
-        return Err(PlanError::TooManyVips { wanted: config.vips.len() });
+        return Err(PlanError::TooManyVips {
+            wanted: config.vips.len(),
+        });
     }
     let backends: usize = config.vips.iter().map(|vip| vip.backends.len()).sum();
     if backends > MAX_BACKENDS as usize {
@@ -285,14 +361,25 @@ fn maglev_table(
     let entries: Vec<MaglevBackend<'_>> = names
         .iter()
         .zip(backends.values())
-        .map(|(name, state)| MaglevBackend { name: name.as_bytes(), weight: state.weight })
+        .map(|(name, state)| MaglevBackend {
+            name: name.as_bytes(),
+            weight: state.weight,
+        })
         .collect();
     let ids: Vec<u32> = backends.values().map(|state| state.id).collect();
-    let table = maglev::build_table(&entries, table_size)
-        .map_err(|source| PlanError::Maglev { vip: vip.to_owned(), source })?;
+    let table = maglev::build_table(&entries, table_size).map_err(|source| PlanError::Maglev {
+        vip: vip.to_owned(),
+        source,
+    })?;
     Ok(table
         .into_iter()
-        .map(|index| if index == NO_BACKEND { NO_BACKEND } else { ids[index as usize] })
+        .map(|index| {
+            if index == NO_BACKEND {
+                NO_BACKEND
+            } else {
+                ids[index as usize]
+            }
+        })
         .collect())
 }
 
@@ -305,7 +392,9 @@ struct IdPool {
 
 impl IdPool {
     fn new(capacity: u32) -> Self {
-        IdPool { free: (0..capacity).collect() }
+        IdPool {
+            free: (0..capacity).collect(),
+        }
     }
 
     fn allocate(&mut self) -> Option<u32> {
@@ -327,7 +416,11 @@ struct RingAllocator {
 
 impl RingAllocator {
     fn new(capacity: u32) -> Self {
-        let free = if capacity > 0 { BTreeMap::from([(0, capacity)]) } else { BTreeMap::new() };
+        let free = if capacity > 0 {
+            BTreeMap::from([(0, capacity)])
+        } else {
+            BTreeMap::new()
+        };
         RingAllocator { capacity, free }
     }
 
@@ -420,18 +513,41 @@ mod tests {
 
     #[test]
     fn removing_a_backend_patches_only_changed_slots_and_retires_it_last() {
-        let before = web(&[("198.18.1.11", 100), ("198.18.1.12", 100), ("198.18.1.13", 100)], 65537);
+        let before = web(
+            &[
+                ("198.18.1.11", 100),
+                ("198.18.1.12", 100),
+                ("198.18.1.13", 100),
+            ],
+            65537,
+        );
         let after = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 65537);
         let (_, state) = Reconciler::new(RING).plan(&before).unwrap();
         let removed_id = state.vips().next().unwrap().backends[&"198.18.1.13".parse().unwrap()].id;
         let (writes, next) = state.plan(&after).unwrap();
-        assert!(matches!(writes.first(), Some(MapWrite::PatchRing { .. })), "{writes:?}");
+        assert!(
+            matches!(writes.first(), Some(MapWrite::PatchRing { .. })),
+            "{writes:?}"
+        );
         assert_eq!(
             writes.last(),
-            Some(&MapWrite::SetBackend { id: removed_id, backend: Backend::default() })
+            Some(&MapWrite::SetBackend {
+                id: removed_id,
+                backend: Backend::default()
+            })
         );
-        assert!(ring_writes(&writes) < 65537 / 2, "only changed slots are written");
-        assert!(next.vips().next().unwrap().table.iter().all(|id| *id != removed_id));
+        assert!(
+            ring_writes(&writes) < 65537 / 2,
+            "only changed slots are written"
+        );
+        assert!(
+            next.vips()
+                .next()
+                .unwrap()
+                .table
+                .iter()
+                .all(|id| *id != removed_id)
+        );
     }
 
     #[test]
@@ -441,7 +557,10 @@ mod tests {
         let (writes, next) = state.plan(&web(&[("198.18.1.11", 100)], 257)).unwrap();
         let meta = next.vips().next().unwrap().meta;
         assert_eq!((meta.ring_base, meta.ring_size), (251, 257));
-        assert!(writes.contains(&MapWrite::SetVip { key: state.vips().next().unwrap().key, meta }));
+        assert!(writes.contains(&MapWrite::SetVip {
+            key: state.vips().next().unwrap().key,
+            meta
+        }));
         // The old slice is free again: a third size fits at base 0.
         let (_, after) = next.plan(&web(&[("198.18.1.11", 100)], 241)).unwrap();
         assert_eq!(after.vips().next().unwrap().meta.ring_base, 0);
@@ -452,7 +571,17 @@ mod tests {
         let cfg = web(&[("198.18.1.11", 100)], 251);
         let (_, state) = Reconciler::new(300).plan(&cfg).unwrap();
         let err = state.plan(&web(&[("198.18.1.11", 100)], 257)).unwrap_err();
-        assert!(matches!(err, PlanError::RingFull { wanted: 257, free: 49, capacity: 300 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PlanError::RingFull {
+                    wanted: 257,
+                    free: 49,
+                    capacity: 300
+                }
+            ),
+            "{err}"
+        );
         // The state is unchanged: the same config still plans to nothing.
         assert_eq!(state.plan(&cfg).unwrap().0, vec![]);
     }
@@ -463,12 +592,21 @@ mod tests {
         let (_, state) = Reconciler::new(RING).plan(&cfg).unwrap();
         let empty = config("[agent]\ninterfaces = [\"eth0\"]\n");
         let (writes, next) = state.plan(&empty).unwrap();
-        assert!(matches!(writes.first(), Some(MapWrite::RemoveVip { .. })), "{writes:?}");
-        assert!(matches!(writes.last(), Some(MapWrite::RemoveVipAddress { .. })), "{writes:?}");
+        assert!(
+            matches!(writes.first(), Some(MapWrite::RemoveVip { .. })),
+            "{writes:?}"
+        );
+        assert!(
+            matches!(writes.last(), Some(MapWrite::RemoveVipAddress { .. })),
+            "{writes:?}"
+        );
         assert_eq!(next.vips().count(), 0);
         // Ids are reused late: a new VIP gets a fresh id, not the one just freed.
         let (_, again) = next.plan(&cfg).unwrap();
-        assert_ne!(again.vips().next().unwrap().meta.id, state.vips().next().unwrap().meta.id);
+        assert_ne!(
+            again.vips().next().unwrap().meta.id,
+            state.vips().next().unwrap().meta.id
+        );
     }
 
     #[test]

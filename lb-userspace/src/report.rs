@@ -20,7 +20,11 @@ pub struct Traffic {
 
 impl From<TrafficCounters> for Traffic {
     fn from(c: TrafficCounters) -> Self {
-        Traffic { packets: c.packets, bytes: c.bytes, new_flows: c.new_flows }
+        Traffic {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+        }
     }
 }
 
@@ -105,7 +109,11 @@ fn protocol_name(protocol: u8) -> &'static str {
 
 impl fmt::Display for StatsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<40} {:>12} {:>14} {:>10}", "VIP / backend", "packets", "bytes", "new flows")?;
+        writeln!(
+            f,
+            "{:<40} {:>12} {:>14} {:>10}",
+            "VIP / backend", "packets", "bytes", "new flows"
+        )?;
         for vip in &self.vips {
             let address = vip.address.map_or_else(
                 || "?".to_owned(),
@@ -118,7 +126,11 @@ impl fmt::Display for StatsReport {
             }
         }
         writeln!(f)?;
-        let verdicts: Vec<String> = self.verdicts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let verdicts: Vec<String> = self
+            .verdicts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         writeln!(f, "verdicts: {}", verdicts.join(", "))?;
         let counters: Vec<String> = Counter::ALL
             .iter()
@@ -129,5 +141,9 @@ impl fmt::Display for StatsReport {
 }
 
 fn row(f: &mut fmt::Formatter<'_>, label: &str, t: Traffic) -> fmt::Result {
-    writeln!(f, "{label:<40} {:>12} {:>14} {:>10}", t.packets, t.bytes, t.new_flows)
+    writeln!(
+        f,
+        "{label:<40} {:>12} {:>14} {:>10}",
+        t.packets, t.bytes, t.new_flows
+    )
 }

@@ -8,7 +8,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId, icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type};
+use etherparse::{
+    Icmpv4Type, Icmpv6Type, IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId,
+    icmpv4::DestUnreachableHeader,
+};
 use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Verdict};
 use weir::config::{Config, HashMode};
 
@@ -31,13 +34,26 @@ fn forwards_every_family_and_protocol_to_the_maglev_pick() {
 
         let state = bed.vip(vip);
         let vip_traffic = bed.dataplane.vip_counters(state.meta.id).unwrap();
-        assert_eq!((vip_traffic.packets, vip_traffic.bytes, vip_traffic.new_flows), (1, frame.len() as u64, 1));
+        assert_eq!(
+            (
+                vip_traffic.packets,
+                vip_traffic.bytes,
+                vip_traffic.new_flows
+            ),
+            (1, frame.len() as u64, 1)
+        );
         let backend_id = bed.backend_id(vip, &backend);
         let backend_traffic = bed.dataplane.backend_counters(backend_id).unwrap();
         assert_eq!(backend_traffic, vip_traffic, "{vip}: backend counters");
 
         // The same packet again is the same flow: same backend, no new flow.
-        bed.expect(&format!("{vip} again"), &frame, Verdict::Tx, &expected, &forwarded(0));
+        bed.expect(
+            &format!("{vip} again"),
+            &frame,
+            Verdict::Tx,
+            &expected,
+            &forwarded(0),
+        );
     }
 }
 
@@ -50,8 +66,15 @@ fn vlan_tag_is_kept() {
         .tcp(40001, 80, 1, 1024);
     let mut frame = Vec::new();
     builder.write(&mut frame, PAYLOAD).unwrap();
-    assert_eq!(&frame[12..14], &[0x81, 0x00], "the frame carries an 802.1Q tag");
-    let backend = bed.maglev_pick("tcp4", &FlowKey::new(CLIENT4.into(), 40001, VIP4.into(), 80, PROTO_TCP));
+    assert_eq!(
+        &frame[12..14],
+        &[0x81, 0x00],
+        "the frame carries an 802.1Q tag"
+    );
+    let backend = bed.maglev_pick(
+        "tcp4",
+        &FlowKey::new(CLIENT4.into(), 40001, VIP4.into(), 80, PROTO_TCP),
+    );
     let expected = rewritten(&frame, mac_of(&backend.to_string()), LB0_MAC);
     bed.expect("vlan", &frame, Verdict::Tx, &expected, &forwarded(1));
 }
@@ -71,7 +94,13 @@ fn ipv4_options_are_skipped_and_kept() {
         let backend = bed.maglev_pick("tcp4", &key(&frame));
         let expected = rewritten(&frame, mac_of(&backend.to_string()), LB0_MAC);
         let new_flows = if options.len() == 4 { 1 } else { 0 };
-        bed.expect("ipv4 options", &frame, Verdict::Tx, &expected, &forwarded(new_flows));
+        bed.expect(
+            "ipv4 options",
+            &frame,
+            Verdict::Tx,
+            &expected,
+            &forwarded(new_flows),
+        );
         assert_checksums_valid(&expected);
     }
 }
@@ -89,11 +118,31 @@ fn traffic_that_is_not_for_a_vip_passes_untouched() {
     let pass = |reason| vec![(reason, 1)];
     let cases = [
         ("arp", not_ip, Counter::PassNotIp),
-        ("not a vip address", tcp4(CLIENT4, 40000, NOT_A_VIP4, 22), Counter::PassNotVip),
-        ("vip address, other port", tcp4(CLIENT4, 40000, VIP4, 8080), Counter::PassNotVip),
-        ("vip address and port, other protocol", udp4(CLIENT4, 40000, VIP4, 80), Counter::PassNotVip),
-        ("any-port vip, other protocol", udp4(CLIENT4, 40000, VIP4_ANY_PORT, 80), Counter::PassNotVip),
-        ("ipv6 not a vip", tcp6(CLIENT6, 40000, ROUTER6, 22), Counter::PassNotVip),
+        (
+            "not a vip address",
+            tcp4(CLIENT4, 40000, NOT_A_VIP4, 22),
+            Counter::PassNotVip,
+        ),
+        (
+            "vip address, other port",
+            tcp4(CLIENT4, 40000, VIP4, 8080),
+            Counter::PassNotVip,
+        ),
+        (
+            "vip address and port, other protocol",
+            udp4(CLIENT4, 40000, VIP4, 80),
+            Counter::PassNotVip,
+        ),
+        (
+            "any-port vip, other protocol",
+            udp4(CLIENT4, 40000, VIP4_ANY_PORT, 80),
+            Counter::PassNotVip,
+        ),
+        (
+            "ipv6 not a vip",
+            tcp6(CLIENT6, 40000, ROUTER6, 22),
+            Counter::PassNotVip,
+        ),
     ];
     for (name, frame, reason) in cases {
         bed.expect(name, &frame, Verdict::Pass, &frame, &pass(reason));
@@ -105,7 +154,13 @@ fn traffic_that_is_not_for_a_vip_passes_untouched() {
         .icmpv4_echo_request(1, 1)
         .write(&mut echo, PAYLOAD)
         .unwrap();
-    bed.expect("icmp echo to a vip", &echo, Verdict::Pass, &echo, &pass(Counter::PassNotVip));
+    bed.expect(
+        "icmp echo to a vip",
+        &echo,
+        Verdict::Pass,
+        &echo,
+        &pass(Counter::PassNotVip),
+    );
 }
 
 #[test]
@@ -114,7 +169,13 @@ fn port_zero_vip_matches_every_port() {
     for port in [1, 80, 443, 65535] {
         let frame = tcp4(CLIENT4, 40000 + port % 1000, VIP4_ANY_PORT, port);
         let expected = rewritten(&frame, mac_of("198.18.0.12"), LB0_MAC);
-        bed.expect(&format!("port {port}"), &frame, Verdict::Tx, &expected, &forwarded(1));
+        bed.expect(
+            &format!("port {port}"),
+            &frame,
+            Verdict::Tx,
+            &expected,
+            &forwarded(1),
+        );
     }
 }
 
@@ -123,12 +184,22 @@ fn next_hop_failures_are_dropped_and_counted_by_reason() {
     let mut bed = Bed::new();
     let frame = tcp4(CLIENT4, 40000, VIP4_REDIRECT, 80);
     let expected = rewritten(&frame, mac_of("198.18.2.21"), LB1_MAC);
-    bed.expect("redirect", &frame, Verdict::Redirect, &expected, &[(Counter::Redirect, 1), (Counter::FlowNew, 1)]);
+    bed.expect(
+        "redirect",
+        &frame,
+        Verdict::Redirect,
+        &expected,
+        &[(Counter::Redirect, 1), (Counter::FlowNew, 1)],
+    );
 
     let cases = [
         ("no neighbour", VIP4_NO_NEIGH, Counter::DropFibNoNeigh),
         ("no route", VIP4_NO_ROUTE, Counter::DropFibFailed),
-        ("egress not attached", VIP4_UNATTACHED, Counter::DropEgressNotAttached),
+        (
+            "egress not attached",
+            VIP4_UNATTACHED,
+            Counter::DropEgressNotAttached,
+        ),
     ];
     for (name, vip, reason) in cases {
         let frame = tcp4(CLIENT4, 40000, vip, 80);
@@ -141,7 +212,13 @@ fn next_hop_failures_are_dropped_and_counted_by_reason() {
     }
 
     let frame = tcp4(CLIENT4, 40000, VIP4_EMPTY, 80);
-    bed.expect("no backend", &frame, Verdict::Drop, &frame, &[(Counter::DropNoBackend, 1)]);
+    bed.expect(
+        "no backend",
+        &frame,
+        Verdict::Drop,
+        &frame,
+        &[(Counter::DropNoBackend, 1)],
+    );
 
     bed.ns.sysctl("net.ipv4.conf.lb0.forwarding", "0").unwrap();
     let frame = tcp4(CLIENT4, 40100, VIP4, 80);
@@ -161,10 +238,24 @@ fn source_ip_hash_keeps_a_client_on_one_backend() {
         let (_, out) = bed.run(&tcp4(CLIENT4, 30000 + port, VIP4, 80));
         seen_tuple.insert(out[..6].to_vec());
     }
-    assert_eq!(seen_source.len(), 1, "source-ip hashing: one backend for one client");
-    assert_eq!(seen_tuple.len(), 3, "5-tuple hashing: the same client's flows spread");
+    assert_eq!(
+        seen_source.len(),
+        1,
+        "source-ip hashing: one backend for one client"
+    );
+    assert_eq!(
+        seen_tuple.len(),
+        3,
+        "5-tuple hashing: the same client's flows spread"
+    );
     assert!(matches!(
-        Config::parse(BASE_CONFIG, "t").unwrap().vips.iter().find(|v| v.name == "source-hash").unwrap().hash,
+        Config::parse(BASE_CONFIG, "t")
+            .unwrap()
+            .vips
+            .iter()
+            .find(|v| v.name == "source-hash")
+            .unwrap()
+            .hash,
         HashMode::SourceIp
     ));
 }
@@ -184,7 +275,9 @@ fn backends_of(bed: &mut Bed, flows: &[Vec<u8>]) -> Vec<[u8; 6]> {
 #[test]
 fn established_flows_stay_put_when_backends_are_added_or_reweighted() {
     let mut bed = Bed::new();
-    let flows: Vec<Vec<u8>> = (0..300).map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80)).collect();
+    let flows: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80))
+        .collect();
     let before = backends_of(&mut bed, &flows);
 
     let added = BASE_CONFIG.replacen(
@@ -193,21 +286,32 @@ fn established_flows_stay_put_when_backends_are_added_or_reweighted() {
         1,
     );
     bed.apply(&added);
-    assert_eq!(backends_of(&mut bed, &flows), before, "established flows keep their backend");
+    assert_eq!(
+        backends_of(&mut bed, &flows),
+        before,
+        "established flows keep their backend"
+    );
 
     // New flows do reach the new backend.
-    let fresh: Vec<Vec<u8>> = (0..300).map(|i| tcp4(CLIENT4, 50000 + i, VIP4, 80)).collect();
+    let fresh: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4(CLIENT4, 50000 + i, VIP4, 80))
+        .collect();
     let fresh_backends = backends_of(&mut bed, &fresh);
     assert!(fresh_backends.contains(&mac_of("198.18.0.14")));
     for (frame, mac) in fresh.iter().zip(&fresh_backends) {
-        assert_eq!(mac_of(&bed.maglev_pick("tcp4", &key(frame)).to_string()), *mac);
+        assert_eq!(
+            mac_of(&bed.maglev_pick("tcp4", &key(frame)).to_string()),
+            *mac
+        );
     }
 }
 
 #[test]
 fn only_the_flows_of_a_removed_backend_move() {
     let mut bed = Bed::new();
-    let flows: Vec<Vec<u8>> = (0..300).map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80)).collect();
+    let flows: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80))
+        .collect();
     let before = backends_of(&mut bed, &flows);
     let removed = mac_of("198.18.0.13");
     let on_removed = before.iter().filter(|mac| **mac == removed).count() as u64;
@@ -218,14 +322,24 @@ fn only_the_flows_of_a_removed_backend_move() {
     let after = backends_of(&mut bed, &flows);
     for ((frame, old), new) in flows.iter().zip(&before).zip(&after) {
         if *old == removed {
-            assert_eq!(mac_of(&bed.maglev_pick("tcp4", &key(frame)).to_string()), *new, "moved to its slot's owner");
+            assert_eq!(
+                mac_of(&bed.maglev_pick("tcp4", &key(frame)).to_string()),
+                *new,
+                "moved to its slot's owner"
+            );
         } else {
             assert_eq!(old, new, "a flow of a remaining backend stays");
         }
     }
     let counters_after = bed.counters();
-    assert_eq!(counters_after[&Counter::FlowRescheduled] - counters_before[&Counter::FlowRescheduled], on_removed);
-    assert_eq!(counters_after[&Counter::FlowNew] - counters_before[&Counter::FlowNew], on_removed);
+    assert_eq!(
+        counters_after[&Counter::FlowRescheduled] - counters_before[&Counter::FlowRescheduled],
+        on_removed
+    );
+    assert_eq!(
+        counters_after[&Counter::FlowNew] - counters_before[&Counter::FlowNew],
+        on_removed
+    );
 }
 
 /// A router on the client's path sends "fragmentation needed" about the backend's DSR
@@ -238,20 +352,34 @@ fn icmp_too_big_reaches_the_flows_backend() {
     let (_, out) = bed.run(&flow);
     let backend_mac: [u8; 6] = out[..6].try_into().unwrap();
     let mut reply = Vec::new();
-    PacketBuilder::ipv4(VIP4, CLIENT4, 64).tcp(80, 41000, 7, 1024).write(&mut reply, &[0; 64]).unwrap();
+    PacketBuilder::ipv4(VIP4, CLIENT4, 64)
+        .tcp(80, 41000, 7, 1024)
+        .write(&mut reply, &[0; 64])
+        .unwrap();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
         .ipv4(ROUTER4, VIP4, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
         .write(&mut frame, &reply[..28])
         .unwrap();
     let expected = rewritten(&frame, backend_mac, LB0_MAC);
-    bed.expect("icmp frag needed", &frame, Verdict::Tx, &expected, &[(Counter::Tx, 1), (Counter::IcmpTooBigForwarded, 1)]);
+    bed.expect(
+        "icmp frag needed",
+        &frame,
+        Verdict::Tx,
+        &expected,
+        &[(Counter::Tx, 1), (Counter::IcmpTooBigForwarded, 1)],
+    );
 
     // IPv6, for a flow the connection table has not seen: the hash alone decides, and
     // it agrees with where the flow's own packets would go.
     let mut reply = Vec::new();
-    PacketBuilder::ipv6(VIP6, CLIENT6, 64).udp(53, 41001).write(&mut reply, &[0; 64]).unwrap();
+    PacketBuilder::ipv6(VIP6, CLIENT6, 64)
+        .udp(53, 41001)
+        .write(&mut reply, &[0; 64])
+        .unwrap();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
         .ipv6(ROUTER6, VIP6, 64)
@@ -261,8 +389,21 @@ fn icmp_too_big_reaches_the_flows_backend() {
     let flow_key = FlowKey::new(CLIENT6.into(), 41001, VIP6.into(), 53, PROTO_UDP);
     let backend = bed.maglev_pick("udp6", &flow_key).to_string();
     let expected = rewritten(&frame, mac_of(&backend), LB0_MAC);
-    bed.expect("icmpv6 packet too big", &frame, Verdict::Tx, &expected, &[(Counter::Tx, 1), (Counter::IcmpTooBigForwarded, 1)]);
-    assert!(bed.dataplane.flows().unwrap().iter().all(|(k, _)| *k != flow_key), "an ICMP error creates no flow");
+    bed.expect(
+        "icmpv6 packet too big",
+        &frame,
+        Verdict::Tx,
+        &expected,
+        &[(Counter::Tx, 1), (Counter::IcmpTooBigForwarded, 1)],
+    );
+    assert!(
+        bed.dataplane
+            .flows()
+            .unwrap()
+            .iter()
+            .all(|(k, _)| *k != flow_key),
+        "an ICMP error creates no flow"
+    );
 }
 
 #[test]
@@ -281,11 +422,29 @@ fn fragments_to_a_vip_address_are_dropped_and_counted() {
         frame
     };
     let first = fragment4(VIP4, true, 0);
-    bed.expect("first fragment", &first, Verdict::Drop, &first, &[(Counter::DropFragment, 1)]);
+    bed.expect(
+        "first fragment",
+        &first,
+        Verdict::Drop,
+        &first,
+        &[(Counter::DropFragment, 1)],
+    );
     let later = fragment4(VIP4, false, 100);
-    bed.expect("later fragment", &later, Verdict::Drop, &later, &[(Counter::DropFragment, 1)]);
+    bed.expect(
+        "later fragment",
+        &later,
+        Verdict::Drop,
+        &later,
+        &[(Counter::DropFragment, 1)],
+    );
     let host = fragment4(NOT_A_VIP4, true, 0);
-    bed.expect("fragment for the host", &host, Verdict::Pass, &host, &[(Counter::PassNotVip, 1)]);
+    bed.expect(
+        "fragment for the host",
+        &host,
+        Verdict::Pass,
+        &host,
+        &[(Counter::PassNotVip, 1)],
+    );
 
     // IPv6: a fragment header between the fixed header and UDP.
     let mut frame = udp6(CLIENT6, 40000, VIP6, 53);
@@ -294,7 +453,13 @@ fn fragments_to_a_vip_address_are_dropped_and_counted() {
     frame[20] = 44;
     let fragment_header = [17u8, 0, 0x00, 0x01, 0, 0, 0x12, 0x34];
     frame.splice(54..54, fragment_header);
-    bed.expect("ipv6 fragment", &frame, Verdict::Drop, &frame, &[(Counter::DropFragment, 1)]);
+    bed.expect(
+        "ipv6 fragment",
+        &frame,
+        Verdict::Drop,
+        &frame,
+        &[(Counter::DropFragment, 1)],
+    );
 }
 
 /// Cut every valid frame at every length from the Ethernet header on (shorter frames are
@@ -312,7 +477,13 @@ fn truncated_frames_are_dropped_as_malformed_at_every_boundary() {
         let headers_end = frame.len() - PAYLOAD.len();
         for len in 14..headers_end {
             let cut = &frame[..len];
-            bed.expect(&format!("cut at {len}"), cut, Verdict::Drop, cut, &[(Counter::DropMalformed, 1)]);
+            bed.expect(
+                &format!("cut at {len}"),
+                cut,
+                Verdict::Drop,
+                cut,
+                &[(Counter::DropMalformed, 1)],
+            );
         }
     }
 }
@@ -329,15 +500,39 @@ fn inconsistent_headers_are_dropped_as_malformed() {
     };
     let cases = [
         ("ipv4 ihl below 5", patch(&good4, 14, &[0x44])),
-        ("ipv4 version 6 in an IPv4 ethertype", patch(&good4, 14, &[0x65])),
-        ("ipv4 total length beyond the frame", patch(&good4, 16, &[0x05, 0xdc])),
-        ("ipv4 total length shorter than its header", patch(&good4, 16, &[0x00, 0x10])),
-        ("ipv4 options beyond the frame", patch(&good4[..40], 14, &[0x4f])),
-        ("ipv6 payload length beyond the frame", patch(&good6, 18, &[0x05, 0xdc])),
-        ("ipv6 version 4 in an IPv6 ethertype", patch(&good6, 14, &[0x46])),
+        (
+            "ipv4 version 6 in an IPv4 ethertype",
+            patch(&good4, 14, &[0x65]),
+        ),
+        (
+            "ipv4 total length beyond the frame",
+            patch(&good4, 16, &[0x05, 0xdc]),
+        ),
+        (
+            "ipv4 total length shorter than its header",
+            patch(&good4, 16, &[0x00, 0x10]),
+        ),
+        (
+            "ipv4 options beyond the frame",
+            patch(&good4[..40], 14, &[0x4f]),
+        ),
+        (
+            "ipv6 payload length beyond the frame",
+            patch(&good6, 18, &[0x05, 0xdc]),
+        ),
+        (
+            "ipv6 version 4 in an IPv6 ethertype",
+            patch(&good6, 14, &[0x46]),
+        ),
     ];
     for (name, frame) in cases {
-        bed.expect(name, &frame, Verdict::Drop, &frame, &[(Counter::DropMalformed, 1)]);
+        bed.expect(
+            name,
+            &frame,
+            Verdict::Drop,
+            &frame,
+            &[(Counter::DropMalformed, 1)],
+        );
     }
 }
 
@@ -346,7 +541,10 @@ fn inconsistent_headers_are_dropped_as_malformed() {
 #[test]
 fn garbage_is_never_aborted_and_always_counted_once() {
     let mut bed = Bed::new();
-    let seeds = [tcp4(CLIENT4, 40000, VIP4, 80), udp6(CLIENT6, 40000, VIP6, 53)];
+    let seeds = [
+        tcp4(CLIENT4, 40000, VIP4, 80),
+        udp6(CLIENT6, 40000, VIP6, 53),
+    ];
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
         rng ^= rng << 13;
@@ -355,7 +553,11 @@ fn garbage_is_never_aborted_and_always_counted_once() {
         rng
     };
     let reasons = |counters: &BTreeMap<Counter, u64>| -> u64 {
-        counters.iter().filter(|(c, _)| c.verdict().is_some()).map(|(_, v)| v).sum()
+        counters
+            .iter()
+            .filter(|(c, _)| c.verdict().is_some())
+            .map(|(_, v)| v)
+            .sum()
     };
     let before = reasons(&bed.counters());
     let runs = 3000;
@@ -372,8 +574,16 @@ fn garbage_is_never_aborted_and_always_counted_once() {
             frame
         };
         let (action, _) = bed.run(&frame);
-        assert_ne!(action, Verdict::Aborted as u32, "aborted on {}", hex(&frame));
-        assert!(action <= Verdict::Redirect as u32, "unknown verdict {action}");
+        assert_ne!(
+            action,
+            Verdict::Aborted as u32,
+            "aborted on {}",
+            hex(&frame)
+        );
+        assert!(
+            action <= Verdict::Redirect as u32,
+            "unknown verdict {action}"
+        );
     }
     assert_eq!(reasons(&bed.counters()) - before, runs as u64);
 }

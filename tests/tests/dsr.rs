@@ -10,7 +10,10 @@ use std::{
 };
 
 use weir_testbed::{
-    DsrTopology, Netns, agent::Agent, curl, http_get, topology::{HTTP_PORT, UDP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6, LB_V4},
+    DsrTopology, Netns,
+    agent::Agent,
+    curl, http_get,
+    topology::{HTTP_PORT, LB_V4, UDP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
     udp_request_from,
 };
 
@@ -30,11 +33,36 @@ fn config(topology: &DsrTopology, backends: &[u8]) -> String {
     let v4 = |n| IpAddr::from(backend_v4(n));
     let v6 = |n| IpAddr::from(backend_v6(n));
     let vips = [
-        Vip { name: "web", address: VIP_V4.into(), port: HTTP_PORT, protocol: "tcp", backend: v4 },
-        Vip { name: "echo", address: VIP_V4.into(), port: UDP_PORT, protocol: "udp", backend: v4 },
-        Vip { name: "web6", address: VIP_V6.into(), port: HTTP_PORT, protocol: "tcp", backend: v6 },
+        Vip {
+            name: "web",
+            address: VIP_V4.into(),
+            port: HTTP_PORT,
+            protocol: "tcp",
+            backend: v4,
+        },
+        Vip {
+            name: "echo",
+            address: VIP_V4.into(),
+            port: UDP_PORT,
+            protocol: "udp",
+            backend: v4,
+        },
+        Vip {
+            name: "web6",
+            address: VIP_V6.into(),
+            port: HTTP_PORT,
+            protocol: "tcp",
+            backend: v6,
+        },
     ];
-    for Vip { name, address, port, protocol, backend } in vips {
+    for Vip {
+        name,
+        address,
+        port,
+        protocol,
+        backend,
+    } in vips
+    {
         text += &format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\ntable_size = 1021\n"
         );
@@ -46,7 +74,8 @@ fn config(topology: &DsrTopology, backends: &[u8]) -> String {
 }
 
 fn start(backends: u8) -> (DsrTopology, Agent) {
-    let topology = DsrTopology::with_servers(backends).expect("the DSR test bed needs root and network namespaces");
+    let topology = DsrTopology::with_servers(backends)
+        .expect("the DSR test bed needs root and network namespaces");
     let all: Vec<u8> = (1..=backends).collect();
     let agent = Agent::start(topology.lb_ns(), &config(&topology, &all)).expect("the agent starts");
     (topology, agent)
@@ -69,9 +98,16 @@ fn spread(answers: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> 
 }
 
 fn assert_every_backend_served(counts: &BTreeMap<String, usize>, backends: u8, total: usize) {
-    assert_eq!(counts.len(), backends as usize, "every backend gets traffic: {counts:?}");
+    assert_eq!(
+        counts.len(),
+        backends as usize,
+        "every backend gets traffic: {counts:?}"
+    );
     for (backend, n) in counts {
-        assert!(*n * backends as usize * 3 >= total, "{backend} got {n} of {total}: {counts:?}");
+        assert!(
+            *n * backends as usize * 3 >= total,
+            "{backend} got {n} of {total}: {counts:?}"
+        );
     }
 }
 
@@ -87,14 +123,17 @@ impl Connection {
             .enter(|| TcpStream::connect_timeout(&to, Duration::from_secs(5)))
             .unwrap()
             .expect("connect to the VIP");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         Connection { stream, reader }
     }
 
     /// One request on the connection; the body names the backend.
     fn get(&mut self) -> std::io::Result<String> {
-        self.stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        self.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
         let mut length = 0;
         loop {
             let mut line = String::new();
@@ -120,7 +159,11 @@ fn tcp_flows_spread_over_every_backend_and_stay_on_one() {
     let client = &topology.client().ns;
     for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
         let total = 150;
-        let answers = (0..total).map(|_| http_get(client, &url(vip)).expect("GET through the VIP").body);
+        let answers = (0..total).map(|_| {
+            http_get(client, &url(vip))
+                .expect("GET through the VIP")
+                .body
+        });
         let counts = spread(answers);
         assert_every_backend_served(&counts, 3, total);
 
@@ -136,7 +179,10 @@ fn tcp_flows_spread_over_every_backend_and_stay_on_one() {
     assert!(body.starts_with("backend"), "{body}");
 
     let log = agent.stop().unwrap();
-    assert!(log.contains("verdicts:"), "the agent prints its counters on exit:\n{log}");
+    assert!(
+        log.contains("verdicts:"),
+        "the agent prints its counters on exit:\n{log}"
+    );
 }
 
 #[test]
@@ -147,7 +193,11 @@ fn udp_flows_spread_and_stick() {
     let request = |port: u16| {
         let bind = SocketAddr::new(topology.client().ipv4.into(), port);
         let answer = udp_request_from(client, bind, vip, b"ping").expect("UDP through the VIP");
-        String::from_utf8_lossy(&answer).split_whitespace().next().unwrap_or_default().to_owned()
+        String::from_utf8_lossy(&answer)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     };
     let total = 90;
     let first: Vec<String> = (0..total).map(|i| request(41000 + i)).collect();
@@ -167,30 +217,50 @@ fn backend_changes_move_only_the_flows_they_must() {
             (connection, backend)
         })
         .collect();
-    assert!(connections.iter().any(|(_, b)| b == "backend3"), "some flows are on backend3");
+    assert!(
+        connections.iter().any(|(_, b)| b == "backend3"),
+        "some flows are on backend3"
+    );
 
     // Add a fourth backend: every established connection keeps its backend.
     let added = topology.add_backend().unwrap();
     topology.start_server(added).unwrap();
     agent.reload(&config(&topology, &[1, 2, 3, added])).unwrap();
     for (connection, backend) in &mut connections {
-        assert_eq!(&connection.get().unwrap(), backend, "an established flow stays after an addition");
+        assert_eq!(
+            &connection.get().unwrap(),
+            backend,
+            "an established flow stays after an addition"
+        );
     }
     let client = &topology.client().ns;
     let counts = spread((0..120).map(|_| http_get(client, &url(VIP_V4.into())).unwrap().body));
-    assert!(counts.contains_key(&format!("backend{added}")), "new flows reach the new backend: {counts:?}");
+    assert!(
+        counts.contains_key(&format!("backend{added}")),
+        "new flows reach the new backend: {counts:?}"
+    );
 
     // Remove backend3: flows of the other backends stay where they are, new flows avoid it.
     agent.reload(&config(&topology, &[1, 2, added])).unwrap();
     for (connection, backend) in connections.iter_mut().filter(|(_, b)| b != "backend3") {
-        assert_eq!(&connection.get().unwrap(), backend, "a flow of a remaining backend stays");
+        assert_eq!(
+            &connection.get().unwrap(),
+            backend,
+            "a flow of a remaining backend stays"
+        );
     }
     let counts = spread((0..90).map(|_| http_get(client, &url(VIP_V4.into())).unwrap().body));
-    assert!(!counts.contains_key("backend3"), "no new flow reaches a removed backend: {counts:?}");
+    assert!(
+        !counts.contains_key("backend3"),
+        "no new flow reaches a removed backend: {counts:?}"
+    );
     // The moved flows now reach a backend that has no such connection: it resets them,
     // which the client sees at once instead of waiting for a dead server.
     for (connection, _) in connections.iter_mut().filter(|(_, b)| b == "backend3") {
-        assert!(connection.get().is_err(), "a moved TCP flow is reset by its new backend");
+        assert!(
+            connection.get().is_err(),
+            "a moved TCP flow is reset by its new backend"
+        );
     }
 }
 
@@ -198,15 +268,31 @@ fn backend_changes_move_only_the_flows_they_must() {
 fn traffic_for_the_lb_host_itself_still_works() {
     let (topology, _agent) = start(2);
     let client = &topology.client().ns;
-    client.run(&["ping", "-c", "2", "-W", "2", &LB_V4.to_string()]).expect("ping the LB host");
     client
-        .run(&["ping", "-6", "-c", "2", "-W", "2", &topology.lb().ipv6.to_string()])
+        .run(&["ping", "-c", "2", "-W", "2", &LB_V4.to_string()])
+        .expect("ping the LB host");
+    client
+        .run(&[
+            "ping",
+            "-6",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            &topology.lb().ipv6.to_string(),
+        ])
         .expect("ping6 the LB host");
     // A TCP service of the LB host itself (as SSH would be).
     let lb = &topology.lb().ns;
     let server = weir_testbed::test_server_bin().unwrap();
     let _service = lb
-        .spawn(&[server.to_str().unwrap(), "--name", "lb-host", "--http", &format!("{LB_V4}:8080")])
+        .spawn(&[
+            server.to_str().unwrap(),
+            "--name",
+            "lb-host",
+            "--http",
+            &format!("{LB_V4}:8080"),
+        ])
         .unwrap();
     let mut body = String::new();
     for _ in 0..50 {
@@ -227,9 +313,17 @@ fn a_bad_configuration_is_refused_and_nothing_is_attached() {
          [[vip.backend]]\naddress = \"198.18.0.11\"\nweight = 20000\n",
         topology.lb_ifname()
     );
-    let error = Agent::start(topology.lb_ns(), &bad).unwrap_err().to_string();
-    assert!(error.contains(":9:10: vip[0].backend[0].weight: must be in 0..=10000, got 20000"), "{error}");
-    let link = topology.lb_ns().ip(&["link", "show", topology.lb_ifname()]).unwrap();
+    let error = Agent::start(topology.lb_ns(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(":9:10: vip[0].backend[0].weight: must be in 0..=10000, got 20000"),
+        "{error}"
+    );
+    let link = topology
+        .lb_ns()
+        .ip(&["link", "show", topology.lb_ifname()])
+        .unwrap();
     assert!(!link.contains("xdp"), "nothing attached: {link}");
 }
 
@@ -242,20 +336,32 @@ fn stopping_the_agent_detaches_and_restores_the_host() {
     let agent = Agent::start(lb, &config(&topology, &[1])).unwrap();
     let link = lb.ip(&["link", "show", topology.lb_ifname()]).unwrap();
     assert!(link.contains("xdp"), "attached while running: {link}");
-    assert_eq!(lb.read_sysctl(&forwarding).unwrap(), "1", "forwarding on while attached");
+    assert_eq!(
+        lb.read_sysctl(&forwarding).unwrap(),
+        "1",
+        "forwarding on while attached"
+    );
     assert!(lb.ip(&["neigh"]).unwrap().contains("managed"));
 
     agent.stop().unwrap();
     let link = lb.ip(&["link", "show", topology.lb_ifname()]).unwrap();
     assert!(!link.contains("xdp"), "detached after SIGTERM: {link}");
-    assert_eq!(lb.read_sysctl(&forwarding).unwrap(), "0", "forwarding restored");
-    assert!(!lb.ip(&["neigh"]).unwrap().contains("managed"), "managed neighbours removed");
+    assert_eq!(
+        lb.read_sysctl(&forwarding).unwrap(),
+        "0",
+        "forwarding restored"
+    );
+    assert!(
+        !lb.ip(&["neigh"]).unwrap().contains("managed"),
+        "managed neighbours removed"
+    );
 }
 
 #[test]
 fn generic_mode_forwards_too() {
     let topology = DsrTopology::with_servers(2).unwrap();
-    let text = config(&topology, &[1, 2]).replacen("[agent]\n", "[agent]\nxdp_mode = \"generic\"\n", 1);
+    let text =
+        config(&topology, &[1, 2]).replacen("[agent]\n", "[agent]\nxdp_mode = \"generic\"\n", 1);
     let agent = Agent::start(topology.lb_ns(), &text).unwrap();
     assert!(agent.log().contains("mode=\"generic\""), "{}", agent.log());
     let client = &topology.client().ns;
@@ -271,18 +377,31 @@ fn next_hops_are_resolved_without_static_neighbours() {
     let lb = topology.lb_ns();
     for n in 1..=2 {
         for addr in [IpAddr::from(backend_v4(n)), IpAddr::from(backend_v6(n))] {
-            lb.ip(&["neigh", "del", &addr.to_string(), "dev", topology.lb_ifname()]).unwrap();
+            lb.ip(&[
+                "neigh",
+                "del",
+                &addr.to_string(),
+                "dev",
+                topology.lb_ifname(),
+            ])
+            .unwrap();
         }
     }
     let agent = Agent::start(lb, &config(&topology, &[1, 2])).unwrap();
     let resolved = || {
-        let neighbours = lb.ip(&["neigh", "show", "dev", topology.lb_ifname()]).unwrap();
+        let neighbours = lb
+            .ip(&["neigh", "show", "dev", topology.lb_ifname()])
+            .unwrap();
         (1..=2).all(|n| {
-            [backend_v4(n).to_string(), backend_v6(n).to_string()].iter().all(|addr| {
-                neighbours
-                    .lines()
-                    .any(|l| l.starts_with(&format!("{addr} ")) && l.contains("managed") && l.contains("lladdr"))
-            })
+            [backend_v4(n).to_string(), backend_v6(n).to_string()]
+                .iter()
+                .all(|addr| {
+                    neighbours.lines().any(|l| {
+                        l.starts_with(&format!("{addr} "))
+                            && l.contains("managed")
+                            && l.contains("lladdr")
+                    })
+                })
         })
     };
     for _ in 0..100 {
@@ -291,7 +410,11 @@ fn next_hops_are_resolved_without_static_neighbours() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(resolved(), "managed neighbours resolved:\n{}", lb.ip(&["neigh"]).unwrap());
+    assert!(
+        resolved(),
+        "managed neighbours resolved:\n{}",
+        lb.ip(&["neigh"]).unwrap()
+    );
     let client = &topology.client().ns;
     for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
         let counts = spread((0..40).map(|_| http_get(client, &url(vip)).unwrap().body));

@@ -68,26 +68,44 @@ pub fn run_demo(built: &Built) -> Result<()> {
     }
 
     let client = &topology.client().ns;
-    say(&format!("{HTTP_REQUESTS} HTTP requests to http://{VIP_V4}/ (one connection each)"));
-    let web = count(HTTP_REQUESTS, |_| Ok(http_get(client, &format!("http://{VIP_V4}:{HTTP_PORT}/"))?.body))?;
+    say(&format!(
+        "{HTTP_REQUESTS} HTTP requests to http://{VIP_V4}/ (one connection each)"
+    ));
+    let web = count(HTTP_REQUESTS, |_| {
+        Ok(http_get(client, &format!("http://{VIP_V4}:{HTTP_PORT}/"))?.body)
+    })?;
     print_spread(&web);
 
-    say(&format!("{HTTP6_REQUESTS} HTTP requests to http://[{VIP_V6}]/"));
-    let web6 = count(HTTP6_REQUESTS, |_| Ok(http_get(client, &format!("http://[{VIP_V6}]:{HTTP_PORT}/"))?.body))?;
+    say(&format!(
+        "{HTTP6_REQUESTS} HTTP requests to http://[{VIP_V6}]/"
+    ));
+    let web6 = count(HTTP6_REQUESTS, |_| {
+        Ok(http_get(client, &format!("http://[{VIP_V6}]:{HTTP_PORT}/"))?.body)
+    })?;
     print_spread(&web6);
 
-    say(&format!("{UDP_REQUESTS} UDP datagrams to {VIP_V4}:{UDP_PORT}, each from its own port"));
+    say(&format!(
+        "{UDP_REQUESTS} UDP datagrams to {VIP_V4}:{UDP_PORT}, each from its own port"
+    ));
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), UDP_PORT);
     let echo = count(UDP_REQUESTS as usize, |i| {
         let bind = SocketAddr::new(topology.client().ipv4.into(), 42000 + i as u16);
         let answer = udp_request_from(client, bind, vip, b"hello")?;
-        Ok(String::from_utf8_lossy(&answer).split_whitespace().next().unwrap_or_default().to_owned())
+        Ok(String::from_utf8_lossy(&answer)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
     })?;
     print_spread(&echo);
 
     say("stopping the agent (it prints its counters and detaches)");
     let log = agent.stop()?;
-    for line in log.lines().skip_while(|line| !line.contains("shutting down")).skip(1) {
+    for line in log
+        .lines()
+        .skip_while(|line| !line.contains("shutting down"))
+        .skip(1)
+    {
         println!("    {line}");
     }
     say("done; removing the test bed");
@@ -95,7 +113,10 @@ pub fn run_demo(built: &Built) -> Result<()> {
 }
 
 /// Runs `request` `n` times and counts the answers (backend names).
-fn count(n: usize, mut request: impl FnMut(usize) -> Result<String>) -> Result<BTreeMap<String, usize>> {
+fn count(
+    n: usize,
+    mut request: impl FnMut(usize) -> Result<String>,
+) -> Result<BTreeMap<String, usize>> {
     let mut answers = BTreeMap::new();
     for i in 0..n {
         check_interrupted()?;

@@ -165,7 +165,14 @@ pub fn test() -> Result<()> {
     report.step("clippy-ebpf", || {
         Cmd::new("cargo")
             .current_dir(crate::workspace_root())
-            .args(["+nightly", "clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none"])
+            .args([
+                "+nightly",
+                "clippy",
+                "-p",
+                "lb-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+            ])
             .args(["-Z", "build-std=core", "--", "-D", "warnings"])
             .run()
     });
