@@ -13,6 +13,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -42,9 +43,11 @@ static MAGLEV_RING: Array<u32> = Array::with_max_entries(DEFAULT_MAGLEV_RING_ENT
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// The connection table: established flows keep their backend. Sized by the agent.
+/// Each CPU keeps its own LRU list (no global lock on the hot path); the table itself is
+/// shared, so a flow is found whichever CPU its packets land on.
 #[map(name = "CONNTRACK")]
 static CONNTRACK: LruHashMap<FlowKey, Flow> =
-    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Interfaces the program may redirect to (the ones the agent attached to), by ifindex.
 #[map(name = "TX_PORTS")]
