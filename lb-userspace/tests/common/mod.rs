@@ -431,67 +431,27 @@ pub fn key(frame: &[u8]) -> FlowKey {
 /// Asserts that the frame's IP header checksum and transport checksum are valid, as an
 /// independent implementation computes them.
 pub fn assert_checksums_valid(frame: &[u8]) {
-    let packet = SlicedPacket::from_ethernet(frame).unwrap();
+    use etherparse::{
+        NetHeaders::{Ipv4, Ipv6},
+        TransportHeader::{Tcp, Udp},
+    };
     let headers = etherparse::PacketHeaders::from_ethernet_slice(frame).unwrap();
-    if let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &headers.net {
+    if let Some(Ipv4(ip, _)) = &headers.net {
         assert_eq!(
             ip.header_checksum,
             ip.calc_header_checksum(),
             "IPv4 header checksum"
         );
     }
-    let payload = packet.transport.as_ref().map(|t| match t {
-        TransportSlice::Tcp(tcp) => tcp.payload().to_vec(),
-        TransportSlice::Udp(udp) => udp.payload().to_vec(),
-        _ => Vec::new(),
-    });
-    match (&headers.net, &headers.transport, payload) {
-        (
-            Some(etherparse::NetHeaders::Ipv4(ip, _)),
-            Some(etherparse::TransportHeader::Tcp(tcp)),
-            Some(p),
-        ) => {
-            assert_eq!(
-                tcp.checksum,
-                tcp.calc_checksum_ipv4(ip, &p).unwrap(),
-                "TCP checksum"
-            )
-        }
-        (
-            Some(etherparse::NetHeaders::Ipv6(ip, _)),
-            Some(etherparse::TransportHeader::Tcp(tcp)),
-            Some(p),
-        ) => {
-            assert_eq!(
-                tcp.checksum,
-                tcp.calc_checksum_ipv6(ip, &p).unwrap(),
-                "TCP checksum"
-            )
-        }
-        (
-            Some(etherparse::NetHeaders::Ipv4(ip, _)),
-            Some(etherparse::TransportHeader::Udp(udp)),
-            Some(p),
-        ) => {
-            assert_eq!(
-                udp.checksum,
-                udp.calc_checksum_ipv4(ip, &p).unwrap(),
-                "UDP checksum"
-            )
-        }
-        (
-            Some(etherparse::NetHeaders::Ipv6(ip, _)),
-            Some(etherparse::TransportHeader::Udp(udp)),
-            Some(p),
-        ) => {
-            assert_eq!(
-                udp.checksum,
-                udp.calc_checksum_ipv6(ip, &p).unwrap(),
-                "UDP checksum"
-            )
-        }
-        _ => {}
-    }
+    let payload = headers.payload.slice();
+    let (carried, computed) = match (&headers.net, &headers.transport) {
+        (Some(Ipv4(ip, _)), Some(Tcp(tcp))) => (tcp.checksum, tcp.calc_checksum_ipv4(ip, payload)),
+        (Some(Ipv6(ip, _)), Some(Tcp(tcp))) => (tcp.checksum, tcp.calc_checksum_ipv6(ip, payload)),
+        (Some(Ipv4(ip, _)), Some(Udp(udp))) => (udp.checksum, udp.calc_checksum_ipv4(ip, payload)),
+        (Some(Ipv6(ip, _)), Some(Udp(udp))) => (udp.checksum, udp.calc_checksum_ipv6(ip, payload)),
+        other => panic!("not a TCP or UDP frame: {other:?}"),
+    };
+    assert_eq!(carried, computed.unwrap(), "transport checksum");
 }
 
 pub fn forwarded(new_flows: u64) -> Vec<(Counter, u64)> {
