@@ -2,6 +2,9 @@
 //! addresses (nothing else: the backend holds the VIP and answers the client directly),
 //! and send the frame out of the ingress interface (XDP_TX) or another attached one
 //! (XDP_REDIRECT through the `TX_PORTS` devmap).
+//!
+//! The lookup is the most expensive step of the fast path, so each CPU keeps its result
+//! per backend for `NEXT_HOP_TTL_NS` (`NEXT_HOPS`); failures are never cached.
 
 use core::mem;
 
@@ -10,13 +13,13 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup,
     },
-    helpers::bpf_fib_lookup as fib_lookup,
+    helpers::{bpf_fib_lookup as fib_lookup, generated::bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
-use lb_common::{Counter, FAMILY_IPV4};
+use lb_common::{Counter, FAMILY_IPV4, NEXT_HOP_TTL_NS, NextHop};
 use network_types::eth::EthHdr;
 
-use crate::{TX_PORTS, packet::ptr_at_mut, parse::Packet, select::Target};
+use crate::{NEXT_HOPS, TX_PORTS, packet::ptr_at_mut, parse::Packet, select::Target};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -25,6 +28,58 @@ const AF_INET6: u8 = 10;
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, ingress, packet, target)?;
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
+    // SAFETY: `ptr_at_mut` bounds-checked the Ethernet header.
+    unsafe {
+        (*eth).dst_addr = hop.dst_mac;
+        (*eth).src_addr = hop.src_mac;
+    }
+    if hop.ifindex == ingress {
+        Ok(Counter::Tx)
+    } else {
+        TX_PORTS
+            .redirect(hop.ifindex, 0)
+            .map(|_| Counter::Redirect)
+            .map_err(|_| Counter::DropEgressNotAttached)
+    }
+}
+
+/// The backend's next hop: this CPU's cached lookup while it is fresh, else a new one.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    ingress: u32,
+    packet: &Packet,
+    target: &Target,
+) -> Result<NextHop, Counter> {
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cached = NEXT_HOPS.get_ptr_mut(target.backend_id);
+    if let Some(cached) = cached {
+        // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+        let hop = unsafe { *cached };
+        if hop.expires_ns > now {
+            return Ok(hop);
+        }
+    }
+    let hop = lookup(ctx, ingress, packet, target, now + NEXT_HOP_TTL_NS)?;
+    if let Some(cached) = cached {
+        // SAFETY: as above.
+        unsafe { *cached = hop };
+    }
+    Ok(hop)
+}
+
+/// `bpf_fib_lookup` towards the backend, as if the packet were routed by the kernel.
+#[inline(always)]
+fn lookup(
+    ctx: &XdpContext,
+    ingress: u32,
+    packet: &Packet,
+    target: &Target,
+    expires_ns: u64,
+) -> Result<NextHop, Counter> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
     let key = &packet.key;
@@ -52,24 +107,14 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Cou
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Counter::DropFibNoNeigh),
-        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Counter::DropFibForwardingDisabled),
-        _ => return Err(Counter::DropFibFailed),
-    }
-
-    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
-    // SAFETY: `ptr_at_mut` bounds-checked the Ethernet header.
-    unsafe {
-        (*eth).dst_addr = fib.dmac;
-        (*eth).src_addr = fib.smac;
-    }
-    if fib.ifindex == ingress {
-        Ok(Counter::Tx)
-    } else {
-        TX_PORTS
-            .redirect(fib.ifindex, 0)
-            .map(|_| Counter::Redirect)
-            .map_err(|_| Counter::DropEgressNotAttached)
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
+            expires_ns,
+            ifindex: fib.ifindex,
+            src_mac: fib.smac,
+            dst_mac: fib.dmac,
+        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Counter::DropFibNoNeigh),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Counter::DropFibForwardingDisabled),
+        _ => Err(Counter::DropFibFailed),
     }
 }

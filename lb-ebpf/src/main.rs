@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, Flow, FlowKey,
-    MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, TrafficCounters, VipAddressKey, VipKey, VipMeta,
+    MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, NextHop, TrafficCounters, VipAddressKey, VipKey,
+    VipMeta,
 };
 
 use crate::parse::Parsed;
@@ -52,6 +53,10 @@ static CONNTRACK: LruHashMap<FlowKey, Flow> =
 /// Interfaces the program may redirect to (the ones the agent attached to), by ifindex.
 #[map(name = "TX_PORTS")]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+/// Per CPU, per backend id: the backend's next hop, cached (see `forward.rs`).
+#[map(name = "NEXT_HOPS")]
+static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Verdict reasons and events, indexed by `lb_common::Counter`.
 #[map(name = "GLOBAL_STATS")]

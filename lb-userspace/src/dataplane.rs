@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey, VipMeta,
-    map_names,
+    Backend, Counter, Flow, FlowKey, NextHop, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey,
+    VipMeta, map_names,
 };
 use tracing::warn;
 
@@ -73,6 +73,7 @@ pub struct Dataplane {
     global_stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    next_hops: PerCpuArray<MapData, NextHop>,
     links: Vec<(Attachment, XdpLinkId)>,
     cpus: usize,
 }
@@ -111,6 +112,7 @@ impl Dataplane {
             global_stats: take(&mut ebpf, map_names::GLOBAL_STATS)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
+            next_hops: take(&mut ebpf, map_names::NEXT_HOPS)?,
             links: Vec::new(),
             cpus,
             ebpf,
@@ -190,11 +192,15 @@ impl Dataplane {
                 .backends
                 .set(*id, backend, 0)
                 .map_err(map_err(map_names::BACKENDS)),
-            MapWrite::ClearBackendStats { id } => {
+            MapWrite::ResetBackend { id } => {
                 let zero = self.zeroed_per_cpu()?;
                 self.backend_stats
                     .set(*id, zero, 0)
-                    .map_err(map_err(map_names::BACKEND_STATS))
+                    .map_err(map_err(map_names::BACKEND_STATS))?;
+                let zero = self.zeroed_per_cpu()?;
+                self.next_hops
+                    .set(*id, zero, 0)
+                    .map_err(map_err(map_names::NEXT_HOPS))
             }
             MapWrite::SetRing { base, slots } => (*base..)
                 .zip(slots)

@@ -37,8 +37,9 @@ pub enum MapWrite {
         id: u32,
         backend: Backend,
     },
-    /// Zero `BACKEND_STATS[id]` on every CPU (a fresh or reused id).
-    ClearBackendStats {
+    /// Zero the per-CPU state of a fresh or reused backend id: its counters
+    /// (`BACKEND_STATS`) and its cached next hop (`NEXT_HOPS`).
+    ResetBackend {
         id: u32,
     },
     /// `MAGLEV_RING[base + i] = slots[i]` for a whole table.
@@ -242,7 +243,7 @@ impl Reconciler {
                         .ok_or(PlanError::TooManyBackends {
                             wanted: MAX_BACKENDS as usize + 1,
                         })?;
-                    writes.push(MapWrite::ClearBackendStats { id });
+                    writes.push(MapWrite::ResetBackend { id });
                     writes.push(MapWrite::SetBackend {
                         id,
                         backend: Backend::new(backend.address, vip_id, BACKEND_ACCEPTS_FLOWS),

@@ -587,3 +587,39 @@ fn garbage_is_never_aborted_and_always_counted_once() {
     }
     assert_eq!(reasons(&bed.counters()) - before, runs as u64);
 }
+
+/// Next hops are cached per CPU for `NEXT_HOP_TTL_NS`: a backend whose MAC address
+/// changes (new NIC, failover) is reached at its new address once that time has passed.
+#[test]
+fn a_changed_neighbour_is_used_once_the_cached_next_hop_expires() {
+    let mut bed = Bed::new();
+    let frame = tcp4(CLIENT4, 40000, VIP4_ANY_PORT, 80);
+    let (_, out) = bed.run(&frame);
+    assert_eq!(&out[..6], &mac_of("198.18.0.12"));
+
+    let moved = [0x02, 0, 0, 0, 0x01, 0x99];
+    bed.ns
+        .ip(&[
+            "neigh",
+            "replace",
+            "198.18.0.12",
+            "lladdr",
+            &mac_string(moved),
+            "dev",
+            "lb0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(
+        lb_common::NEXT_HOP_TTL_NS * 3 / 2,
+    ));
+    let expected = rewritten(&frame, moved, LB0_MAC);
+    bed.expect(
+        "after the TTL",
+        &frame,
+        Verdict::Tx,
+        &expected,
+        &forwarded(0),
+    );
+}
