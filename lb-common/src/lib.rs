@@ -36,6 +36,15 @@ pub const MAX_INTERFACES: u32 = 64;
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
 pub const DEFAULT_MAGLEV_RING_ENTRIES: u32 = 1 << 22;
 
+/// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
+/// under a directory named after it, and an agent adopts only maps of its own version:
+/// any change to a map type or size must bump it.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
+pub const GLOBAL_STATS_SLOTS: u32 = 64;
+const _: () = assert!(Counter::COUNT <= GLOBAL_STATS_SLOTS);
+
 /// Names of the maps in the XDP object, used by the agent and the tests.
 pub mod map_names {
     pub const VIPS: &str = "VIPS";

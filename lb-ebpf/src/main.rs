@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, Flow, FlowKey,
-    MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, NextHop, TrafficCounters, VipAddressKey, VipKey,
-    VipMeta,
+    GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, NextHop, TrafficCounters,
+    VipAddressKey, VipKey, VipMeta,
 };
 
 use crate::parse::Parsed;
@@ -60,7 +60,7 @@ static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKE
 
 /// Verdict reasons and events, indexed by `lb_common::Counter`.
 #[map(name = "GLOBAL_STATS")]
-static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_STATS_SLOTS, 0);
 
 /// Per VIP, indexed by `VipMeta::id`.
 #[map(name = "VIP_STATS")]

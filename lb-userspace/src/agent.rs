@@ -1,7 +1,7 @@
 //! The agent: loads the program, programs the maps from the configuration, attaches to
 //! the interfaces, reloads on SIGHUP, and detaches on SIGINT/SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
 use tokio::signal::unix::{SignalKind, signal};
@@ -11,6 +11,7 @@ use crate::{
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     host::{self, HostSetup},
+    pins::Pins,
     plan::{PlanError, Reconciler},
     report::StatsReport,
 };
@@ -29,8 +30,20 @@ pub enum AgentError {
     Signals(std::io::Error),
 }
 
+/// How the agent starts and stops.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub config_path: PathBuf,
+    /// Detach and remove the pinned state on exit, instead of leaving the dataplane
+    /// forwarding for the next agent.
+    pub detach_on_exit: bool,
+    /// Discard pinned state left by a previous agent (even of an incompatible layout)
+    /// and start from fresh maps: established flows are rescheduled.
+    pub replace_dataplane: bool,
+}
+
 pub struct Agent {
-    config_path: PathBuf,
+    options: AgentOptions,
     config: Config,
     dataplane: Dataplane,
     state: Reconciler,
@@ -38,29 +51,45 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Loads the configuration and the program, programs the maps, then attaches. Any
-    /// error leaves nothing attached.
-    pub fn start(config_path: &Path) -> Result<Self, AgentError> {
-        let config = Config::load(config_path)?;
+    /// Loads the configuration and the program, adopts the pinned maps and links of a
+    /// previous agent if there are any, programs the difference, then attaches (swapping
+    /// the program into adopted links atomically). An error before any change leaves an
+    /// adopted dataplane running as it was, and a fresh one removed.
+    pub fn start(options: AgentOptions) -> Result<Self, AgentError> {
+        let config = Config::load(&options.config_path)?;
         for interface in &config.agent.interfaces {
             crate::dataplane::ifindex(interface)?;
+        }
+        let pins = Pins::new(&config.agent.bpf_pin_dir);
+        if options.replace_dataplane {
+            warn!(pins = %pins.root().display(), "replacing the pinned dataplane: established flows are rescheduled");
+            pins.remove().map_err(DataplaneError::from)?;
         }
         let mut dataplane = Dataplane::load(LoadOptions {
             conntrack_entries: config.agent.conntrack_entries,
             maglev_ring_entries: DEFAULT_MAGLEV_RING_ENTRIES,
+            pins: Some(pins.clone()),
         })?;
-        let (writes, state) = Reconciler::new(DEFAULT_MAGLEV_RING_ENTRIES).plan(&config)?;
-        dataplane.apply(&writes)?;
-        let mut host = HostSetup::default();
-        resolve_next_hops(&mut host, &config);
-        for interface in &config.agent.interfaces {
-            host.enable_forwarding(interface)?;
-            let attachment = dataplane.attach(interface, config.agent.xdp_mode)?;
-            info!(interface = %attachment.interface, ifindex = attachment.ifindex, mode = attachment.mode, "attached");
-        }
-        info!(vips = config.vips.len(), config = %config_path.display(), "weir agent ready");
+        let adopted = dataplane.adopted();
+        let started = Self::program(&mut dataplane, &config);
+        let (state, host) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                if !adopted {
+                    let _ = dataplane.detach_all();
+                }
+                return Err(err);
+            }
+        };
+        info!(
+            vips = config.vips.len(),
+            adopted,
+            pins = %pins.root().display(),
+            config = %options.config_path.display(),
+            "weir agent ready"
+        );
         Ok(Agent {
-            config_path: config_path.to_owned(),
+            options,
             config,
             dataplane,
             state,
@@ -68,10 +97,38 @@ impl Agent {
         })
     }
 
+    /// Brings the loaded dataplane to `config` and attaches it.
+    fn program(
+        dataplane: &mut Dataplane,
+        config: &Config,
+    ) -> Result<(Reconciler, HostSetup), AgentError> {
+        let current = if dataplane.adopted() {
+            let programmed = dataplane.programmed_state()?;
+            let flows = dataplane.flows()?.len();
+            info!(
+                vips = programmed.vips.len(),
+                flows, "adopting the pinned dataplane of a previous agent"
+            );
+            Reconciler::adopt(&programmed, DEFAULT_MAGLEV_RING_ENTRIES, config)?
+        } else {
+            Reconciler::new(DEFAULT_MAGLEV_RING_ENTRIES)
+        };
+        let (writes, state) = current.plan(config)?;
+        dataplane.apply(&writes)?;
+        let mut host = HostSetup::default();
+        resolve_next_hops(&mut host, config);
+        for interface in &config.agent.interfaces {
+            host.enable_forwarding(interface)?;
+            let attachment = dataplane.attach(interface, config.agent.xdp_mode)?;
+            info!(interface = %attachment.interface, ifindex = attachment.ifindex, mode = attachment.mode, writes = writes.len(), "attached");
+        }
+        Ok((state, host))
+    }
+
     /// Re-reads the configuration and applies only the difference. A bad file or a
     /// change that cannot be applied leaves the running state as it was.
     pub fn reload(&mut self) -> Result<(), AgentError> {
-        let config = Config::load(&self.config_path)?;
+        let config = Config::load(&self.options.config_path)?;
         if config.agent != self.config.agent {
             warn!("[agent] settings changed; they take effect at the next restart");
         }
@@ -93,7 +150,7 @@ impl Agent {
     }
 
     /// Serves until SIGINT or SIGTERM, reloading on SIGHUP; then prints the counters and
-    /// detaches.
+    /// leaves the dataplane forwarding (or detaches, with `detach_on_exit`).
     pub async fn run(mut self) -> Result<(), AgentError> {
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
@@ -114,11 +171,15 @@ impl Agent {
             Ok(report) => println!("{report}"),
             Err(err) => warn!(error = %err, "could not read the counters"),
         }
-        self.dataplane.detach_all()?;
-        for err in self.host.restore() {
-            warn!(error = %err, "could not restore a host setting");
+        if self.options.detach_on_exit {
+            self.dataplane.detach_all()?;
+            for err in self.host.restore() {
+                warn!(error = %err, "could not restore a host setting");
+            }
+            info!("detached");
+        } else {
+            info!("the dataplane stays attached and forwarding; the next agent adopts it");
         }
-        info!("detached");
         Ok(())
     }
 }

@@ -26,6 +26,8 @@ use crate::maglev;
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
+/// Default of `agent.bpf_pin_dir`.
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/weir";
 /// Bounds of `agent.conntrack_entries`.
 pub const MIN_CONNTRACK_ENTRIES: u32 = 1024;
 pub const MAX_CONNTRACK_ENTRIES: u32 = 1 << 26;
@@ -45,6 +47,9 @@ pub struct AgentConfig {
     pub xdp_mode: XdpMode,
     /// Capacity of the connection table.
     pub conntrack_entries: u32,
+    /// Where the maps and XDP links are pinned (on a bpffs), so that they outlive the
+    /// agent: a restarted or upgraded agent adopts them without disturbing a flow.
+    pub bpf_pin_dir: PathBuf,
 }
 
 /// How the XDP program is attached.
@@ -213,6 +218,7 @@ struct RawAgent {
     interfaces: Option<Spanned<Vec<Spanned<String>>>>,
     xdp_mode: Option<XdpMode>,
     conntrack_entries: Option<Spanned<Integer>>,
+    bpf_pin_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -439,10 +445,19 @@ impl RawAgent {
             )?,
             None => DEFAULT_CONNTRACK_ENTRIES,
         };
+        let bpf_pin_dir = match &self.bpf_pin_dir {
+            Some(dir) if !Path::new(dir.get_ref()).is_absolute() => {
+                let message = format!("{:?} is not an absolute path", dir.get_ref());
+                return Err(src.error_at(dir, "agent.bpf_pin_dir", message));
+            }
+            Some(dir) => PathBuf::from(dir.get_ref()),
+            None => PathBuf::from(DEFAULT_BPF_PIN_DIR),
+        };
         Ok(AgentConfig {
             interfaces,
             xdp_mode: self.xdp_mode.unwrap_or_default(),
             conntrack_entries,
+            bpf_pin_dir,
         })
     }
 }
@@ -752,6 +767,7 @@ weight = 10000
                 interfaces: vec!["eth0".into(), "eth1".into()],
                 xdp_mode: XdpMode::Native,
                 conntrack_entries: 2048,
+                bpf_pin_dir: PathBuf::from(DEFAULT_BPF_PIN_DIR),
             },
             vips: vec![
                 VipConfig {
@@ -885,7 +901,7 @@ vip = [
     fn unknown_keys_are_errors() {
         assert_eq!(
             error(&format!("{AGENT}xdp = \"native\"\n")),
-            "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`"
+            "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`, `bpf_pin_dir`"
         );
         assert_eq!(
             error(&format!("{AGENT}[agnet]\n")),
@@ -1176,5 +1192,14 @@ vip = [
                 }
             }
         }
+    }
+
+    #[test]
+    fn bpf_pin_dir_must_be_absolute() {
+        let err = parse("[agent]\ninterfaces = [\"eth0\"]\nbpf_pin_dir = \"weir\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "weir.toml:3:15: agent.bpf_pin_dir: \"weir\" is not an absolute path"
+        );
     }
 }

@@ -1,12 +1,16 @@
 //! The XDP program and its maps: loading, attaching, applying [`MapWrite`]s and reading
 //! counters. The only module that talks to the kernel's BPF side.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     Backend, Counter, Flow, FlowKey, NextHop, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey,
@@ -14,7 +18,11 @@ use lb_common::{
 };
 use tracing::warn;
 
-use crate::{config::XdpMode, plan::MapWrite};
+use crate::{
+    config::XdpMode,
+    pins::{PinError, Pins, map_specs},
+    plan::MapWrite,
+};
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-xdp"));
@@ -32,6 +40,20 @@ pub enum DataplaneError {
     Program(#[from] ProgramError),
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("the XDP link pinned at {path}: {source}")]
+    Link { path: PathBuf, source: LinkError },
+    #[error("pinning the XDP link at {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("unpinning {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("map TX_PORTS: {0}")]
     TxPorts(#[from] aya::maps::xdp::XdpMapError),
     #[error("attaching XDP to {interface}: {source}")]
@@ -45,11 +67,13 @@ pub enum DataplaneError {
     Cpus(std::io::Error),
 }
 
-/// Sizes chosen at load time.
-#[derive(Clone, Copy, Debug)]
+/// Sizes chosen at load time, and where the state is pinned.
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub conntrack_entries: u32,
     pub maglev_ring_entries: u32,
+    /// `None`: nothing is pinned and everything goes away with the `Dataplane` (tests).
+    pub pins: Option<Pins>,
 }
 
 /// How the program ended up attached to an interface.
@@ -57,8 +81,33 @@ pub struct LoadOptions {
 pub struct Attachment {
     pub interface: String,
     pub ifindex: u32,
-    /// "native" or "generic".
+    /// "native" or "generic", or "adopted" for a link a previous agent attached.
     pub mode: &'static str,
+}
+
+/// A VIP as the maps hold it.
+#[derive(Clone, Debug)]
+pub struct ProgrammedVip {
+    pub key: VipKey,
+    pub meta: VipMeta,
+    /// Its slice of the Maglev ring.
+    pub table: Vec<u32>,
+}
+
+/// The maps' contents that the planner needs to take over from a previous agent.
+#[derive(Clone, Debug, Default)]
+pub struct ProgrammedState {
+    pub vips: Vec<ProgrammedVip>,
+    /// Backends in use, by id.
+    pub backends: Vec<(u32, Backend)>,
+}
+
+/// An attachment and what keeps it alive: a pin, which outlives the agent, or (pinning
+/// off) the link itself, which detaches when dropped.
+struct AttachedLink {
+    attachment: Attachment,
+    pin: Option<PathBuf>,
+    _unpinned: Option<XdpLink>,
 }
 
 /// The loaded program and typed handles on its maps.
@@ -74,7 +123,10 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     next_hops: PerCpuArray<MapData, NextHop>,
-    links: Vec<(Attachment, XdpLinkId)>,
+    links: Vec<AttachedLink>,
+    pins: Option<Pins>,
+    /// The maps were pinned by a previous agent and adopted, not created.
+    adopted: bool,
     cpus: usize,
 }
 
@@ -94,13 +146,30 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 }
 
 impl Dataplane {
-    /// Loads the program into the kernel (verifier included) without attaching it.
+    /// Loads the program into the kernel (verifier included) without attaching it. With
+    /// pins, maps a previous agent pinned are adopted (after checking their layout) and
+    /// missing ones are created and pinned.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
+        let specs = map_specs(options.conntrack_entries, options.maglev_ring_entries);
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::CONNTRACK, options.conntrack_entries)
-            .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries)
-            .load(XDP_OBJECT)?;
+            .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries);
+        let mut adopted = false;
+        if let Some(pins) = &options.pins {
+            pins.create_dirs()?;
+            pins.check(&specs)?;
+            adopted = pins.has_maps();
+            for spec in &specs {
+                loader.map_pin_path(spec.name, pins.map(spec.name));
+            }
+        }
+        let mut ebpf = loader.load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
+        if let Some(pins) = &options.pins {
+            // What the program declares must be what this agent expects (and adopts).
+            pins.check(&specs)?;
+        }
         let cpus = aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::Cpus(err))?;
         Ok(Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
@@ -114,9 +183,16 @@ impl Dataplane {
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
             next_hops: take(&mut ebpf, map_names::NEXT_HOPS)?,
             links: Vec::new(),
+            pins: options.pins,
+            adopted,
             cpus,
             ebpf,
         })
+    }
+
+    /// Whether the maps come from a previous agent (see [`Self::programmed_state`]).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -124,37 +200,64 @@ impl Dataplane {
         program_mut(&mut self.ebpf)
     }
 
-    /// Attaches to `interface` and lets the program redirect frames out of it.
+    /// Attaches to `interface` and lets the program redirect frames out of it. A link a
+    /// previous agent pinned for the interface gets this program swapped in atomically
+    /// (not a packet sees no program); otherwise a new link is created, and pinned.
     /// `Auto` tries native (driver) mode and falls back to generic mode with a warning.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
         let ifindex = ifindex(interface)?;
-        let attach = |program: &mut Xdp, mode| {
-            program
-                .attach_to_if_index(ifindex, mode)
-                .map_err(|source| DataplaneError::Attach {
-                    interface: interface.to_owned(),
-                    source,
-                })
-        };
-        let program = self.program()?;
-        let (link, mode) = match mode {
-            XdpMode::Native => (attach(program, AyaXdpMode::Driver)?, "native"),
-            XdpMode::Generic => (attach(program, AyaXdpMode::Skb)?, "generic"),
-            XdpMode::Auto => match attach(program, AyaXdpMode::Driver) {
-                Ok(link) => (link, "native"),
-                Err(err) => {
-                    warn!(%interface, error = %err, "native XDP unavailable, using generic mode (slower)");
-                    (attach(program, AyaXdpMode::Skb)?, "generic")
-                }
-            },
-        };
         self.add_tx_port(ifindex)?;
+        let attach_error = |source| DataplaneError::Attach {
+            interface: interface.to_owned(),
+            source,
+        };
+        let pin = self.pins.as_ref().map(|pins| pins.link(interface));
+        let program = program_mut(&mut self.ebpf)?;
+        let (link_id, mode) = match pin.as_ref().filter(|path| path.exists()) {
+            Some(path) => {
+                let pinned = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| {
+                    DataplaneError::Link {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                (
+                    program.attach_to_link(link).map_err(attach_error)?,
+                    "adopted",
+                )
+            }
+            None => attach_new(program, ifindex, mode, interface).map_err(attach_error)?,
+        };
+        let link = program.take_link(link_id)?;
+        let unpinned = match &pin {
+            Some(path) if path.exists() => None,
+            Some(path) => {
+                let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+                link.pin(path).map_err(|source| DataplaneError::Pin {
+                    path: path.clone(),
+                    source,
+                })?;
+                None
+            }
+            None => Some(link),
+        };
         let attachment = Attachment {
             interface: interface.to_owned(),
             ifindex,
             mode,
         };
-        self.links.push((attachment.clone(), link));
+        self.links.push(AttachedLink {
+            attachment: attachment.clone(),
+            pin,
+            _unpinned: unpinned,
+        });
         Ok(attachment)
     }
 
@@ -164,15 +267,23 @@ impl Dataplane {
     }
 
     pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
-        self.links.iter().map(|(attachment, _)| attachment)
+        self.links.iter().map(|attached| &attached.attachment)
     }
 
-    /// Detaches from every interface (also done when the `Dataplane` is dropped).
+    /// Detaches from every interface and removes every pin, maps included: the next
+    /// agent starts from scratch. (Without this, unpinned links detach when the
+    /// `Dataplane` is dropped and pinned ones stay.)
     pub fn detach_all(&mut self) -> Result<(), DataplaneError> {
-        let links = std::mem::take(&mut self.links);
-        let program = self.program()?;
-        for (_, link) in links {
-            program.detach(link)?;
+        for attached in std::mem::take(&mut self.links) {
+            if let Some(path) = &attached.pin {
+                std::fs::remove_file(path).map_err(|source| DataplaneError::Unpin {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        if let Some(pins) = &self.pins {
+            pins.remove()?;
         }
         Ok(())
     }
@@ -259,6 +370,29 @@ impl Dataplane {
         sum_per_cpu(&self.backend_stats, backend_id, map_names::BACKEND_STATS)
     }
 
+    /// What the maps hold, for an agent adopting them: the VIPs with their Maglev tables,
+    /// and the backends in use.
+    pub fn programmed_state(&self) -> Result<ProgrammedState, DataplaneError> {
+        let mut vips = Vec::new();
+        for entry in self.vips.iter() {
+            let (key, meta) = entry.map_err(map_err(map_names::VIPS))?;
+            let table = (meta.ring_base..meta.ring_base + meta.ring_size)
+                .map(|slot| self.ring.get(&slot, 0))
+                .collect::<Result<_, _>>()
+                .map_err(map_err(map_names::MAGLEV_RING))?;
+            vips.push(ProgrammedVip { key, meta, table });
+        }
+        let mut backends = Vec::new();
+        for id in 0..self.backends.len() {
+            let backend = self.backend(id)?;
+            // Released ids are zeroed; a backend in use always has a family.
+            if backend.family != 0 {
+                backends.push((id, backend));
+            }
+        }
+        Ok(ProgrammedState { vips, backends })
+    }
+
     /// Live entries of the connection table.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
         self.conntrack
@@ -286,6 +420,35 @@ fn sum_per_cpu(
         total += *value;
     }
     Ok(total)
+}
+
+/// A new link on `ifindex`; `Auto` tries native mode, then generic mode with a warning.
+fn attach_new(
+    program: &mut Xdp,
+    ifindex: u32,
+    mode: XdpMode,
+    interface: &str,
+) -> Result<(XdpLinkId, &'static str), ProgramError> {
+    match mode {
+        XdpMode::Native => Ok((
+            program.attach_to_if_index(ifindex, AyaXdpMode::Driver)?,
+            "native",
+        )),
+        XdpMode::Generic => Ok((
+            program.attach_to_if_index(ifindex, AyaXdpMode::Skb)?,
+            "generic",
+        )),
+        XdpMode::Auto => match program.attach_to_if_index(ifindex, AyaXdpMode::Driver) {
+            Ok(link) => Ok((link, "native")),
+            Err(err) => {
+                warn!(%interface, error = %err, "native XDP unavailable, using generic mode (slower)");
+                Ok((
+                    program.attach_to_if_index(ifindex, AyaXdpMode::Skb)?,
+                    "generic",
+                ))
+            }
+        },
+    }
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

@@ -6,5 +6,6 @@ pub mod config;
 pub mod dataplane;
 pub mod host;
 pub mod maglev;
+pub mod pins;
 pub mod plan;
 pub mod report;

@@ -4,7 +4,10 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use weir::{agent::Agent, config::Config};
+use weir::{
+    agent::{Agent, AgentOptions},
+    config::Config,
+};
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "An XDP L4 load balancer")]
@@ -20,6 +23,14 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, default_value = "/etc/weir/weir.toml")]
         config: PathBuf,
+        /// On exit, detach and remove the pinned maps and links. By default the dataplane
+        /// keeps forwarding without the agent, and the next agent adopts it.
+        #[arg(long)]
+        detach_on_exit: bool,
+        /// Discard the pinned state of a previous agent (even of another map layout) and
+        /// start from fresh maps; established flows are rescheduled.
+        #[arg(long)]
+        replace_dataplane: bool,
     },
     /// Check a configuration file and print it with defaults filled in (like `haproxy -c`).
     Check {
@@ -47,12 +58,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Agent { config } => {
+        Command::Agent {
+            config,
+            detach_on_exit,
+            replace_dataplane,
+        } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let agent = Agent::start(&config)?;
+                let agent = Agent::start(AgentOptions {
+                    config_path: config,
+                    detach_on_exit,
+                    replace_dataplane,
+                })?;
                 agent.run().await?;
                 Ok(())
             })

@@ -26,6 +26,7 @@ use lb_common::{
 
 use crate::{
     config::{Config, HashMode, VipConfig},
+    dataplane::ProgrammedState,
     maglev::{self, MaglevBackend},
 };
 
@@ -86,6 +87,11 @@ pub enum PlanError {
         free: u64,
         capacity: u32,
     },
+    #[error(
+        "the adopted maps are inconsistent: a Maglev table at {base}+{size} overlaps another \
+         or lies outside the ring of {capacity} slots (start with --replace-dataplane)"
+    )]
+    AdoptedRingCorrupt { base: u32, size: u32, capacity: u32 },
     #[error("VIP {vip:?}: {source}")]
     Maglev {
         vip: String,
@@ -129,6 +135,53 @@ impl Reconciler {
             backend_ids: IdPool::new(MAX_BACKENDS),
             ring: RingAllocator::new(ring_capacity),
         }
+    }
+
+    /// Takes over what a previous agent programmed (pinned maps), so that planning the
+    /// same configuration writes nothing and every flow stays where it is. VIPs are named
+    /// after the configuration; one it does not know keeps a placeholder name until the
+    /// next plan removes it.
+    pub fn adopt(
+        programmed: &ProgrammedState,
+        ring_capacity: u32,
+        config: &Config,
+    ) -> Result<Self, PlanError> {
+        let mut state = Reconciler::new(ring_capacity);
+        for vip in &programmed.vips {
+            let configured = config.vips.iter().find(|c| vip_key(c) == vip.key);
+            let backends: BTreeMap<IpAddr, BackendState> = programmed
+                .backends
+                .iter()
+                .filter(|(_, backend)| backend.vip_id == vip.meta.id)
+                .filter_map(|(id, backend)| {
+                    let address = backend.ip()?;
+                    let weight = configured
+                        .and_then(|c| c.backends.iter().find(|b| b.address == address))
+                        .map_or(0, |b| b.weight);
+                    Some((address, BackendState { id: *id, weight }))
+                })
+                .collect();
+            state.vip_ids.take(vip.meta.id);
+            for backend in backends.values() {
+                state.backend_ids.take(backend.id);
+            }
+            state.ring.take(vip.meta.ring_base, vip.meta.ring_size)?;
+            let name = configured.map_or_else(
+                || format!("(adopted vip {})", vip.meta.id),
+                |c| c.name.clone(),
+            );
+            state.vips.insert(
+                vip.key,
+                VipState {
+                    name,
+                    key: vip.key,
+                    meta: vip.meta,
+                    backends,
+                    table: vip.table.clone(),
+                },
+            );
+        }
+        Ok(state)
     }
 
     pub fn vips(&self) -> impl Iterator<Item = &VipState> {
@@ -405,6 +458,11 @@ impl IdPool {
     fn free(&mut self, id: u32) {
         self.free.push_back(id);
     }
+
+    /// Marks `id` as in use (adopted).
+    fn take(&mut self, id: u32) {
+        self.free.retain(|free| *free != id);
+    }
 }
 
 /// First-fit allocator of contiguous slices of the Maglev ring.
@@ -438,6 +496,31 @@ impl RingAllocator {
             self.free.insert(base + size, free_size - size);
         }
         Ok(base)
+    }
+
+    /// Marks `[base, base + size)` as in use (adopted); it must lie in a free slice.
+    fn take(&mut self, base: u32, size: u32) -> Result<(), PlanError> {
+        let corrupt = || PlanError::AdoptedRingCorrupt {
+            base,
+            size,
+            capacity: self.capacity,
+        };
+        let (&free_base, &free_size) = self.free.range(..=base).next_back().ok_or_else(corrupt)?;
+        let (end, free_end) = (
+            u64::from(base) + u64::from(size),
+            u64::from(free_base) + u64::from(free_size),
+        );
+        if end > free_end {
+            return Err(corrupt());
+        }
+        self.free.remove(&free_base);
+        if base > free_base {
+            self.free.insert(free_base, base - free_base);
+        }
+        if free_end > end {
+            self.free.insert(base + size, (free_end - end) as u32);
+        }
+        Ok(())
     }
 
     fn free(&mut self, base: u32, size: u32) {
@@ -633,5 +716,65 @@ mod tests {
         ring.free(c, 10);
         ring.free(b, 10);
         assert_eq!(ring.free, BTreeMap::from([(0, 30)]));
+    }
+
+    /// The state a previous agent left in the maps, as the dataplane reads it back.
+    fn programmed(state: &Reconciler) -> ProgrammedState {
+        ProgrammedState {
+            vips: state
+                .vips()
+                .map(|vip| crate::dataplane::ProgrammedVip {
+                    key: vip.key,
+                    meta: vip.meta,
+                    table: vip.table.clone(),
+                })
+                .collect(),
+            backends: state
+                .vips()
+                .flat_map(|vip| {
+                    vip.backends.iter().map(|(addr, b)| {
+                        (
+                            b.id,
+                            Backend::new(*addr, vip.meta.id, BACKEND_ACCEPTS_FLOWS),
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn adopting_the_same_configuration_writes_nothing() {
+        let cfg = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 251);
+        let (_, before) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let adopted = Reconciler::adopt(&programmed(&before), RING, &cfg).unwrap();
+        assert_eq!(adopted.plan(&cfg).unwrap().0, vec![]);
+        assert_eq!(adopted.vips().next().unwrap().name, "web");
+    }
+
+    #[test]
+    fn an_adopted_state_plans_changes_like_a_live_one() {
+        let cfg = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 251);
+        let changed = web(&[("198.18.1.11", 100), ("198.18.1.13", 100)], 251);
+        let (_, before) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let adopted = Reconciler::adopt(&programmed(&before), RING, &cfg).unwrap();
+        let (from_adopted, _) = adopted.plan(&changed).unwrap();
+        let (from_live, _) = before.plan(&changed).unwrap();
+        assert_eq!(from_adopted, from_live);
+    }
+
+    #[test]
+    fn adopting_overlapping_tables_is_refused() {
+        let cfg = web(&[("198.18.1.11", 100)], 251);
+        let (_, before) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let mut maps = programmed(&before);
+        let mut twin = maps.vips[0].clone();
+        twin.key.port = 81u16.to_be();
+        twin.meta.id += 1;
+        maps.vips.push(twin);
+        assert!(matches!(
+            Reconciler::adopt(&maps, RING, &cfg),
+            Err(PlanError::AdoptedRingCorrupt { .. })
+        ));
     }
 }

@@ -227,6 +227,7 @@ impl Bed {
                 let mut dataplane = Dataplane::load(LoadOptions {
                     conntrack_entries: 65536,
                     maglev_ring_entries: 1 << 16,
+                    pins: None,
                 })
                 .expect("the XDP program loads and passes the verifier");
                 let lb0 = weir::dataplane::ifindex("lb0").unwrap();

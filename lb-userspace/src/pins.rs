@@ -1,0 +1,215 @@
+//! Pinned dataplane state: the maps and the XDP links live on a bpffs under
+//! `<bpf_pin_dir>/v<MAP_LAYOUT_VERSION>/`, so they outlive the agent. Traffic keeps flowing
+//! while no agent runs, and the next agent adopts the maps (connection table and counters
+//! included) and swaps its program into the links atomically.
+//!
+//! An agent adopts only maps whose layout is exactly the one it was built for; anything
+//! else is refused with the map and the difference named, never silently replaced.
+
+use std::{
+    fs, io,
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapInfo;
+use lb_common::{
+    Backend, Flow, FlowKey, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS, MAX_INTERFACES,
+    MAX_VIPS, NextHop, TrafficCounters, VipAddressKey, VipKey, VipMeta, map_names,
+};
+
+/// What a map must look like: key and value sizes (`None`: set by the kernel's features)
+/// and capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: Option<u32>,
+    pub max_entries: u32,
+}
+
+const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
+    MapSpec {
+        name,
+        key_size: size_of::<K>() as u32,
+        value_size: Some(size_of::<V>() as u32),
+        max_entries,
+    }
+}
+
+/// Every map of the program, as this agent expects it.
+pub fn map_specs(conntrack_entries: u32, maglev_ring_entries: u32) -> [MapSpec; 10] {
+    [
+        spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
+        spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
+        spec::<u32, u32>(map_names::MAGLEV_RING, maglev_ring_entries),
+        spec::<u32, Backend>(map_names::BACKENDS, MAX_BACKENDS),
+        spec::<FlowKey, Flow>(map_names::CONNTRACK, conntrack_entries),
+        // The devmap's value grows with the kernel's features (a program id).
+        MapSpec {
+            value_size: None,
+            ..spec::<u32, u32>(map_names::TX_PORTS, MAX_INTERFACES)
+        },
+        spec::<u32, u64>(map_names::GLOBAL_STATS, GLOBAL_STATS_SLOTS),
+        spec::<u32, TrafficCounters>(map_names::VIP_STATS, MAX_VIPS),
+        spec::<u32, TrafficCounters>(map_names::BACKEND_STATS, MAX_BACKENDS),
+        spec::<u32, NextHop>(map_names::NEXT_HOPS, MAX_BACKENDS),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "pinned map {path} does not match this agent: {what} is {found}, expected {expected}. \
+         The running dataplane was left untouched. {hint}"
+    )]
+    Mismatch {
+        path: PathBuf,
+        what: &'static str,
+        found: u32,
+        expected: u32,
+        hint: &'static str,
+    },
+    #[error("reading pinned map {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not on a bpffs, so nothing can be pinned there: mount one \
+         (`mount -t bpf bpf /sys/fs/bpf`) or choose another [agent] bpf_pin_dir"
+    )]
+    NotBpffs { path: PathBuf },
+}
+
+/// Whether `path` lies on a bpffs (statfs magic `BPF_FS_MAGIC`).
+fn on_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid C string and `stat` a writable statfs buffer.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(path.as_ptr(), &mut stat) }) == 0 && stat.f_type == BPF_FS_MAGIC
+}
+
+/// The pin directory of one layout version.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(bpf_pin_dir: &Path) -> Self {
+        Pins {
+            root: bpf_pin_dir.join(format!("v{MAP_LAYOUT_VERSION}")),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    pub fn link(&self, interface: &str) -> PathBuf {
+        self.root.join("links").join(interface)
+    }
+
+    /// Creates the directories, which must be on a bpffs.
+    pub fn create_dirs(&self) -> Result<(), PinError> {
+        for dir in [self.root.join("maps"), self.root.join("links")] {
+            fs::create_dir_all(&dir).map_err(|source| PinError::Io { path: dir, source })?;
+        }
+        if !on_bpffs(&self.root) {
+            return Err(PinError::NotBpffs {
+                path: self.root.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a previous agent left maps to adopt.
+    pub fn has_maps(&self) -> bool {
+        self.map(map_names::VIPS).exists()
+    }
+
+    /// Checks every pinned map against `specs`; maps not pinned yet are fine.
+    pub fn check(&self, specs: &[MapSpec]) -> Result<(), PinError> {
+        for spec in specs {
+            let path = self.map(spec.name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapInfo::from_pin(&path).map_err(|source| PinError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            check_map(&path, &info, spec)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pin (maps and links) of this layout version: what is pinned only
+    /// goes away with it, so the links detach.
+    pub fn remove(&self) -> Result<(), PinError> {
+        match fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(PinError::Io {
+                path: self.root.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Compares one map's kernel description with what the agent expects.
+pub fn check_map(path: &Path, info: &MapInfo, spec: &MapSpec) -> Result<(), PinError> {
+    let mismatch = |what, found, expected, hint| PinError::Mismatch {
+        path: path.to_owned(),
+        what,
+        found,
+        expected,
+        hint,
+    };
+    const NEW_LAYOUT: &str = "This agent was built for another map layout; stop traffic \
+        and start it with --replace-dataplane to create fresh maps.";
+    if info.key_size() != spec.key_size {
+        return Err(mismatch(
+            "the key size",
+            info.key_size(),
+            spec.key_size,
+            NEW_LAYOUT,
+        ));
+    }
+    if let Some(value_size) = spec.value_size
+        && info.value_size() != value_size
+    {
+        return Err(mismatch(
+            "the value size",
+            info.value_size(),
+            value_size,
+            NEW_LAYOUT,
+        ));
+    }
+    if info.max_entries() != spec.max_entries {
+        let hint = if spec.name == map_names::CONNTRACK {
+            "A running connection table cannot be resized: keep agent.conntrack_entries, \
+             or start with --replace-dataplane (established flows are then rescheduled)."
+        } else {
+            NEW_LAYOUT
+        };
+        return Err(mismatch(
+            "the capacity",
+            info.max_entries(),
+            spec.max_entries,
+            hint,
+        ));
+    }
+    Ok(())
+}
