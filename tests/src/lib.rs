@@ -15,6 +15,7 @@ pub mod bins;
 pub mod client;
 pub mod cmd;
 pub mod link;
+pub mod load;
 pub mod netns;
 pub mod server;
 pub mod topology;

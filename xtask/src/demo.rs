@@ -99,7 +99,7 @@ pub fn run_demo(built: &Built) -> Result<()> {
     })?;
     print_spread(&echo);
 
-    say("stopping the agent (it prints its counters and detaches)");
+    say("stopping the agent (it prints its counters)");
     let log = agent.stop()?;
     for line in log
         .lines()
