@@ -132,6 +132,21 @@ pub struct BackendConfig {
     pub address: IpAddr,
     /// Share of new flows; 0 sends it none while its established flows continue.
     pub weight: u32,
+    /// What the operator allows it to receive, as HAProxy's admin states.
+    pub state: AdminState,
+}
+
+/// A backend's administrative state, as HAProxy users know them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In rotation.
+    #[default]
+    Ready,
+    /// No new flows; established flows continue (the rolling-deploy step).
+    Drain,
+    /// No traffic at all: established flows move to the backends that own their slots.
+    Maint,
 }
 
 #[derive(Debug, Error)]
@@ -240,6 +255,7 @@ struct RawVip {
 struct RawBackend {
     address: Option<Spanned<String>>,
     weight: Option<Spanned<Integer>>,
+    state: Option<AdminState>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -544,6 +560,7 @@ impl RawVip {
             backends.push(BackendConfig {
                 address: backend_address,
                 weight,
+                state: backend.state.unwrap_or_default(),
             });
         }
 
@@ -721,6 +738,7 @@ address = "198.18.1.11"
 [[vip.backend]]
 address = "198.18.1.12"
 weight = 0
+state = "drain"
 
 [[vip]]
 name = "dns"
@@ -782,10 +800,12 @@ weight = 10000
                         BackendConfig {
                             address: ip("198.18.1.11"),
                             weight: DEFAULT_WEIGHT,
+                            state: AdminState::Ready,
                         },
                         BackendConfig {
                             address: ip("198.18.1.12"),
                             weight: 0,
+                            state: AdminState::Drain,
                         },
                     ],
                 },
@@ -800,6 +820,7 @@ weight = 10000
                     backends: vec![BackendConfig {
                         address: ip("2001:db8::1:53"),
                         weight: 10_000,
+                        state: AdminState::Ready,
                     }],
                 },
             ],
@@ -839,7 +860,7 @@ weight = 10000
         let inline = r#"
 agent = { interfaces = ["eth0", "eth1"], xdp_mode = "native", conntrack_entries = 2048 }
 vip = [
-  { name = "web", address = "198.18.0.10", port = 80, backend = [{ address = "198.18.1.11" }, { address = "198.18.1.12", weight = 0 }] },
+  { name = "web", address = "198.18.0.10", port = 80, backend = [{ address = "198.18.1.11" }, { address = "198.18.1.12", weight = 0, state = "drain" }] },
   { name = "dns", address = "2001:db8::53", port = 53, protocol = "udp", forwarding = "dsr", hash = "source-ip", table_size = 251, backend = [{ address = "2001:db8::1:53", weight = 10000 }] },
 ]
 "#;
@@ -857,7 +878,7 @@ vip = [
         let bad = "agent = { interfaces = [\"eth0\"] }\nvip = [{ name = \"web\", address = \"198.18.0.10\", port = 80, backend = [{ address = \"198.18.1.11\", wieght = 1 }] }]\n";
         assert_eq!(
             error(bad),
-            "weir.toml:2:98: vip[0].backend[0].wieght: unknown field `wieght`, expected `address` or `weight`"
+            "weir.toml:2:98: vip[0].backend[0].wieght: unknown field `wieght`, expected one of `address`, `weight`, `state`"
         );
     }
 

@@ -10,8 +10,9 @@
 //! 2. new backends exist before any Maglev slot names them;
 //! 3. a VIP's table is written before the VIP points at it (a new or resized table goes
 //!    to a fresh ring slice, an unchanged size is patched slot by slot);
-//! 4. backends that left stop accepting flows only after no slot names them, so their
-//!    flows move to the backend that now owns their slot;
+//! 4. backends that left (or went to maint) stop accepting flows only after no slot
+//!    names them, so their flows move to the backend that now owns their slot; a backend
+//!    back from maint accepts flows again before any slot names it;
 //! 5. ring slices and ids are released last.
 
 use std::{
@@ -25,7 +26,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, HashMode, VipConfig},
+    config::{AdminState, BackendConfig, Config, HashMode, VipConfig},
     dataplane::ProgrammedState,
     maglev::{self, MaglevBackend},
 };
@@ -103,7 +104,10 @@ pub enum PlanError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendState {
     pub id: u32,
+    /// Its weight in the Maglev table: the configured weight while ready, else 0.
     pub weight: u32,
+    /// Whether its established flows may stay (`BACKEND_ACCEPTS_FLOWS`): not in maint.
+    pub accepts: bool,
 }
 
 /// What the maps hold for one VIP.
@@ -157,8 +161,16 @@ impl Reconciler {
                     let address = backend.ip()?;
                     let weight = configured
                         .and_then(|c| c.backends.iter().find(|b| b.address == address))
-                        .map_or(0, |b| b.weight);
-                    Some((address, BackendState { id: *id, weight }))
+                        .map_or(0, maglev_weight);
+                    let accepts = backend.flags & BACKEND_ACCEPTS_FLOWS != 0;
+                    Some((
+                        address,
+                        BackendState {
+                            id: *id,
+                            weight,
+                            accepts,
+                        },
+                    ))
                 })
                 .collect();
             state.vip_ids.take(vip.meta.id);
@@ -197,6 +209,7 @@ impl Reconciler {
         let mut released_slices = Vec::new();
         let mut released_backends = Vec::new();
         let mut released_vips = Vec::new();
+        let mut late_writes = Vec::new();
 
         let wanted: BTreeMap<VipKey, &VipConfig> =
             config.vips.iter().map(|vip| (vip_key(vip), vip)).collect();
@@ -232,10 +245,13 @@ impl Reconciler {
                 &mut writes,
                 &mut released_slices,
                 &mut released_backends,
+                &mut late_writes,
             )?;
         }
 
-        // 4. Backends that left stop accepting flows, now that no slot names them.
+        // 4. Backends that left or went to maint stop accepting flows, now that no slot
+        //    names them.
+        writes.append(&mut late_writes);
         for &id in &released_backends {
             writes.push(MapWrite::SetBackend {
                 id,
@@ -266,6 +282,7 @@ impl Reconciler {
         writes: &mut Vec<MapWrite>,
         released_slices: &mut Vec<(u32, u32)>,
         released_backends: &mut Vec<u32>,
+        late_writes: &mut Vec<MapWrite>,
     ) -> Result<(), PlanError> {
         let flags = match vip.hash {
             HashMode::FiveTuple => 0,
@@ -287,8 +304,29 @@ impl Reconciler {
             .unwrap_or_default();
         let mut backends = BTreeMap::new();
         for backend in &vip.backends {
+            let accepts = backend.state != AdminState::Maint;
+            let entry = Backend::new(
+                backend.address,
+                vip_id,
+                if accepts { BACKEND_ACCEPTS_FLOWS } else { 0 },
+            );
             let id = match old_backends.get(&backend.address) {
-                Some(state) => state.id,
+                Some(state) => {
+                    if state.accepts != accepts {
+                        let write = MapWrite::SetBackend {
+                            id: state.id,
+                            backend: entry,
+                        };
+                        // Taking flows again: before any slot names it. Going to maint:
+                        // once no slot does, so its flows move to the slots' owners.
+                        if accepts {
+                            writes.push(write)
+                        } else {
+                            late_writes.push(write)
+                        }
+                    }
+                    state.id
+                }
                 None => {
                     let id = self
                         .backend_ids
@@ -297,18 +335,17 @@ impl Reconciler {
                             wanted: MAX_BACKENDS as usize + 1,
                         })?;
                     writes.push(MapWrite::ResetBackend { id });
-                    writes.push(MapWrite::SetBackend {
-                        id,
-                        backend: Backend::new(backend.address, vip_id, BACKEND_ACCEPTS_FLOWS),
-                    });
+                    writes.push(MapWrite::SetBackend { id, backend: entry });
                     id
                 }
             };
+            let weight = maglev_weight(backend);
             backends.insert(
                 backend.address,
                 BackendState {
                     id,
-                    weight: backend.weight,
+                    weight,
+                    accepts,
                 },
             );
         }
@@ -373,6 +410,14 @@ impl Reconciler {
             },
         );
         Ok(())
+    }
+}
+
+/// A backend's share of the Maglev table: only a ready backend takes new flows.
+fn maglev_weight(backend: &BackendConfig) -> u32 {
+    match backend.state {
+        AdminState::Ready => backend.weight,
+        AdminState::Drain | AdminState::Maint => 0,
     }
 }
 
@@ -776,5 +821,57 @@ mod tests {
             Reconciler::adopt(&maps, RING, &cfg),
             Err(PlanError::AdoptedRingCorrupt { .. })
         ));
+    }
+
+    fn with_state(state: &str) -> Config {
+        let text = format!(
+            "[agent]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\n\
+             port = 80\ntable_size = 251\n[[vip.backend]]\naddress = \"198.18.1.11\"\n\
+             [[vip.backend]]\naddress = \"198.18.1.12\"\nstate = \"{state}\"\n"
+        );
+        config(&text)
+    }
+
+    fn slots_of(state: &Reconciler, id: u32) -> usize {
+        state
+            .vips()
+            .next()
+            .unwrap()
+            .table
+            .iter()
+            .filter(|slot| **slot == id)
+            .count()
+    }
+
+    #[test]
+    fn drain_takes_a_backend_out_of_the_table_but_keeps_its_flows() {
+        let (_, ready) = Reconciler::new(RING).plan(&with_state("ready")).unwrap();
+        let id = ready.vips().next().unwrap().backends[&"198.18.1.12".parse().unwrap()].id;
+        let (writes, drained) = ready.plan(&with_state("drain")).unwrap();
+        assert_eq!(slots_of(&drained, id), 0);
+        assert!(
+            writes
+                .iter()
+                .all(|w| matches!(w, MapWrite::PatchRing { .. })),
+            "only slots change, the backend still accepts its flows: {writes:?}"
+        );
+    }
+
+    #[test]
+    fn maint_clears_the_backend_after_the_table_and_ready_sets_it_before() {
+        let (_, ready) = Reconciler::new(RING).plan(&with_state("ready")).unwrap();
+        let id = ready.vips().next().unwrap().backends[&"198.18.1.12".parse().unwrap()].id;
+        let (writes, maint) = ready.plan(&with_state("maint")).unwrap();
+        assert!(
+            matches!(writes.as_slice(), [MapWrite::PatchRing { .. }, MapWrite::SetBackend { id: i, backend }] if *i == id && backend.flags == 0),
+            "{writes:?}"
+        );
+        assert_eq!(slots_of(&maint, id), 0);
+
+        let (writes, _) = maint.plan(&with_state("ready")).unwrap();
+        assert!(
+            matches!(writes.as_slice(), [MapWrite::SetBackend { id: i, backend }, MapWrite::PatchRing { .. }] if *i == id && backend.flags == BACKEND_ACCEPTS_FLOWS),
+            "{writes:?}"
+        );
     }
 }

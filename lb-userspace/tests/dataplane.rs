@@ -623,3 +623,47 @@ fn a_changed_neighbour_is_used_once_the_cached_next_hop_expires() {
         &forwarded(0),
     );
 }
+
+/// Drain: the backend gets no new flow, its established flows stay. Maint: no traffic at
+/// all, its flows move to the backends that own their slots.
+#[test]
+fn drain_keeps_established_flows_and_maint_moves_them() {
+    let mut bed = Bed::new();
+    let flows: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80))
+        .collect();
+    let before = backends_of(&mut bed, &flows);
+    let target = mac_of("198.18.0.13");
+    assert!(before.contains(&target));
+    let with_state = |state: &str| {
+        BASE_CONFIG.replacen(
+            "[[vip.backend]]\naddress = \"198.18.0.13\"\n",
+            &format!("[[vip.backend]]\naddress = \"198.18.0.13\"\nstate = \"{state}\"\n"),
+            1,
+        )
+    };
+
+    bed.apply(&with_state("drain"));
+    assert_eq!(
+        backends_of(&mut bed, &flows),
+        before,
+        "drain keeps every established flow"
+    );
+    let fresh: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4(CLIENT4, 50000 + i, VIP4, 80))
+        .collect();
+    assert!(
+        !backends_of(&mut bed, &fresh).contains(&target),
+        "no new flow reaches a drained backend"
+    );
+
+    bed.apply(&with_state("maint"));
+    let after = backends_of(&mut bed, &flows);
+    for (old, new) in before.iter().zip(&after) {
+        if *old == target {
+            assert_ne!(new, &target, "a maint backend gets no traffic");
+        } else {
+            assert_eq!(old, new, "other flows stay");
+        }
+    }
+}

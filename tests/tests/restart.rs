@@ -187,3 +187,34 @@ fn an_incompatible_pinned_dataplane_is_refused_and_keeps_forwarding() {
         "the fresh dataplane forwards"
     );
 }
+
+/// The rolling-deploy step, under load: draining a backend (by reload) breaks no
+/// established stream and fails no request, and new connections stop reaching it.
+#[test]
+fn draining_a_backend_under_load_loses_nothing() {
+    let topology = DsrTopology::with_servers(3).unwrap();
+    let text = config(&topology, 65536, "");
+    let mut agent = Agent::start(topology.lb_ns(), &text).unwrap();
+    let load = start_load(&topology);
+
+    let drained = text.replacen(
+        "address = \"198.18.0.13\"\n",
+        "address = \"198.18.0.13\"\nstate = \"drain\"\n",
+        1,
+    );
+    agent.reload(&drained).unwrap();
+    wait_for_traffic(&load, 100);
+    let report = load.stop();
+    report.assert_clean();
+
+    let client = &topology.client().ns;
+    let url = format!("http://{VIP_V4}:{HTTP_PORT}/");
+    for _ in 0..60 {
+        let body = http_get(client, &url).unwrap().body;
+        assert_ne!(
+            body.trim(),
+            "backend3",
+            "a drained backend gets no new connection"
+        );
+    }
+}
