@@ -28,6 +28,10 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Default of `agent.bpf_pin_dir`.
 pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/weir";
+/// Default of `agent.state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weir";
+/// Default of `agent.api_socket`.
+pub const DEFAULT_API_SOCKET: &str = "/run/weir/api.sock";
 /// Bounds of `agent.conntrack_entries`.
 pub const MIN_CONNTRACK_ENTRIES: u32 = 1024;
 pub const MAX_CONNTRACK_ENTRIES: u32 = 1 << 26;
@@ -50,6 +54,16 @@ pub struct AgentConfig {
     /// Where the maps and XDP links are pinned (on a bpffs), so that they outlive the
     /// agent: a restarted or upgraded agent adopts them without disturbing a flow.
     pub bpf_pin_dir: PathBuf,
+    /// Where runtime changes (made through the control API) are kept.
+    pub state_dir: PathBuf,
+    /// The control API's Unix socket (mode 0600).
+    pub api_socket: PathBuf,
+    /// An optional TCP listener for the control API, which then requires the bearer
+    /// token read from `api_token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// How the XDP program is attached.
@@ -234,6 +248,10 @@ struct RawAgent {
     xdp_mode: Option<XdpMode>,
     conntrack_entries: Option<Spanned<Integer>>,
     bpf_pin_dir: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    api_socket: Option<Spanned<String>>,
+    api_listen: Option<Spanned<String>>,
+    api_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -461,19 +479,44 @@ impl RawAgent {
             )?,
             None => DEFAULT_CONNTRACK_ENTRIES,
         };
-        let bpf_pin_dir = match &self.bpf_pin_dir {
-            Some(dir) if !Path::new(dir.get_ref()).is_absolute() => {
-                let message = format!("{:?} is not an absolute path", dir.get_ref());
-                return Err(src.error_at(dir, "agent.bpf_pin_dir", message));
+        let path = |value: &Option<Spanned<String>>, key: &str| match value {
+            Some(path) if !Path::new(path.get_ref()).is_absolute() => {
+                let message = format!("{:?} is not an absolute path", path.get_ref());
+                Err(src.error_at(path, key, message))
             }
-            Some(dir) => PathBuf::from(dir.get_ref()),
-            None => PathBuf::from(DEFAULT_BPF_PIN_DIR),
+            Some(path) => Ok(Some(PathBuf::from(path.get_ref()))),
+            None => Ok(None),
+        };
+        let bpf_pin_dir = path(&self.bpf_pin_dir, "agent.bpf_pin_dir")?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_PIN_DIR));
+        let state_dir = path(&self.state_dir, "agent.state_dir")?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let api_socket = path(&self.api_socket, "agent.api_socket")?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET));
+        let api_token_file = path(&self.api_token_file, "agent.api_token_file")?;
+        let api_listen = match &self.api_listen {
+            Some(listen) => {
+                let Ok(addr) = listen.get_ref().parse::<std::net::SocketAddr>() else {
+                    let message = format!("{:?} is not an address:port", listen.get_ref());
+                    return Err(src.error_at(listen, "agent.api_listen", message));
+                };
+                if api_token_file.is_none() {
+                    let message = "a TCP listener needs agent.api_token_file (no token, no TCP listener)";
+                    return Err(src.error_at(listen, "agent.api_listen", message));
+                }
+                Some(addr)
+            }
+            None => None,
         };
         Ok(AgentConfig {
             interfaces,
             xdp_mode: self.xdp_mode.unwrap_or_default(),
             conntrack_entries,
             bpf_pin_dir,
+            state_dir,
+            api_socket,
+            api_listen,
+            api_token_file,
         })
     }
 }
@@ -786,6 +829,10 @@ weight = 10000
                 xdp_mode: XdpMode::Native,
                 conntrack_entries: 2048,
                 bpf_pin_dir: PathBuf::from(DEFAULT_BPF_PIN_DIR),
+                state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+                api_socket: PathBuf::from(DEFAULT_API_SOCKET),
+                api_listen: None,
+                api_token_file: None,
             },
             vips: vec![
                 VipConfig {
@@ -922,7 +969,7 @@ vip = [
     fn unknown_keys_are_errors() {
         assert_eq!(
             error(&format!("{AGENT}xdp = \"native\"\n")),
-            "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`, `bpf_pin_dir`"
+            "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`, `bpf_pin_dir`, `state_dir`, `api_socket`, `api_listen`, `api_token_file`"
         );
         assert_eq!(
             error(&format!("{AGENT}[agnet]\n")),
@@ -1222,5 +1269,16 @@ vip = [
             err.to_string(),
             "weir.toml:3:15: agent.bpf_pin_dir: \"weir\" is not an absolute path"
         );
+    }
+
+    #[test]
+    fn a_tcp_api_listener_needs_a_token() {
+        let err = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"127.0.0.1:9900\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "weir.toml:3:14: agent.api_listen: a TCP listener needs agent.api_token_file (no token, no TCP listener)"
+        );
+        let ok = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"127.0.0.1:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap();
+        assert_eq!(ok.agent.api_listen, Some("127.0.0.1:9900".parse().unwrap()));
     }
 }

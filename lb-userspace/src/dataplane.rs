@@ -195,6 +195,12 @@ impl Dataplane {
         self.adopted
     }
 
+    /// The kernel's id of the loaded program.
+    pub fn program_id(&self) -> Option<u32> {
+        let program = self.ebpf.program(PROGRAM_NAME)?;
+        program.info().ok().map(|info| info.id())
+    }
+
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         program_mut(&mut self.ebpf)

@@ -3,9 +3,11 @@
 
 pub mod agent;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod host;
 pub mod maglev;
 pub mod pins;
 pub mod plan;
 pub mod report;
+pub mod runtime;

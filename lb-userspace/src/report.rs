@@ -4,14 +4,14 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use lb_common::{Counter, TrafficCounters, Verdict, words_addr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
     plan::Reconciler,
 };
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
@@ -28,13 +28,13 @@ impl From<TrafficCounters> for Traffic {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendReport {
     pub address: IpAddr,
     pub traffic: Traffic,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VipReport {
     pub name: String,
     pub address: Option<IpAddr>,
@@ -44,12 +44,12 @@ pub struct VipReport {
     pub backends: Vec<BackendReport>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatsReport {
     /// Packets per XDP verdict (derived from the reasons).
-    pub verdicts: BTreeMap<&'static str, u64>,
+    pub verdicts: BTreeMap<String, u64>,
     /// Packets per verdict reason, and event counts, by counter name.
-    pub counters: BTreeMap<&'static str, u64>,
+    pub counters: BTreeMap<String, u64>,
     pub vips: Vec<VipReport>,
 }
 
@@ -59,7 +59,7 @@ impl StatsReport {
         let mut verdicts = BTreeMap::new();
         for (counter, value) in &global {
             if let Some(verdict) = counter.verdict() {
-                *verdicts.entry(verdict.name()).or_insert(0) += value;
+                *verdicts.entry(verdict.name().to_owned()).or_insert(0) += value;
             }
         }
         let mut vips = Vec::new();
@@ -85,7 +85,7 @@ impl StatsReport {
         }
         Ok(StatsReport {
             verdicts,
-            counters: global.into_iter().map(|(c, v)| (c.name(), v)).collect(),
+            counters: global.into_iter().map(|(c, v)| (c.name().to_owned(), v)).collect(),
             vips,
         })
     }

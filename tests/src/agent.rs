@@ -43,29 +43,55 @@ fn mount_bpffs() -> Result<()> {
     cmd::run(&["mount", "-t", "bpf", "bpf", BPFFS]).map(drop)
 }
 
-/// A pin directory on the test bed's bpffs for one test's agents (`[agent] bpf_pin_dir`),
-/// removed on drop: whatever is pinned there (maps, XDP links) goes away with it.
+/// The directories one test's agents (in turn) live in, removed on drop: a pin directory
+/// on the test bed's bpffs (`bpf_pin_dir`; whatever is pinned there, maps and XDP links,
+/// goes away with it) and a private directory for `state_dir` and the API socket.
 #[derive(Debug)]
-pub struct PinDir(PathBuf);
+pub struct AgentDirs {
+    pins: PathBuf,
+    home: PathBuf,
+}
 
-impl PinDir {
-    pub fn new() -> Result<PinDir> {
+impl AgentDirs {
+    pub fn new() -> Result<AgentDirs> {
         mount_bpffs()?;
-        Ok(PinDir(Path::new(BPFFS).join(format!(
-            "{}-{}",
-            std::process::id(),
-            next_id()
-        ))))
+        let name = format!("{}-{}", std::process::id(), next_id());
+        let home = std::env::temp_dir().join(format!("weir-test-{name}"));
+        fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
+        Ok(AgentDirs {
+            pins: Path::new(BPFFS).join(name),
+            home,
+        })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.0
+    pub fn pins(&self) -> &Path {
+        &self.pins
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.home.join("state")
+    }
+
+    /// The control API's Unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.home.join("api.sock")
+    }
+
+    /// The `[agent]` settings that place an agent in these directories.
+    fn settings(&self) -> String {
+        format!(
+            "bpf_pin_dir = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\n",
+            self.pins.display(),
+            self.state_dir().display(),
+            self.socket().display()
+        )
     }
 }
 
-impl Drop for PinDir {
+impl Drop for AgentDirs {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_dir_all(&self.pins);
+        let _ = fs::remove_dir_all(&self.home);
     }
 }
 
@@ -75,29 +101,26 @@ pub struct Agent {
     // Declared first, so it is killed before the pins go.
     child: Child,
     config: PathBuf,
-    _own_pins: Option<PinDir>,
+    socket: PathBuf,
+    _own_dirs: Option<AgentDirs>,
 }
 
 impl Agent {
     /// Starts `weir agent` inside `ns` on `config` (TOML text with an `[agent]` table)
     /// with a pin directory of its own, and waits until it is ready.
     pub fn start(ns: &Netns, config: &str) -> Result<Agent> {
-        let pins = PinDir::new()?;
-        let mut agent = Agent::start_with(ns, config, &pins, &[])?;
-        agent._own_pins = Some(pins);
+        let dirs = AgentDirs::new()?;
+        let mut agent = Agent::start_with(ns, config, &dirs, &[])?;
+        agent._own_dirs = Some(dirs);
         Ok(agent)
     }
 
-    /// Starts `weir agent ARGS…` on `config` with the pin directory `pins`, which several
+    /// Starts `weir agent ARGS…` on `config` in the directories `dirs`, which several
     /// agents in turn may share (restart and upgrade tests), and waits until it is ready.
-    pub fn start_with(ns: &Netns, config: &str, pins: &PinDir, args: &[&str]) -> Result<Agent> {
-        let pinned = config.replacen(
-            "[agent]\n",
-            &format!("[agent]\nbpf_pin_dir = \"{}\"\n", pins.path().display()),
-            1,
-        );
+    pub fn start_with(ns: &Netns, config: &str, dirs: &AgentDirs, args: &[&str]) -> Result<Agent> {
+        let pinned = config.replacen("[agent]\n", &format!("[agent]\n{}", dirs.settings()), 1);
         if pinned == config {
-            bail!("the test configuration has no \"[agent]\" line to add bpf_pin_dir to");
+            bail!("the test configuration has no \"[agent]\" line to add the directories to");
         }
         let path =
             std::env::temp_dir().join(format!("weir-{}-{}.toml", std::process::id(), next_id()));
@@ -113,10 +136,28 @@ impl Agent {
         let mut agent = Agent {
             child: ns.spawn(&argv)?,
             config: path,
-            _own_pins: None,
+            socket: dirs.socket(),
+            _own_dirs: None,
         };
         agent.child.wait_for_log(READY, START_TIMEOUT)?;
         Ok(agent)
+    }
+
+    /// The control API's Unix socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs the `weir` CLI against this agent's API socket (from the host: a Unix socket
+    /// is reachable from any network namespace) and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        let output = std::process::Command::new(weir_bin()?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .context("cannot run the weir CLI")?;
+        Ok(output)
     }
 
     /// Kills the agent with SIGKILL (no clean-up of its own) and waits for it to die.

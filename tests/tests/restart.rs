@@ -11,7 +11,7 @@ use std::{
 
 use weir_testbed::{
     DsrTopology,
-    agent::{Agent, PinDir},
+    agent::{Agent, AgentDirs},
     http_get,
     load::{Load, LoadSpec},
     topology::{HTTP_PORT, VIP_V4, backend_v4},
@@ -74,7 +74,7 @@ fn program_id(topology: &DsrTopology) -> Option<u32> {
 #[test]
 fn kill_9_and_restart_under_load_loses_nothing() {
     let topology = DsrTopology::with_servers(3).unwrap();
-    let pins = PinDir::new().unwrap();
+    let pins = AgentDirs::new().unwrap();
     let text = config(&topology, 65536, "");
     let agent = Agent::start_with(topology.lb_ns(), &text, &pins, &[]).unwrap();
     let load = start_load(&topology);
@@ -99,7 +99,7 @@ fn kill_9_and_restart_under_load_loses_nothing() {
 #[test]
 fn a_new_agent_swaps_its_program_into_the_pinned_link() {
     let topology = DsrTopology::with_servers(3).unwrap();
-    let pins = PinDir::new().unwrap();
+    let pins = AgentDirs::new().unwrap();
     let text = config(&topology, 65536, "");
     let first = Agent::start_with(topology.lb_ns(), &text, &pins, &[]).unwrap();
     let first_program = program_id(&topology).expect("attached");
@@ -157,7 +157,7 @@ fn reload_with_an_unrelated_change_under_load_loses_nothing() {
 #[test]
 fn an_incompatible_pinned_dataplane_is_refused_and_keeps_forwarding() {
     let topology = DsrTopology::with_servers(3).unwrap();
-    let pins = PinDir::new().unwrap();
+    let pins = AgentDirs::new().unwrap();
     Agent::start_with(topology.lb_ns(), &config(&topology, 65536, ""), &pins, &[])
         .unwrap()
         .stop()

@@ -1,7 +1,10 @@
-//! The agent: loads the program, programs the maps from the configuration, attaches to
-//! the interfaces, reloads on SIGHUP, and detaches on SIGINT/SIGTERM.
+//! The agent: loads the program, programs the maps from the configuration (the file with
+//! the runtime changes on top), attaches to the interfaces, serves the control API
+//! (`control.rs`), reloads on SIGHUP, and stops on SIGINT/SIGTERM.
 
-use std::path::PathBuf;
+mod control;
+
+use std::{path::PathBuf, time::Instant};
 
 use lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
 use tokio::signal::unix::{SignalKind, signal};
@@ -14,6 +17,7 @@ use crate::{
     pins::Pins,
     plan::{PlanError, Reconciler},
     report::StatsReport,
+    runtime::{RuntimeError, RuntimeState},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,8 @@ pub enum AgentError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Host(#[from] host::HostError),
+    #[error("runtime state: {0}")]
+    Runtime(#[from] RuntimeError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -44,10 +50,16 @@ pub struct AgentOptions {
 
 pub struct Agent {
     options: AgentOptions,
+    /// The configuration file as last read.
+    file_config: Config,
+    /// Changes made through the control API, kept in `state_dir`.
+    runtime: RuntimeState,
+    /// What runs: the file with the runtime changes applied.
     config: Config,
     dataplane: Dataplane,
     state: Reconciler,
     host: HostSetup,
+    started: Instant,
 }
 
 impl Agent {
@@ -56,7 +68,9 @@ impl Agent {
     /// the program into adopted links atomically). An error before any change leaves an
     /// adopted dataplane running as it was, and a fresh one removed.
     pub fn start(options: AgentOptions) -> Result<Self, AgentError> {
-        let config = Config::load(&options.config_path)?;
+        let file_config = Config::load(&options.config_path)?;
+        let runtime = RuntimeState::load(&file_config.agent.state_dir)?;
+        let config = running_config(&file_config, &runtime);
         for interface in &config.agent.interfaces {
             crate::dataplane::ifindex(interface)?;
         }
@@ -90,10 +104,13 @@ impl Agent {
         );
         Ok(Agent {
             options,
+            file_config,
+            runtime,
             config,
             dataplane,
             state,
             host,
+            started: Instant::now(),
         })
     }
 
@@ -125,27 +142,32 @@ impl Agent {
         Ok((state, host))
     }
 
-    /// Re-reads the configuration and applies only the difference. A bad file or a
-    /// change that cannot be applied leaves the running state as it was.
-    pub fn reload(&mut self) -> Result<(), AgentError> {
-        let config = Config::load(&self.options.config_path)?;
-        if config.agent != self.config.agent {
+    /// Re-reads the configuration file, applies the runtime changes on top, and programs
+    /// only the difference; returns the number of map writes. A bad file or a change
+    /// that cannot be applied leaves the running state as it was.
+    pub fn reload(&mut self) -> Result<usize, AgentError> {
+        let file_config = Config::load(&self.options.config_path)?;
+        if file_config.agent != self.file_config.agent {
             warn!("[agent] settings changed; they take effect at the next restart");
         }
-        let (writes, state) = self.state.plan(&config)?;
-        self.dataplane.apply(&writes)?;
-        self.state = state;
-        resolve_next_hops(&mut self.host, &config);
-        info!(
-            writes = writes.len(),
-            vips = config.vips.len(),
-            "configuration reloaded"
-        );
+        let config = running_config(&file_config, &self.runtime);
+        let writes = self.program_config(&config)?;
+        info!(writes, vips = config.vips.len(), "configuration reloaded");
+        self.file_config = file_config;
         self.config = config;
-        Ok(())
+        Ok(writes)
     }
 
-    pub fn stats(&self) -> Result<StatsReport, DataplaneError> {
+    /// Plans and writes the difference between the running state and `config`.
+    fn program_config(&mut self, config: &Config) -> Result<usize, AgentError> {
+        let (writes, state) = self.state.plan(config)?;
+        self.dataplane.apply(&writes)?;
+        self.state = state;
+        resolve_next_hops(&mut self.host, config);
+        Ok(writes.len())
+    }
+
+    pub fn stats_report(&self) -> Result<StatsReport, DataplaneError> {
         StatsReport::collect(&self.dataplane, &self.state)
     }
 
@@ -167,7 +189,7 @@ impl Agent {
             }
         }
         info!("shutting down");
-        match self.stats() {
+        match self.stats_report() {
             Ok(report) => println!("{report}"),
             Err(err) => warn!(error = %err, "could not read the counters"),
         }
@@ -182,6 +204,16 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// The file's configuration with the runtime changes applied; changes that no longer
+/// apply are logged.
+fn running_config(file: &Config, runtime: &RuntimeState) -> Config {
+    let (config, skipped) = runtime.apply(file);
+    for warning in skipped {
+        warn!("{warning}");
+    }
+    config
 }
 
 fn resolve_next_hops(host: &mut HostSetup, config: &Config) {

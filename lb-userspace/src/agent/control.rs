@@ -1,0 +1,229 @@
+//! The agent's side of the control API: every operation reads or changes the running
+//! state; a change is recorded as a runtime change (persisted in `state_dir`), planned
+//! whole, and only then written — a refused change leaves everything as it was.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{FlowKey, PROTO_UDP, VipKey};
+
+use super::Agent;
+use crate::{
+    config::{DEFAULT_WEIGHT, MAX_WEIGHT, Protocol, VipConfig},
+    control::{
+        BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
+        ReloadOutcome, Status, VipView,
+    },
+    report::StatsReport,
+    runtime::BackendOverride,
+};
+
+fn internal(err: impl std::fmt::Display) -> ControlError {
+    ControlError::Internal(err.to_string())
+}
+
+impl Agent {
+    fn vip_config(&self, name: &str) -> Result<&VipConfig, ControlError> {
+        self.config
+            .vips
+            .iter()
+            .find(|vip| vip.name == name)
+            .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
+    }
+
+    /// Records `change` for a backend of `vip`, then plans and applies the result; on any
+    /// error nothing (runtime file included) has changed.
+    fn change_runtime(
+        &mut self,
+        vip: &str,
+        address: IpAddr,
+        change: BackendOverride,
+    ) -> Result<(), ControlError> {
+        let mut runtime = self.runtime.clone();
+        runtime.record(vip, address, change);
+        let (config, _) = runtime.apply(&self.file_config);
+        // Plan first: a change that cannot be applied is refused before it is saved.
+        self.state.plan(&config).map_err(|err| ControlError::Invalid(err.to_string()))?;
+        runtime.save(&self.config.agent.state_dir).map_err(internal)?;
+        self.program_config(&config).map_err(internal)?;
+        self.runtime = runtime;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Live connection-table entries per backend id.
+    fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ControlError> {
+        let mut counts = HashMap::new();
+        for (_, flow) in self.dataplane.flows().map_err(internal)? {
+            *counts.entry(flow.backend_id).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    fn vip_view(&self, vip: &VipConfig, flows: &HashMap<u32, u64>) -> VipView {
+        let state = self.state.vips().find(|state| state.name == vip.name);
+        let backends = vip
+            .backends
+            .iter()
+            .map(|backend| {
+                let id = state.and_then(|s| s.backends.get(&backend.address)).map(|b| b.id);
+                BackendView {
+                    address: backend.address,
+                    weight: backend.weight,
+                    state: backend.state,
+                    flows: id.and_then(|id| flows.get(&id)).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        VipView {
+            name: vip.name.clone(),
+            address: vip.address,
+            port: vip.port,
+            protocol: vip.protocol,
+            hash: vip.hash,
+            table_size: vip.table_size,
+            backends,
+        }
+    }
+
+    fn backend_view(&self, vip: &str, address: IpAddr) -> Result<BackendView, ControlError> {
+        let flows = self.flows_per_backend()?;
+        self.vip_view(self.vip_config(vip)?, &flows)
+            .backends
+            .into_iter()
+            .find(|backend| backend.address == address)
+            .ok_or_else(|| ControlError::NotFound(format!("VIP {vip:?} has no backend {address}")))
+    }
+
+    /// The VIP a connection-table key belongs to: exact port first, then port 0.
+    fn vip_of(&self, key: &FlowKey) -> Option<&crate::plan::VipState> {
+        let exact = VipKey { addr: key.dst, port: key.dst_port, protocol: key.protocol, family: key.family };
+        let any_port = VipKey { port: 0, ..exact };
+        self.state
+            .vips()
+            .find(|vip| vip.key == exact)
+            .or_else(|| self.state.vips().find(|vip| vip.key == any_port))
+    }
+}
+
+impl Control for Agent {
+    fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            config_path: self.options.config_path.display().to_string(),
+            bpf_pin_dir: self.config.agent.bpf_pin_dir.display().to_string(),
+            program_id: self.dataplane.program_id(),
+            interfaces: self
+                .dataplane
+                .attachments()
+                .map(|a| InterfaceStatus {
+                    name: a.interface.clone(),
+                    ifindex: a.ifindex,
+                    mode: a.mode.to_owned(),
+                })
+                .collect(),
+            vips: self.config.vips.len(),
+            backends: self.config.vips.iter().map(|vip| vip.backends.len()).sum(),
+        }
+    }
+
+    fn vips(&self) -> Vec<VipView> {
+        let flows = self.flows_per_backend().unwrap_or_default();
+        self.config.vips.iter().map(|vip| self.vip_view(vip, &flows)).collect()
+    }
+
+    fn vip(&self, name: &str) -> Result<VipView, ControlError> {
+        let flows = self.flows_per_backend()?;
+        Ok(self.vip_view(self.vip_config(name)?, &flows))
+    }
+
+    fn add_backend(&mut self, vip: &str, backend: NewBackend) -> Result<BackendView, ControlError> {
+        let config = self.vip_config(vip)?;
+        if backend.address.is_ipv4() != config.address.is_ipv4() {
+            return Err(ControlError::Invalid(format!(
+                "backend {} is not of VIP {vip:?}'s address family ({}): DSR rewrites MAC addresses only",
+                backend.address, config.address
+            )));
+        }
+        if config.backends.iter().any(|b| b.address == backend.address) {
+            return Err(ControlError::Conflict(format!(
+                "VIP {vip:?} already has backend {}",
+                backend.address
+            )));
+        }
+        let weight = backend.weight.unwrap_or(DEFAULT_WEIGHT);
+        check_weight(weight)?;
+        let state = backend.state.unwrap_or_default();
+        self.change_runtime(vip, backend.address, BackendOverride::Added { weight, state })?;
+        self.backend_view(vip, backend.address)
+    }
+
+    fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), ControlError> {
+        self.backend_view(vip, address)?;
+        self.change_runtime(vip, address, BackendOverride::Removed)
+    }
+
+    fn change_backend(
+        &mut self,
+        vip: &str,
+        address: IpAddr,
+        change: BackendChange,
+    ) -> Result<BackendView, ControlError> {
+        self.backend_view(vip, address)?;
+        if let Some(weight) = change.weight {
+            check_weight(weight)?;
+        }
+        self.change_runtime(
+            vip,
+            address,
+            BackendOverride::Changed { weight: change.weight, state: change.state },
+        )?;
+        self.backend_view(vip, address)
+    }
+
+    fn flows(&self, vip: Option<&str>, backend: Option<IpAddr>) -> Result<Vec<FlowView>, ControlError> {
+        if let Some(name) = vip {
+            self.vip_config(name)?;
+        }
+        let mut flows = Vec::new();
+        for (key, flow) in self.dataplane.flows().map_err(internal)? {
+            let Some(state) = self.vip_of(&key) else { continue };
+            let Some((address, _)) = state.backends.iter().find(|(_, b)| b.id == flow.backend_id) else {
+                continue;
+            };
+            if vip.is_some_and(|name| name != state.name) || backend.is_some_and(|b| b != *address) {
+                continue;
+            }
+            let (Some(src), Some(dst)) = (key.src_ip(), key.dst_ip()) else { continue };
+            flows.push(FlowView {
+                vip: state.name.clone(),
+                protocol: if key.protocol == PROTO_UDP { Protocol::Udp } else { Protocol::Tcp },
+                client: SocketAddr::new(src, u16::from_be(key.src_port)),
+                destination: SocketAddr::new(dst, u16::from_be(key.dst_port)),
+                backend: *address,
+            });
+        }
+        flows.sort_by(|a, b| (&a.vip, a.client).cmp(&(&b.vip, b.client)));
+        Ok(flows)
+    }
+
+    fn stats(&self) -> Result<StatsReport, ControlError> {
+        self.stats_report().map_err(internal)
+    }
+
+    fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
+        Agent::reload(self)
+            .map(|writes| ReloadOutcome { writes })
+            .map_err(|err| ControlError::Invalid(err.to_string()))
+    }
+}
+
+fn check_weight(weight: u32) -> Result<(), ControlError> {
+    if weight > MAX_WEIGHT {
+        return Err(ControlError::Invalid(format!("weight must be in 0..={MAX_WEIGHT}, got {weight}")));
+    }
+    Ok(())
+}

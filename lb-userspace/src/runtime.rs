@@ -1,0 +1,179 @@
+//! Changes made at runtime (through the control API), kept apart from the configuration
+//! file and persisted in `[agent] state_dir`, so that they survive reloads and restarts.
+//!
+//! The running configuration is always *file ⊕ runtime changes*: on `weir reload` and on
+//! restart the file is read again and the runtime changes are applied on top. A change
+//! that no longer applies (its VIP left the file, say) is skipped with a warning.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AdminState, BackendConfig, Config};
+
+/// The file runtime changes are kept in, inside `state_dir`.
+pub const RUNTIME_FILE: &str = "runtime.json";
+
+/// What the operator did to one backend at runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum BackendOverride {
+    /// Added by the API (or re-added after a removal).
+    Added { weight: u32, state: AdminState },
+    /// Removed by the API.
+    Removed,
+    /// Weight and/or admin state changed by the API.
+    Changed { weight: Option<u32>, state: Option<AdminState> },
+}
+
+/// Runtime changes by VIP name and backend address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    pub backends: BTreeMap<String, BTreeMap<IpAddr, BackendOverride>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not valid runtime state: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+impl RuntimeState {
+    /// The runtime changes kept in `state_dir` (none if there is no file yet).
+    pub fn load(state_dir: &Path) -> Result<Self, RuntimeError> {
+        let path = state_dir.join(RUNTIME_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|source| RuntimeError::Parse { path, source }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(RuntimeError::Io { path, source }),
+        }
+    }
+
+    /// Writes the changes atomically (temporary file, then rename).
+    pub fn save(&self, state_dir: &Path) -> Result<(), RuntimeError> {
+        let io_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RuntimeError::Io { path, source }
+        };
+        fs::create_dir_all(state_dir).map_err(io_error(state_dir))?;
+        let path = state_dir.join(RUNTIME_FILE);
+        let temporary = state_dir.join(format!("{RUNTIME_FILE}.new"));
+        let text = serde_json::to_string_pretty(self).expect("runtime state always serializes");
+        fs::write(&temporary, text).map_err(io_error(&temporary))?;
+        fs::rename(&temporary, &path).map_err(io_error(&path))
+    }
+
+    /// Records a change to a backend, merged with what was recorded before.
+    pub fn record(&mut self, vip: &str, address: IpAddr, change: BackendOverride) {
+        let backends = self.backends.entry(vip.to_owned()).or_default();
+        let merged = match (backends.get(&address), change) {
+            (Some(BackendOverride::Added { weight, state }), BackendOverride::Changed { weight: w, state: s }) => {
+                BackendOverride::Added { weight: w.unwrap_or(*weight), state: s.unwrap_or(*state) }
+            }
+            (Some(BackendOverride::Changed { weight, state }), BackendOverride::Changed { weight: w, state: s }) => {
+                BackendOverride::Changed { weight: w.or(*weight), state: s.or(*state) }
+            }
+            (_, change) => change,
+        };
+        backends.insert(address, merged);
+    }
+
+    /// The running configuration: `file` with the runtime changes applied, and a warning
+    /// for each change that no longer applies.
+    pub fn apply(&self, file: &Config) -> (Config, Vec<String>) {
+        let mut config = file.clone();
+        let mut warnings = Vec::new();
+        for (vip_name, changes) in &self.backends {
+            let Some(vip) = config.vips.iter_mut().find(|vip| vip.name == *vip_name) else {
+                warnings.push(format!("runtime changes to VIP {vip_name:?} skipped: it is not configured any more"));
+                continue;
+            };
+            for (address, change) in changes {
+                let position = vip.backends.iter().position(|b| b.address == *address);
+                match (change, position) {
+                    (BackendOverride::Removed, Some(i)) => {
+                        vip.backends.remove(i);
+                    }
+                    (BackendOverride::Removed, None) => {}
+                    (BackendOverride::Added { weight, state }, Some(i)) => {
+                        vip.backends[i].weight = *weight;
+                        vip.backends[i].state = *state;
+                    }
+                    (BackendOverride::Added { weight, state }, None) => {
+                        vip.backends.push(BackendConfig { address: *address, weight: *weight, state: *state });
+                    }
+                    (BackendOverride::Changed { weight, state }, Some(i)) => {
+                        let backend = &mut vip.backends[i];
+                        backend.weight = weight.unwrap_or(backend.weight);
+                        backend.state = state.unwrap_or(backend.state);
+                    }
+                    (BackendOverride::Changed { .. }, None) => warnings.push(format!(
+                        "runtime change to backend {address} of VIP {vip_name:?} skipped: it is not configured any more"
+                    )),
+                }
+            }
+        }
+        (config, warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Config {
+        Config::parse(
+            "[agent]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"198.18.1.11\"\n[[vip.backend]]\naddress = \"198.18.1.12\"\n",
+            "test.toml",
+        )
+        .unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn changes_apply_on_top_of_the_file() {
+        let mut runtime = RuntimeState::default();
+        runtime.record("web", ip("198.18.1.11"), BackendOverride::Changed { weight: None, state: Some(AdminState::Drain) });
+        runtime.record("web", ip("198.18.1.12"), BackendOverride::Removed);
+        runtime.record("web", ip("198.18.1.13"), BackendOverride::Added { weight: 50, state: AdminState::Ready });
+        runtime.record("web", ip("198.18.1.13"), BackendOverride::Changed { weight: Some(70), state: None });
+        let (config, warnings) = runtime.apply(&file());
+        assert!(warnings.is_empty());
+        let backends = &config.vips[0].backends;
+        assert_eq!(backends.len(), 2);
+        assert_eq!((backends[0].address, backends[0].state), (ip("198.18.1.11"), AdminState::Drain));
+        assert_eq!((backends[1].address, backends[1].weight), (ip("198.18.1.13"), 70));
+    }
+
+    #[test]
+    fn changes_that_no_longer_apply_are_skipped_with_a_warning() {
+        let mut runtime = RuntimeState::default();
+        runtime.record("gone", ip("198.18.1.11"), BackendOverride::Removed);
+        runtime.record("web", ip("198.18.1.99"), BackendOverride::Changed { weight: Some(1), state: None });
+        let (config, warnings) = runtime.apply(&file());
+        assert_eq!(config, file());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+    }
+
+    #[test]
+    fn state_survives_a_save_and_load() {
+        let dir = std::env::temp_dir().join(format!("weir-runtime-test-{}", std::process::id()));
+        let mut runtime = RuntimeState::default();
+        runtime.record("web", ip("2001:db8::1"), BackendOverride::Added { weight: 5, state: AdminState::Maint });
+        runtime.save(&dir).unwrap();
+        assert_eq!(RuntimeState::load(&dir).unwrap(), runtime);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(RuntimeState::load(&dir).unwrap(), RuntimeState::default());
+    }
+}
