@@ -501,7 +501,8 @@ impl RawAgent {
                     return Err(src.error_at(listen, "agent.api_listen", message));
                 };
                 if api_token_file.is_none() {
-                    let message = "a TCP listener needs agent.api_token_file (no token, no TCP listener)";
+                    let message =
+                        "a TCP listener needs agent.api_token_file (no token, no TCP listener)";
                     return Err(src.error_at(listen, "agent.api_listen", message));
                 }
                 Some(addr)
@@ -1273,7 +1274,8 @@ vip = [
 
     #[test]
     fn a_tcp_api_listener_needs_a_token() {
-        let err = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"127.0.0.1:9900\"\n").unwrap_err();
+        let err = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"127.0.0.1:9900\"\n")
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "weir.toml:3:14: agent.api_listen: a TCP listener needs agent.api_token_file (no token, no TCP listener)"

@@ -134,7 +134,11 @@ pub trait Control: Send {
         address: IpAddr,
         change: BackendChange,
     ) -> Result<BackendView, ControlError>;
-    fn flows(&self, vip: Option<&str>, backend: Option<IpAddr>) -> Result<Vec<FlowView>, ControlError>;
+    fn flows(
+        &self,
+        vip: Option<&str>,
+        backend: Option<IpAddr>,
+    ) -> Result<Vec<FlowView>, ControlError>;
     fn stats(&self) -> Result<StatsReport, ControlError>;
     fn reload(&mut self) -> Result<ReloadOutcome, ControlError>;
 }

@@ -2,18 +2,23 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use tracing_subscriber::EnvFilter;
 use weir::{
     agent::{Agent, AgentOptions},
+    cli::{AdminCommand, CliError, ClientArgs},
     config::Config,
 };
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "An XDP L4 load balancer")]
+#[command(after_help = weir::cli::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// --socket and --json, for the admin commands.
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -37,6 +42,10 @@ enum Command {
         #[arg(long, short, default_value = "/etc/weir/weir.toml")]
         config: PathBuf,
     },
+    /// The admin commands (status, vip, backend, flows, stats, reload): clients of the
+    /// running agent's control API.
+    #[command(flatten)]
+    Admin(AdminCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,11 +56,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if cli.client.given() && !matches!(cli.command, Command::Admin(_)) {
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--socket and --json apply to the admin commands only",
+            )
+            .exit();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("weir: {err:#}");
-            ExitCode::FAILURE
+            // The admin commands' exit codes (see EXIT_CODES).
+            err.downcast_ref::<CliError>()
+                .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.exit_code()))
         }
     }
 }
@@ -81,5 +101,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Admin(command) => Ok(weir::cli::run(&cli.client, command)?),
     }
 }

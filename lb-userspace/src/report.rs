@@ -85,7 +85,10 @@ impl StatsReport {
         }
         Ok(StatsReport {
             verdicts,
-            counters: global.into_iter().map(|(c, v)| (c.name().to_owned(), v)).collect(),
+            counters: global
+                .into_iter()
+                .map(|(c, v)| (c.name().to_owned(), v))
+                .collect(),
             vips,
         })
     }

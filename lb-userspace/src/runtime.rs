@@ -28,7 +28,10 @@ pub enum BackendOverride {
     /// Removed by the API.
     Removed,
     /// Weight and/or admin state changed by the API.
-    Changed { weight: Option<u32>, state: Option<AdminState> },
+    Changed {
+        weight: Option<u32>,
+        state: Option<AdminState>,
+    },
 }
 
 /// Runtime changes by VIP name and backend address.
@@ -42,7 +45,10 @@ pub enum RuntimeError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is not valid runtime state: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 impl RuntimeState {
@@ -50,7 +56,9 @@ impl RuntimeState {
     pub fn load(state_dir: &Path) -> Result<Self, RuntimeError> {
         let path = state_dir.join(RUNTIME_FILE);
         match fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|source| RuntimeError::Parse { path, source }),
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|source| RuntimeError::Parse { path, source })
+            }
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(RuntimeError::Io { path, source }),
         }
@@ -74,12 +82,26 @@ impl RuntimeState {
     pub fn record(&mut self, vip: &str, address: IpAddr, change: BackendOverride) {
         let backends = self.backends.entry(vip.to_owned()).or_default();
         let merged = match (backends.get(&address), change) {
-            (Some(BackendOverride::Added { weight, state }), BackendOverride::Changed { weight: w, state: s }) => {
-                BackendOverride::Added { weight: w.unwrap_or(*weight), state: s.unwrap_or(*state) }
-            }
-            (Some(BackendOverride::Changed { weight, state }), BackendOverride::Changed { weight: w, state: s }) => {
-                BackendOverride::Changed { weight: w.or(*weight), state: s.or(*state) }
-            }
+            (
+                Some(BackendOverride::Added { weight, state }),
+                BackendOverride::Changed {
+                    weight: w,
+                    state: s,
+                },
+            ) => BackendOverride::Added {
+                weight: w.unwrap_or(*weight),
+                state: s.unwrap_or(*state),
+            },
+            (
+                Some(BackendOverride::Changed { weight, state }),
+                BackendOverride::Changed {
+                    weight: w,
+                    state: s,
+                },
+            ) => BackendOverride::Changed {
+                weight: w.or(*weight),
+                state: s.or(*state),
+            },
             (_, change) => change,
         };
         backends.insert(address, merged);
@@ -92,7 +114,9 @@ impl RuntimeState {
         let mut warnings = Vec::new();
         for (vip_name, changes) in &self.backends {
             let Some(vip) = config.vips.iter_mut().find(|vip| vip.name == *vip_name) else {
-                warnings.push(format!("runtime changes to VIP {vip_name:?} skipped: it is not configured any more"));
+                warnings.push(format!(
+                    "runtime changes to VIP {vip_name:?} skipped: it is not configured any more"
+                ));
                 continue;
             };
             for (address, change) in changes {
@@ -144,23 +168,57 @@ mod tests {
     #[test]
     fn changes_apply_on_top_of_the_file() {
         let mut runtime = RuntimeState::default();
-        runtime.record("web", ip("198.18.1.11"), BackendOverride::Changed { weight: None, state: Some(AdminState::Drain) });
+        runtime.record(
+            "web",
+            ip("198.18.1.11"),
+            BackendOverride::Changed {
+                weight: None,
+                state: Some(AdminState::Drain),
+            },
+        );
         runtime.record("web", ip("198.18.1.12"), BackendOverride::Removed);
-        runtime.record("web", ip("198.18.1.13"), BackendOverride::Added { weight: 50, state: AdminState::Ready });
-        runtime.record("web", ip("198.18.1.13"), BackendOverride::Changed { weight: Some(70), state: None });
+        runtime.record(
+            "web",
+            ip("198.18.1.13"),
+            BackendOverride::Added {
+                weight: 50,
+                state: AdminState::Ready,
+            },
+        );
+        runtime.record(
+            "web",
+            ip("198.18.1.13"),
+            BackendOverride::Changed {
+                weight: Some(70),
+                state: None,
+            },
+        );
         let (config, warnings) = runtime.apply(&file());
         assert!(warnings.is_empty());
         let backends = &config.vips[0].backends;
         assert_eq!(backends.len(), 2);
-        assert_eq!((backends[0].address, backends[0].state), (ip("198.18.1.11"), AdminState::Drain));
-        assert_eq!((backends[1].address, backends[1].weight), (ip("198.18.1.13"), 70));
+        assert_eq!(
+            (backends[0].address, backends[0].state),
+            (ip("198.18.1.11"), AdminState::Drain)
+        );
+        assert_eq!(
+            (backends[1].address, backends[1].weight),
+            (ip("198.18.1.13"), 70)
+        );
     }
 
     #[test]
     fn changes_that_no_longer_apply_are_skipped_with_a_warning() {
         let mut runtime = RuntimeState::default();
         runtime.record("gone", ip("198.18.1.11"), BackendOverride::Removed);
-        runtime.record("web", ip("198.18.1.99"), BackendOverride::Changed { weight: Some(1), state: None });
+        runtime.record(
+            "web",
+            ip("198.18.1.99"),
+            BackendOverride::Changed {
+                weight: Some(1),
+                state: None,
+            },
+        );
         let (config, warnings) = runtime.apply(&file());
         assert_eq!(config, file());
         assert_eq!(warnings.len(), 2, "{warnings:?}");
@@ -170,7 +228,14 @@ mod tests {
     fn state_survives_a_save_and_load() {
         let dir = std::env::temp_dir().join(format!("weir-runtime-test-{}", std::process::id()));
         let mut runtime = RuntimeState::default();
-        runtime.record("web", ip("2001:db8::1"), BackendOverride::Added { weight: 5, state: AdminState::Maint });
+        runtime.record(
+            "web",
+            ip("2001:db8::1"),
+            BackendOverride::Added {
+                weight: 5,
+                state: AdminState::Maint,
+            },
+        );
         runtime.save(&dir).unwrap();
         assert_eq!(RuntimeState::load(&dir).unwrap(), runtime);
         fs::remove_dir_all(&dir).unwrap();

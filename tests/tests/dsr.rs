@@ -318,7 +318,8 @@ fn a_bad_configuration_is_refused_and_nothing_is_attached() {
         .to_string();
     assert!(
         // The exact line is checked by the config unit tests; the fixture adds lines here.
-        error.contains(".toml:") && error.contains(":10: vip[0].backend[0].weight: must be in 0..=10000, got 20000"),
+        error.contains(".toml:")
+            && error.contains(":10: vip[0].backend[0].weight: must be in 0..=10000, got 20000"),
         "{error}"
     );
     let link = topology

@@ -45,8 +45,12 @@ impl Agent {
         runtime.record(vip, address, change);
         let (config, _) = runtime.apply(&self.file_config);
         // Plan first: a change that cannot be applied is refused before it is saved.
-        self.state.plan(&config).map_err(|err| ControlError::Invalid(err.to_string()))?;
-        runtime.save(&self.config.agent.state_dir).map_err(internal)?;
+        self.state
+            .plan(&config)
+            .map_err(|err| ControlError::Invalid(err.to_string()))?;
+        runtime
+            .save(&self.config.agent.state_dir)
+            .map_err(internal)?;
         self.program_config(&config).map_err(internal)?;
         self.runtime = runtime;
         self.config = config;
@@ -68,7 +72,9 @@ impl Agent {
             .backends
             .iter()
             .map(|backend| {
-                let id = state.and_then(|s| s.backends.get(&backend.address)).map(|b| b.id);
+                let id = state
+                    .and_then(|s| s.backends.get(&backend.address))
+                    .map(|b| b.id);
                 BackendView {
                     address: backend.address,
                     weight: backend.weight,
@@ -99,7 +105,12 @@ impl Agent {
 
     /// The VIP a connection-table key belongs to: exact port first, then port 0.
     fn vip_of(&self, key: &FlowKey) -> Option<&crate::plan::VipState> {
-        let exact = VipKey { addr: key.dst, port: key.dst_port, protocol: key.protocol, family: key.family };
+        let exact = VipKey {
+            addr: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+            family: key.family,
+        };
         let any_port = VipKey { port: 0, ..exact };
         self.state
             .vips()
@@ -132,7 +143,11 @@ impl Control for Agent {
 
     fn vips(&self) -> Vec<VipView> {
         let flows = self.flows_per_backend().unwrap_or_default();
-        self.config.vips.iter().map(|vip| self.vip_view(vip, &flows)).collect()
+        self.config
+            .vips
+            .iter()
+            .map(|vip| self.vip_view(vip, &flows))
+            .collect()
     }
 
     fn vip(&self, name: &str) -> Result<VipView, ControlError> {
@@ -157,7 +172,11 @@ impl Control for Agent {
         let weight = backend.weight.unwrap_or(DEFAULT_WEIGHT);
         check_weight(weight)?;
         let state = backend.state.unwrap_or_default();
-        self.change_runtime(vip, backend.address, BackendOverride::Added { weight, state })?;
+        self.change_runtime(
+            vip,
+            backend.address,
+            BackendOverride::Added { weight, state },
+        )?;
         self.backend_view(vip, backend.address)
     }
 
@@ -179,28 +198,45 @@ impl Control for Agent {
         self.change_runtime(
             vip,
             address,
-            BackendOverride::Changed { weight: change.weight, state: change.state },
+            BackendOverride::Changed {
+                weight: change.weight,
+                state: change.state,
+            },
         )?;
         self.backend_view(vip, address)
     }
 
-    fn flows(&self, vip: Option<&str>, backend: Option<IpAddr>) -> Result<Vec<FlowView>, ControlError> {
+    fn flows(
+        &self,
+        vip: Option<&str>,
+        backend: Option<IpAddr>,
+    ) -> Result<Vec<FlowView>, ControlError> {
         if let Some(name) = vip {
             self.vip_config(name)?;
         }
         let mut flows = Vec::new();
         for (key, flow) in self.dataplane.flows().map_err(internal)? {
-            let Some(state) = self.vip_of(&key) else { continue };
-            let Some((address, _)) = state.backends.iter().find(|(_, b)| b.id == flow.backend_id) else {
+            let Some(state) = self.vip_of(&key) else {
                 continue;
             };
-            if vip.is_some_and(|name| name != state.name) || backend.is_some_and(|b| b != *address) {
+            let Some((address, _)) = state.backends.iter().find(|(_, b)| b.id == flow.backend_id)
+            else {
+                continue;
+            };
+            if vip.is_some_and(|name| name != state.name) || backend.is_some_and(|b| b != *address)
+            {
                 continue;
             }
-            let (Some(src), Some(dst)) = (key.src_ip(), key.dst_ip()) else { continue };
+            let (Some(src), Some(dst)) = (key.src_ip(), key.dst_ip()) else {
+                continue;
+            };
             flows.push(FlowView {
                 vip: state.name.clone(),
-                protocol: if key.protocol == PROTO_UDP { Protocol::Udp } else { Protocol::Tcp },
+                protocol: if key.protocol == PROTO_UDP {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                },
                 client: SocketAddr::new(src, u16::from_be(key.src_port)),
                 destination: SocketAddr::new(dst, u16::from_be(key.dst_port)),
                 backend: *address,
@@ -223,7 +259,9 @@ impl Control for Agent {
 
 fn check_weight(weight: u32) -> Result<(), ControlError> {
     if weight > MAX_WEIGHT {
-        return Err(ControlError::Invalid(format!("weight must be in 0..={MAX_WEIGHT}, got {weight}")));
+        return Err(ControlError::Invalid(format!(
+            "weight must be in 0..={MAX_WEIGHT}, got {weight}"
+        )));
     }
     Ok(())
 }

@@ -4,13 +4,21 @@
 
 mod control;
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
 
 use lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Mutex, watch},
+};
 use tracing::{error, info, warn};
 
 use crate::{
+    api::{self, SharedControl},
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     host::{self, HostSetup},
@@ -32,6 +40,10 @@ pub enum AgentError {
     Host(#[from] host::HostError),
     #[error("runtime state: {0}")]
     Runtime(#[from] RuntimeError),
+    #[error("the control API: {0}")]
+    Api(#[from] api::ApiError),
+    #[error("the control API token in {path}: {message}")]
+    Token { path: PathBuf, message: String },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -100,7 +112,7 @@ impl Agent {
             adopted,
             pins = %pins.root().display(),
             config = %options.config_path.display(),
-            "weir agent ready"
+            "dataplane programmed"
         );
         Ok(Agent {
             options,
@@ -171,16 +183,48 @@ impl Agent {
         StatsReport::collect(&self.dataplane, &self.state)
     }
 
-    /// Serves until SIGINT or SIGTERM, reloading on SIGHUP; then prints the counters and
-    /// leaves the dataplane forwarding (or detaches, with `detach_on_exit`).
-    pub async fn run(mut self) -> Result<(), AgentError> {
+    /// Serves the control API and signals until SIGINT or SIGTERM (SIGHUP reloads); then
+    /// prints the counters and leaves the dataplane forwarding (or detaches, with
+    /// `detach_on_exit`).
+    pub async fn run(self) -> Result<(), AgentError> {
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+
+        let settings = self.config.agent.clone();
+        let unix = api::bind_unix(&settings.api_socket).await?;
+        let tcp = match (settings.api_listen, &settings.api_token_file) {
+            (Some(addr), Some(token_file)) => {
+                Some((api::bind_tcp(addr).await?, read_token(token_file)?))
+            }
+            _ => None,
+        };
+        let agent = Arc::new(Mutex::new(self));
+        let control: SharedControl = agent.clone();
+        let (stop, stopped) = watch::channel(());
+        let until_stopped = |mut stopped: watch::Receiver<()>| async move {
+            let _ = stopped.changed().await;
+        };
+        let mut servers = vec![tokio::spawn(api::serve_unix_on(
+            unix,
+            control.clone(),
+            until_stopped(stopped.clone()),
+        ))];
+        if let Some((listener, token)) = tcp {
+            let shutdown = until_stopped(stopped.clone());
+            servers.push(tokio::spawn(api::serve_tcp_on(
+                listener,
+                control.clone(),
+                token,
+                shutdown,
+            )));
+        }
+        info!(api = %settings.api_socket.display(), tcp = ?settings.api_listen, "weir agent ready");
+
         loop {
             tokio::select! {
                 _ = hangup.recv() => {
-                    if let Err(err) = self.reload() {
+                    if let Err(err) = agent.lock().await.reload() {
                         error!(error = %err, "reload refused; the running configuration is unchanged");
                     }
                 }
@@ -189,13 +233,27 @@ impl Agent {
             }
         }
         info!("shutting down");
+        let _ = stop.send(());
+        for server in servers {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => warn!(error = %err, "the control API failed"),
+                Err(err) => warn!(error = %err, "the control API task failed"),
+            }
+        }
+        agent.lock().await.stop()
+    }
+
+    /// Prints the counters, then detaches (with `detach_on_exit`) or leaves the dataplane
+    /// forwarding for the next agent.
+    fn stop(&mut self) -> Result<(), AgentError> {
         match self.stats_report() {
             Ok(report) => println!("{report}"),
             Err(err) => warn!(error = %err, "could not read the counters"),
         }
         if self.options.detach_on_exit {
             self.dataplane.detach_all()?;
-            for err in self.host.restore() {
+            for err in std::mem::take(&mut self.host).restore() {
                 warn!(error = %err, "could not restore a host setting");
             }
             info!("detached");
@@ -204,6 +262,22 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// The control API's bearer token, from its file (surrounding white space ignored).
+fn read_token(path: &Path) -> Result<String, AgentError> {
+    let token = std::fs::read_to_string(path).map_err(|source| AgentError::Token {
+        path: path.to_owned(),
+        message: source.to_string(),
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AgentError::Token {
+            path: path.to_owned(),
+            message: "the file is empty".into(),
+        });
+    }
+    Ok(token.to_owned())
 }
 
 /// The file's configuration with the runtime changes applied; changes that no longer
