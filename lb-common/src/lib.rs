@@ -39,7 +39,7 @@ pub const DEFAULT_MAGLEV_RING_ENTRIES: u32 = 1 << 22;
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -136,13 +136,24 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+/// `Flow::flags`: the client sent a FIN or RST; the flow is ending.
+pub const FLOW_CLOSING: u32 = 1 << 0;
+
+/// How often a flow's `last_seen_ns` is refreshed: writing it on every packet would
+/// dirty the entry's cache line for nothing.
+pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// Value of the connection table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of a recent packet, at most
+    /// `FLOW_TOUCH_INTERVAL_NS` old while packets flow.
+    pub last_seen_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 4);
+const _: () = assert!(core::mem::size_of::<Flow>() == 16);
 
 /// How long a CPU reuses a backend's `bpf_fib_lookup` result. The lookup is the most
 /// expensive step of the fast path (100 ns for IPv4, 270 ns for IPv6 measured here);

@@ -13,7 +13,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, generated::bpf_ktime_get_coarse_ns},
+    helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{Counter, FAMILY_IPV4, NEXT_HOP_TTL_NS, NextHop};
@@ -26,9 +26,14 @@ const AF_INET6: u8 = 10;
 
 /// Forwards the packet to `target`; `Ok` holds the forwarding reason, `Err` the drop.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Counter, Counter> {
+pub fn forward(
+    ctx: &XdpContext,
+    packet: &Packet,
+    target: &Target,
+    now: u64,
+) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, ingress, packet, target)?;
+    let hop = next_hop(ctx, ingress, packet, target, now)?;
     let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
     // SAFETY: `ptr_at_mut` bounds-checked the Ethernet header.
     unsafe {
@@ -52,9 +57,8 @@ fn next_hop(
     ingress: u32,
     packet: &Packet,
     target: &Target,
+    now: u64,
 ) -> Result<NextHop, Counter> {
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cached = NEXT_HOPS.get_ptr_mut(target.backend_id);
     if let Some(cached) = cached {
         // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.

@@ -33,6 +33,9 @@ const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// ICMP and ICMPv6 headers are 8 bytes before the quoted packet.
 const ICMP_HEADER_LEN: usize = 8;
 
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
+
 /// IPv4 `frags` field: more-fragments flag and fragment offset.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
@@ -55,6 +58,8 @@ pub struct Packet {
     pub key: FlowKey,
     /// An ICMP error about the flow rather than the flow's own traffic.
     pub icmp_too_big: bool,
+    /// The TCP flags byte (0 for UDP and ICMP).
+    pub tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -159,17 +164,18 @@ fn transport(
     src: [u32; 4],
     dst: [u32; 4],
 ) -> Parsed {
-    let header_present = if protocol == PROTO_TCP {
-        ptr_at::<[u8; 20]>(ctx, l4).is_some()
+    let tcp_flags = if protocol == PROTO_TCP {
+        // SAFETY: `ptr_at` bounds-checked the whole 20-byte header.
+        ptr_at::<[u8; 20]>(ctx, l4).map(|tcp| unsafe { (*tcp)[TCP_FLAGS_OFFSET] })
     } else {
-        ptr_at::<[u8; 8]>(ctx, l4).is_some()
+        ptr_at::<[u8; 8]>(ctx, l4).map(|_| 0)
     };
     let Some(ports) = read::<[u16; 2]>(ctx, l4) else {
         return Parsed::Malformed;
     };
-    if !header_present {
+    let Some(tcp_flags) = tcp_flags else {
         return Parsed::Malformed;
-    }
+    };
     Parsed::Packet(Packet {
         key: FlowKey {
             src,
@@ -181,6 +187,7 @@ fn transport(
             _pad: [0; 2],
         },
         icmp_too_big: false,
+        tcp_flags,
     })
 }
 
@@ -259,5 +266,6 @@ fn quoted_flow(
             _pad: [0; 2],
         },
         icmp_too_big: true,
+        tcp_flags: 0,
     })
 }

@@ -1,11 +1,14 @@
 //! Backend selection: VIP lookup, then the connection table, then the VIP's Maglev table.
 
 use lb_common::{
-    BACKEND_ACCEPTS_FLOWS, Counter, Flow, NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey,
-    VipMeta, flow_hash,
+    BACKEND_ACCEPTS_FLOWS, Counter, FLOW_CLOSING, FLOW_TOUCH_INTERVAL_NS, Flow, NO_BACKEND,
+    VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta, flow_hash,
 };
 
 use crate::{BACKENDS, CONNTRACK, MAGLEV_RING, VIP_ADDRESSES, VIPS, parse::Packet, stats};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
 
 /// Where a packet goes.
 pub struct Target {
@@ -28,15 +31,24 @@ pub fn fragment_reason(dst: &VipAddressKey) -> Counter {
     }
 }
 
+/// `now` is `bpf_ktime_get_coarse_ns`, for the flow's last-seen time.
 #[inline(always)]
-pub fn select(packet: &Packet) -> Result<Target, Counter> {
+pub fn select(packet: &Packet, now: u64) -> Result<Target, Counter> {
     let vip = lookup_vip(packet).ok_or(Counter::PassNotVip)?;
     let key = &packet.key;
+    let closing = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_CLOSING
+    } else {
+        0
+    };
 
-    if let Some(flow) = CONNTRACK.get_ptr(key) {
+    if let Some(flow) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a map value pointer from a successful lookup.
         let backend_id = unsafe { (*flow).backend_id };
         if let Some(backend_addr) = usable_backend(backend_id, vip.id) {
+            if !packet.icmp_too_big {
+                touch(flow, closing, now);
+            }
             return Ok(Target {
                 vip_id: vip.id,
                 backend_id,
@@ -59,7 +71,12 @@ pub fn select(packet: &Packet) -> Result<Target, Counter> {
     let backend_addr = usable_backend(backend_id, vip.id).ok_or(Counter::DropNoBackend)?;
 
     // An ICMP error follows its flow but never creates one.
-    if !packet.icmp_too_big && CONNTRACK.insert(key, Flow { backend_id }, 0).is_err() {
+    let flow = Flow {
+        backend_id,
+        flags: closing,
+        last_seen_ns: now,
+    };
+    if !packet.icmp_too_big && CONNTRACK.insert(key, flow, 0).is_err() {
         stats::event(Counter::ConntrackInsertFailed);
     }
     Ok(Target {
@@ -68,6 +85,22 @@ pub fn select(packet: &Packet) -> Result<Target, Counter> {
         backend_addr,
         new_flow: !packet.icmp_too_big,
     })
+}
+
+/// Refreshes a flow's last-seen time (at most once per `FLOW_TOUCH_INTERVAL_NS`) and
+/// marks it closing on a FIN or RST.
+#[inline(always)]
+fn touch(flow: *mut Flow, closing: u32, now: u64) {
+    // SAFETY: a map value pointer from a successful lookup; racing writers on other CPUs
+    // can only store a similar time or the same flag.
+    unsafe {
+        if now.wrapping_sub((*flow).last_seen_ns) > FLOW_TOUCH_INTERVAL_NS
+            || (*flow).flags & closing != closing
+        {
+            (*flow).last_seen_ns = now;
+            (*flow).flags |= closing;
+        }
+    }
 }
 
 /// The exact (address, port, protocol) VIP, else the address's every-port VIP.

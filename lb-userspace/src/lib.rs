@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod flows;
 pub mod host;
 pub mod maglev;
 pub mod pins;

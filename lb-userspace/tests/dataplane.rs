@@ -667,3 +667,41 @@ fn drain_keeps_established_flows_and_maint_moves_them() {
         }
     }
 }
+
+/// The program keeps each flow's last-seen time and marks it closing on the client's FIN
+/// or RST, which is how the agent tells live connections from stale LRU entries.
+#[test]
+fn flows_record_when_they_were_seen_and_that_they_close() {
+    let mut bed = Bed::new();
+    let syn = tcp4(CLIENT4, 43000, VIP4, 80);
+    bed.run(&syn);
+    let flow_of = |bed: &Bed| {
+        let key = key(&syn);
+        bed.dataplane
+            .flows()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1
+    };
+    let opened = flow_of(&bed);
+    assert_eq!(opened.flags, 0);
+    assert!(opened.last_seen_ns > 0);
+
+    let mut fin = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(43000, 80, 2000, 64240)
+        .fin()
+        .ack(1)
+        .write(&mut fin, &[])
+        .unwrap();
+    bed.run(&fin);
+    let closing = flow_of(&bed);
+    assert_eq!(closing.flags, lb_common::FLOW_CLOSING);
+    assert_eq!(
+        closing.backend_id, opened.backend_id,
+        "a closing flow keeps its backend"
+    );
+}

@@ -268,3 +268,62 @@ fn the_tcp_listener_requires_the_token() {
     assert_eq!(code(&["-H", "Authorization: Bearer wrong"]), "401");
     assert_eq!(code(&["-H", "Authorization: Bearer s3cret-token"]), "200");
 }
+
+/// The rolling-deploy step: `weir backend drain --wait` returns once the backend's last
+/// connection has ended, and draining breaks none of them.
+#[test]
+fn drain_wait_returns_when_the_last_connection_ends() {
+    use std::time::{Duration, Instant};
+    use weir_testbed::load::{Load, LoadSpec};
+
+    let topology = DsrTopology::with_servers(3).unwrap();
+    let agent = Agent::start(topology.lb_ns(), &config(&topology, "")).unwrap();
+    let load = Load::start(
+        &topology.client().ns,
+        LoadSpec {
+            target: std::net::SocketAddr::new(VIP_V4.into(), HTTP_PORT),
+            // Enough streams that some are on the drained backend.
+            streams: 24,
+            stream_interval: Duration::from_millis(50),
+            short_workers: 0,
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let started = Instant::now();
+    let mut drain = std::process::Command::new(weir_testbed::weir_bin().unwrap())
+        .arg("--socket")
+        .arg(agent.socket())
+        .args([
+            "backend",
+            "drain",
+            "web",
+            "198.18.0.13",
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        drain.try_wait().unwrap().is_none(),
+        "drain --wait waits while connections are open"
+    );
+
+    let report = load.stop();
+    report.assert_clean();
+    assert!(
+        report.backends.contains_key("backend3"),
+        "some streams were on the drained backend: {report}"
+    );
+    let status = drain.wait().unwrap();
+    assert!(status.success(), "drain --wait: {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it returned soon after the streams closed"
+    );
+}

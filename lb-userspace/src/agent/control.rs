@@ -16,6 +16,7 @@ use crate::{
         BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
         ReloadOutcome, Status, VipView,
     },
+    flows,
     report::StatsReport,
     runtime::BackendOverride,
 };
@@ -57,11 +58,14 @@ impl Agent {
         Ok(())
     }
 
-    /// Live connection-table entries per backend id.
+    /// Live connections per backend id.
     fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ControlError> {
+        let now = flows::now_ns();
         let mut counts = HashMap::new();
-        for (_, flow) in self.dataplane.flows().map_err(internal)? {
-            *counts.entry(flow.backend_id).or_insert(0) += 1;
+        for (key, flow) in self.dataplane.flows().map_err(internal)? {
+            if flows::is_live(&flow, key.protocol, now) {
+                *counts.entry(flow.backend_id).or_insert(0) += 1;
+            }
         }
         Ok(counts)
     }
@@ -214,8 +218,12 @@ impl Control for Agent {
         if let Some(name) = vip {
             self.vip_config(name)?;
         }
-        let mut flows = Vec::new();
+        let now = flows::now_ns();
+        let mut views = Vec::new();
         for (key, flow) in self.dataplane.flows().map_err(internal)? {
+            if !flows::is_live(&flow, key.protocol, now) {
+                continue;
+            }
             let Some(state) = self.vip_of(&key) else {
                 continue;
             };
@@ -230,7 +238,7 @@ impl Control for Agent {
             let (Some(src), Some(dst)) = (key.src_ip(), key.dst_ip()) else {
                 continue;
             };
-            flows.push(FlowView {
+            views.push(FlowView {
                 vip: state.name.clone(),
                 protocol: if key.protocol == PROTO_UDP {
                     Protocol::Udp
@@ -242,8 +250,8 @@ impl Control for Agent {
                 backend: *address,
             });
         }
-        flows.sort_by(|a, b| (&a.vip, a.client).cmp(&(&b.vip, b.client)));
-        Ok(flows)
+        views.sort_by(|a, b| (&a.vip, a.client).cmp(&(&b.vip, b.client)));
+        Ok(views)
     }
 
     fn stats(&self) -> Result<StatsReport, ControlError> {
