@@ -39,7 +39,7 @@ use tokio::{
 };
 
 use crate::control::{
-    BackendChange, BackendView, Control, ControlError, ErrorBody, FlowView, NewBackend,
+    BackendChange, BackendView, Control, ControlError, ErrorBody, FlowView, NewBackend, NewVip,
     ReloadOutcome, Status, VipView,
 };
 use crate::report::StatsReport;
@@ -96,6 +96,8 @@ enum Op {
     Status,
     Vips,
     Vip,
+    AddVip,
+    RemoveVip,
     Backends,
     AddBackend,
     RemoveBackend,
@@ -122,6 +124,8 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/v1/status", Op::Status),
     route(Method::GET, "/v1/vips", Op::Vips),
     route(Method::GET, "/v1/vips/{name}", Op::Vip),
+    route(Method::POST, "/v1/vips", Op::AddVip),
+    route(Method::DELETE, "/v1/vips/{name}", Op::RemoveVip),
     route(Method::GET, "/v1/vips/{name}/backends", Op::Backends),
     route(Method::POST, "/v1/vips/{name}/backends", Op::AddBackend),
     route(
@@ -149,6 +153,8 @@ pub fn router(control: SharedControl) -> Router {
             Op::Status => on(filter, status),
             Op::Vips => on(filter, vips),
             Op::Vip => on(filter, vip),
+            Op::AddVip => on(filter, add_vip),
+            Op::RemoveVip => on(filter, remove_vip),
             Op::Backends => on(filter, backends),
             Op::AddBackend => on(filter, add_backend),
             Op::RemoveBackend => on(filter, remove_backend),
@@ -484,6 +490,23 @@ async fn vip(
     Ok(Json(vip))
 }
 
+async fn add_vip(
+    State(control): State<SharedControl>,
+    JsonBody(vip): JsonBody<NewVip>,
+) -> Result<(StatusCode, Json<VipView>), Failure> {
+    let added = control.lock().await.add_vip(vip)?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+async fn remove_vip(
+    State(control): State<SharedControl>,
+    path: Result<VipPath, PathRejection>,
+) -> Result<StatusCode, Failure> {
+    let name = path?.0;
+    control.lock().await.remove_vip(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn backends(
     State(control): State<SharedControl>,
     path: Result<VipPath, PathRejection>,
@@ -726,6 +749,35 @@ mod tests {
 
         fn vips(&self) -> Vec<VipView> {
             self.vips.clone()
+        }
+
+        fn add_vip(&mut self, new: NewVip) -> Result<VipView, ControlError> {
+            if self.vips.iter().any(|v| v.name == new.name) {
+                return Err(ControlError::Conflict(format!(
+                    "a VIP named {:?} exists already",
+                    new.name
+                )));
+            }
+            let vip = VipView {
+                name: new.name,
+                address: new.address,
+                port: new.port,
+                protocol: new.protocol.unwrap_or_default(),
+                hash: new.hash.unwrap_or_default(),
+                table_size: new.table_size.unwrap_or(65537),
+                backends: Vec::new(),
+            };
+            self.vips.push(vip.clone());
+            Ok(vip)
+        }
+
+        fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {
+            let before = self.vips.len();
+            self.vips.retain(|v| v.name != name);
+            if self.vips.len() == before {
+                return Err(ControlError::NotFound(format!("no VIP named {name:?}")));
+            }
+            Ok(())
         }
 
         fn vip(&self, name: &str) -> Result<VipView, ControlError> {

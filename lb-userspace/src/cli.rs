@@ -21,9 +21,10 @@ use std::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    config::{AdminState, DEFAULT_API_SOCKET, HashMode},
+    config::{AdminState, DEFAULT_API_SOCKET, HashMode, Protocol},
     control::{
-        BackendChange, BackendView, ErrorBody, FlowView, NewBackend, ReloadOutcome, Status, VipView,
+        BackendChange, BackendView, ErrorBody, FlowView, NewBackend, NewVip, ReloadOutcome, Status,
+        VipView,
     },
     report::{StatsReport, Traffic},
 };
@@ -86,7 +87,7 @@ pub enum AdminCommand {
     /// Show the agent's version, uptime, interfaces and what it serves.
     #[command(after_help = EXIT_CODES)]
     Status,
-    /// List or show VIPs.
+    /// List, show, add or remove VIPs.
     #[command(subcommand)]
     Vip(VipCommand),
     /// List, add, remove, reweight or change the state of a VIP's backends. Changes apply
@@ -128,6 +129,69 @@ pub enum VipCommand {
         /// The VIP's name.
         name: String,
     },
+    /// Add a VIP, with its backends; it serves at once and persists across agent restarts.
+    #[command(after_help = EXIT_CODES)]
+    Add(VipAddArgs),
+    /// Remove a VIP: it stops serving, and its flows are forgotten.
+    #[command(after_help = EXIT_CODES)]
+    Remove {
+        /// The VIP's name.
+        name: String,
+    },
+}
+
+/// `weir vip add`'s arguments; absent options take the agent's defaults.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct VipAddArgs {
+    /// The VIP's name.
+    pub name: String,
+    /// The VIP's IP address.
+    pub address: IpAddr,
+    /// The VIP's port; 0 means every port of the address.
+    pub port: u16,
+    /// tcp or udp (default tcp).
+    #[arg(long, value_parser = parse_protocol)]
+    pub protocol: Option<Protocol>,
+    /// What picks a flow's backend: 5-tuple or source-ip (default 5-tuple).
+    #[arg(long, value_parser = parse_hash)]
+    pub hash: Option<HashMode>,
+    /// Maglev table size: a prime greater than the number of backends.
+    #[arg(long, value_name = "N")]
+    pub table_size: Option<u32>,
+    /// A backend, with its weight (default 100): 198.18.0.11, 198.18.0.11:50,
+    /// 2001:db8::1, [2001:db8::1]:50. Repeat for each backend.
+    #[arg(long = "backend", value_name = "ADDR[:WEIGHT]", value_parser = parse_backend_spec)]
+    pub backends: Vec<BackendSpec>,
+}
+
+/// A backend of `weir vip add`: its address and, optionally, its weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub address: IpAddr,
+    pub weight: Option<u32>,
+}
+
+impl VipAddArgs {
+    /// The `POST /v1/vips` body; absent options are left out, for the agent's defaults.
+    pub fn request(&self) -> NewVip {
+        NewVip {
+            name: self.name.clone(),
+            address: self.address,
+            port: self.port,
+            protocol: self.protocol,
+            hash: self.hash,
+            table_size: self.table_size,
+            backends: self
+                .backends
+                .iter()
+                .map(|b| NewBackend {
+                    address: b.address,
+                    weight: b.weight,
+                    state: None,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -226,6 +290,71 @@ fn parse_backend_address(text: &str) -> Result<IpAddr, String> {
         ));
     }
     Err("not an IP address".to_owned())
+}
+
+/// A backend of `vip add`: `ADDR` or `ADDR:WEIGHT`, an IPv6 address in brackets when a
+/// weight follows (`[2001:db8::1]:50`).
+pub fn parse_backend_spec(text: &str) -> Result<BackendSpec, String> {
+    let text = text.trim();
+    if let Ok(address) = text.parse() {
+        return Ok(BackendSpec {
+            address,
+            weight: None,
+        });
+    }
+    let (address, weight) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return Err(format!("{text:?}: missing ']' after the IPv6 address"));
+        };
+        let address = inside
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{inside:?} is not an IPv6 address"))?;
+        let weight = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(weight) => Some(weight),
+                None => return Err(format!("{text:?}: expected [IPV6] or [IPV6]:WEIGHT")),
+            },
+        };
+        (IpAddr::V6(address), weight)
+    } else {
+        let Some((address, weight)) = text.rsplit_once(':') else {
+            return Err(format!("{text:?} is not an IP address"));
+        };
+        if address.contains(':') {
+            return Err(format!(
+                "{text:?} is not an IP address (put an IPv6 address in brackets to give a \
+                 weight: [2001:db8::1]:50)"
+            ));
+        }
+        let address = address
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|_| format!("{address:?} is not an IP address"))?;
+        (IpAddr::V4(address), Some(weight))
+    };
+    let weight = weight
+        .map(|w| {
+            w.parse::<u32>()
+                .map_err(|_| format!("{text:?}: the weight {w:?} is not a number (0..=10000)"))
+        })
+        .transpose()?;
+    Ok(BackendSpec { address, weight })
+}
+
+fn parse_protocol(text: &str) -> Result<Protocol, String> {
+    match text {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err("expected tcp or udp".to_owned()),
+    }
+}
+
+fn parse_hash(text: &str) -> Result<HashMode, String> {
+    match text {
+        "5-tuple" => Ok(HashMode::FiveTuple),
+        "source-ip" => Ok(HashMode::SourceIp),
+        _ => Err("expected 5-tuple or source-ip".to_owned()),
+    }
 }
 
 fn parse_state(text: &str) -> Result<AdminState, String> {
@@ -1168,6 +1297,15 @@ pub fn execute(
             let a = client.call::<VipView>("GET", &vip_path(&name), NO_BODY, 200)?;
             output.show(&a.raw, || render_vip(&a.value))
         }
+        AdminCommand::Vip(VipCommand::Add(args)) => {
+            let request = args.request();
+            let a = client.call::<VipView>("POST", "/v1/vips", Some(&request), 201)?;
+            output.show(&a.raw, || render_vip(&a.value))
+        }
+        AdminCommand::Vip(VipCommand::Remove { name }) => {
+            client.send("DELETE", &vip_path(&name), NO_BODY, 204)?;
+            output.show(b"", || format!("removed VIP {name}\n"))
+        }
         AdminCommand::Backend(command) => backend(client, command, output),
         AdminCommand::Flows { vip, backend } => {
             let path = flows_path(vip.as_deref(), backend);
@@ -1380,7 +1518,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        control::{Control, ControlError},
+        control::{Control, ControlError, NewVip},
         report::{BackendReport, VipReport},
     };
 
@@ -1502,6 +1640,138 @@ mod tests {
                 .contains("NAT")
         );
         assert_eq!(parse_backend_address("::1"), Ok("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn parses_backend_specs() {
+        let spec = |address: &str, weight| BackendSpec {
+            address: address.parse().unwrap(),
+            weight,
+        };
+        let ok = |text| parse_backend_spec(text).unwrap();
+        assert_eq!(ok("198.18.0.11"), spec("198.18.0.11", None));
+        assert_eq!(ok("198.18.0.11:50"), spec("198.18.0.11", Some(50)));
+        assert_eq!(ok("198.18.0.11:0"), spec("198.18.0.11", Some(0)));
+        assert_eq!(ok("2001:db8::1"), spec("2001:db8::1", None));
+        assert_eq!(ok("[2001:db8::1]"), spec("2001:db8::1", None));
+        assert_eq!(ok("[2001:db8::1]:50"), spec("2001:db8::1", Some(50)));
+        assert_eq!(ok("::ffff:1.2.3.4"), spec("::ffff:1.2.3.4", None));
+        let error = |text| parse_backend_spec(text).unwrap_err();
+        assert!(error("198.18.0.11:").contains("weight \"\" is not a number"));
+        assert!(error("198.18.0.11:-1").contains("weight \"-1\""));
+        assert!(error("198.18.0.11:5x").contains("not a number"));
+        assert!(error("198.18.0.11:99999999999").contains("not a number"));
+        assert!(error("[2001:db8::1]:").contains("not a number"));
+        assert!(error("[2001:db8::1]50").contains("expected [IPV6] or [IPV6]:WEIGHT"));
+        assert!(error("[2001:db8::1:50").contains("missing ']'"));
+        assert!(error("[198.18.0.11]:5").contains("not an IPv6 address"));
+        assert!(error("2001:db8::g:50").contains("in brackets"));
+        assert!(error("web").contains("not an IP address"));
+        assert!(error("host.example:50").contains("not an IP address"));
+        assert!(error("").contains("not an IP address"));
+        assert_eq!(parse_protocol("udp"), Ok(Protocol::Udp));
+        assert!(parse_protocol("sctp").is_err());
+        assert_eq!(parse_hash("source-ip"), Ok(HashMode::SourceIp));
+        assert_eq!(parse_hash("5-tuple"), Ok(HashMode::FiveTuple));
+        assert!(parse_hash("random").is_err());
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct TestCli {
+        #[command(subcommand)]
+        command: AdminCommand,
+    }
+
+    fn parse_args(args: &[&str]) -> Result<AdminCommand, clap::Error> {
+        use clap::Parser as _;
+        TestCli::try_parse_from(std::iter::once("weir").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    #[test]
+    fn vip_add_builds_the_request_body() {
+        let Ok(AdminCommand::Vip(VipCommand::Add(args))) =
+            parse_args(&["vip", "add", "web", "192.0.2.1", "80"])
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            serde_json::to_string(&args.request()).unwrap(),
+            r#"{"name":"web","address":"192.0.2.1","port":80}"#
+        );
+        let Ok(AdminCommand::Vip(VipCommand::Add(args))) = parse_args(&[
+            "vip",
+            "add",
+            "dns 6",
+            "2001:db8::53",
+            "53",
+            "--protocol",
+            "udp",
+            "--hash",
+            "source-ip",
+            "--table-size",
+            "251",
+            "--backend",
+            "2001:db8::1",
+            "--backend=[2001:db8::2]:50",
+        ]) else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            serde_json::to_string(&args.request()).unwrap(),
+            r#"{"name":"dns 6","address":"2001:db8::53","port":53,"protocol":"udp","hash":"source-ip","table_size":251,"backends":[{"address":"2001:db8::1"},{"address":"2001:db8::2","weight":50}]}"#
+        );
+        // The agent's shape reads it back whole.
+        let new: NewVip = serde_json::to_value(args.request())
+            .and_then(serde_json::from_value)
+            .unwrap();
+        assert_eq!(
+            (new.protocol, new.hash, new.table_size),
+            (Some(Protocol::Udp), Some(HashMode::SourceIp), Some(251))
+        );
+        assert_eq!(
+            new.backends
+                .iter()
+                .map(|b| (b.address.to_string(), b.weight, b.state))
+                .collect::<Vec<_>>(),
+            [
+                ("2001:db8::1".to_owned(), None, None),
+                ("2001:db8::2".to_owned(), Some(50), None)
+            ]
+        );
+        // Bad arguments are usage errors (clap exits with 2), with the parser's message.
+        for (args, message) in [
+            (
+                &[
+                    "vip",
+                    "add",
+                    "web",
+                    "192.0.2.1",
+                    "80",
+                    "--backend",
+                    "10.0.0.1:x",
+                ][..],
+                "not a number",
+            ),
+            (
+                &["vip", "add", "web", "192.0.2.1", "80", "--protocol", "sctp"],
+                "tcp or udp",
+            ),
+            (
+                &["vip", "add", "web", "192.0.2.1", "80", "--hash", "rr"],
+                "5-tuple or source-ip",
+            ),
+            (&["vip", "add", "web", "192.0.2.1", "http"], "invalid value"),
+            (&["vip", "add", "web", "192.0.2.1"], "required"),
+        ] {
+            let error = parse_args(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            assert!(error.to_string().contains(message), "{args:?}: {error}");
+        }
+        assert!(matches!(
+            parse_args(&["vip", "remove", "web"]),
+            Ok(AdminCommand::Vip(VipCommand::Remove { name })) if name == "web"
+        ));
     }
 
     fn report(vip_packets: u64, backend_bytes: u64, drops: u64) -> StatsReport {
@@ -1712,6 +1982,82 @@ mod tests {
     }
 
     #[test]
+    fn client_adds_and_removes_vips() {
+        let dir = TempSocket::new();
+        let body = r#"{"name":"web","address":"192.0.2.1","port":80,"protocol":"tcp","hash":"5-tuple","table_size":251,"backends":[{"address":"198.18.0.11","weight":50,"state":"ready","flows":0}]}"#;
+        let response: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 201 Created\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let server = fake_agent(&dir.path(), response);
+        let command = AdminCommand::Vip(VipCommand::Add(VipAddArgs {
+            name: "web".into(),
+            address: "192.0.2.1".parse().unwrap(),
+            port: 80,
+            protocol: None,
+            hash: None,
+            table_size: Some(251),
+            backends: vec![parse_backend_spec("198.18.0.11:50").unwrap()],
+        }));
+        let out = run_against(&dir.path(), command, false).unwrap();
+        assert_eq!(
+            out,
+            "name        web\naddress     192.0.2.1:80\nprotocol    tcp\nhash        5-tuple\n\
+             table size  251\n\n\
+             ADDRESS      WEIGHT  STATE  FLOWS\n198.18.0.11      50  ready      0\n"
+        );
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /v1/vips HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(
+                "\r\n\r\n{\"name\":\"web\",\"address\":\"192.0.2.1\",\"port\":80,\
+                 \"table_size\":251,\"backends\":[{\"address\":\"198.18.0.11\",\"weight\":50}]}"
+            ),
+            "{request}"
+        );
+
+        let socket = dir.path().with_file_name("2.sock");
+        let server = fake_agent(&socket, "HTTP/1.1 204 No Content\r\n\r\n");
+        let remove = || {
+            AdminCommand::Vip(VipCommand::Remove {
+                name: "we b".into(),
+            })
+        };
+        assert_eq!(
+            run_against(&socket, remove(), false).unwrap(),
+            "removed VIP we b\n"
+        );
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("DELETE /v1/vips/we%20b HTTP/1.1\r\n"),
+            "{request}"
+        );
+        let socket = dir.path().with_file_name("3.sock");
+        let server = fake_agent(&socket, "HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(run_against(&socket, remove(), true).unwrap(), "");
+        server.join().unwrap();
+
+        // The agent's refusal: its message, exit code 1.
+        let socket = dir.path().with_file_name("4.sock");
+        let server = fake_agent(
+            &socket,
+            "HTTP/1.1 409 Conflict\r\nContent-Length: 38\r\n\r\n{\"error\":\"a VIP named \\\"web\\\" exists\"}",
+        );
+        let error = run_against(&socket, remove(), false).unwrap_err();
+        server.join().unwrap();
+        assert_eq!(
+            (error.exit_code(), error.to_string().as_str()),
+            (1, "a VIP named \"web\" exists")
+        );
+    }
+
+    #[test]
     fn an_error_body_is_the_message_and_exit_code_1() {
         let dir = TempSocket::new();
         let body = r#"{"error":"no VIP named \"nope\""}"#;
@@ -1790,9 +2136,11 @@ mod tests {
         assert!(error.to_string().contains("NAT forwarding"), "{error}");
     }
 
-    /// A minimal agent behind the real HTTP server (`api.rs`): one VIP, "web a".
+    /// A minimal agent behind the real HTTP server (`api.rs`): one VIP, "web a", and
+    /// the VIPs `vip add` adds (which only `add_vip` and `remove_vip` see).
     struct MiniAgent {
         vip: VipView,
+        added: Vec<VipView>,
     }
 
     impl Control for MiniAgent {
@@ -1819,6 +2167,42 @@ mod tests {
             (name == self.vip.name)
                 .then(|| self.vip.clone())
                 .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
+        }
+        fn add_vip(&mut self, new: NewVip) -> Result<VipView, ControlError> {
+            if new.name == self.vip.name || self.added.iter().any(|v| v.name == new.name) {
+                return Err(ControlError::Conflict(format!(
+                    "a VIP named {:?} exists already",
+                    new.name
+                )));
+            }
+            let added = VipView {
+                name: new.name,
+                address: new.address,
+                port: new.port,
+                protocol: new.protocol.unwrap_or_default(),
+                hash: new.hash.unwrap_or_default(),
+                table_size: new.table_size.unwrap_or(65_537),
+                backends: new
+                    .backends
+                    .into_iter()
+                    .map(|b| BackendView {
+                        address: b.address,
+                        weight: b.weight.unwrap_or(100),
+                        state: b.state.unwrap_or_default(),
+                        flows: 0,
+                    })
+                    .collect(),
+            };
+            self.added.push(added.clone());
+            Ok(added)
+        }
+        fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {
+            let before = self.added.len();
+            self.added.retain(|v| v.name != name);
+            if self.added.len() == before {
+                return Err(ControlError::NotFound(format!("no VIP named {name:?}")));
+            }
+            Ok(())
         }
         fn add_backend(&mut self, vip: &str, new: NewBackend) -> Result<BackendView, ControlError> {
             self.vip(vip)?;
@@ -1902,6 +2286,7 @@ mod tests {
                     flows: 3,
                 }],
             },
+            added: Vec::new(),
         };
         let control: crate::api::SharedControl =
             std::sync::Arc::new(tokio::sync::Mutex::new(agent));
@@ -1939,6 +2324,62 @@ mod tests {
         assert!(list.contains("web a  [2001:db8::80]:80  tcp"), "{list}");
         let show = run(false, AdminCommand::Vip(VipCommand::Show { name: vip() })).unwrap();
         assert!(show.contains("2001:db8::1     100  ready      3"), "{show}");
+
+        let Ok(AdminCommand::Vip(VipCommand::Add(args))) = parse_args(&[
+            "vip",
+            "add",
+            "dns/6",
+            "2001:db8::53",
+            "53",
+            "--protocol=udp",
+            "--hash=source-ip",
+            "--table-size=251",
+            "--backend=[2001:db8::5]:50",
+            "--backend=2001:db8::6",
+        ]) else {
+            panic!("not parsed");
+        };
+        let add = || AdminCommand::Vip(VipCommand::Add(args.clone()));
+        let added = run(false, add()).unwrap();
+        assert!(
+            added
+                .starts_with("name        dns/6\naddress     [2001:db8::53]:53\nprotocol    udp\n"),
+            "{added}"
+        );
+        assert!(
+            added.ends_with(
+                "2001:db8::5      50  ready      0\n2001:db8::6     100  ready      0\n"
+            ),
+            "{added}"
+        );
+        let error = run(true, add()).unwrap_err();
+        assert_eq!(
+            (error.exit_code(), error.to_string().as_str()),
+            (1, "a VIP named \"dns/6\" exists already")
+        );
+        let remove = |name: &str| {
+            AdminCommand::Vip(VipCommand::Remove {
+                name: name.to_owned(),
+            })
+        };
+        assert_eq!(run(false, remove("dns/6")).unwrap(), "removed VIP dns/6\n");
+        let error = run(false, remove("dns/6")).unwrap_err();
+        assert_eq!(
+            (error.exit_code(), error.to_string().as_str()),
+            (1, "no VIP named \"dns/6\"")
+        );
+        let Ok(AdminCommand::Vip(VipCommand::Add(args))) =
+            parse_args(&["vip", "add", "dns", "192.0.2.53", "53"])
+        else {
+            panic!("not parsed");
+        };
+        let added = run(true, AdminCommand::Vip(VipCommand::Add(args))).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&added).unwrap();
+        assert_eq!(
+            (value["table_size"].as_u64(), value["hash"].as_str()),
+            (Some(65_537), Some("5-tuple"))
+        );
+        assert_eq!(run(true, remove("dns")).unwrap(), "");
 
         let added = run(
             false,

@@ -67,9 +67,28 @@ pub struct BackendView {
 pub struct NewBackend {
     pub address: IpAddr,
     /// Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
     /// Default ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<AdminState>,
+}
+
+/// `POST /v1/vips`: a VIP as the configuration file describes one (same defaults).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewVip {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<HashMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<NewBackend>,
 }
 
 /// `PATCH /v1/vips/{name}/backends/{address}`: what to change; absent fields stay.
@@ -126,6 +145,8 @@ pub trait Control: Send {
     fn status(&self) -> Status;
     fn vips(&self) -> Vec<VipView>;
     fn vip(&self, name: &str) -> Result<VipView, ControlError>;
+    fn add_vip(&mut self, vip: NewVip) -> Result<VipView, ControlError>;
+    fn remove_vip(&mut self, name: &str) -> Result<(), ControlError>;
     fn add_backend(&mut self, vip: &str, backend: NewBackend) -> Result<BackendView, ControlError>;
     fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), ControlError>;
     fn change_backend(

@@ -14,7 +14,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AdminState, BackendConfig, Config};
+use crate::{
+    config::{AdminState, BackendConfig, Config, ConfigError, VipConfig},
+    control::NewVip,
+    plan::vip_key,
+};
 
 /// The file runtime changes are kept in, inside `state_dir`.
 pub const RUNTIME_FILE: &str = "runtime.json";
@@ -34,9 +38,23 @@ pub enum BackendOverride {
     },
 }
 
-/// Runtime changes by VIP name and backend address.
+/// What the operator did to a whole VIP at runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum VipOverride {
+    /// Added (or redefined) by the API; validated like the file's VIPs.
+    Added(NewVip),
+    /// Removed by the API.
+    Removed,
+}
+
+/// Runtime changes: to whole VIPs by name, and to backends by VIP name and address
+/// (applied after the VIP changes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeState {
+    #[serde(default)]
+    pub vips: BTreeMap<String, VipOverride>,
+    #[serde(default)]
     pub backends: BTreeMap<String, BTreeMap<IpAddr, BackendOverride>>,
 }
 
@@ -107,11 +125,38 @@ impl RuntimeState {
         backends.insert(address, merged);
     }
 
+    /// Records a change to a whole VIP; it replaces the VIP's earlier backend changes.
+    pub fn record_vip(&mut self, name: &str, change: VipOverride) {
+        self.backends.remove(name);
+        self.vips.insert(name.to_owned(), change);
+    }
+
     /// The running configuration: `file` with the runtime changes applied, and a warning
     /// for each change that no longer applies.
     pub fn apply(&self, file: &Config) -> (Config, Vec<String>) {
         let mut config = file.clone();
         let mut warnings = Vec::new();
+        for (name, change) in &self.vips {
+            config.vips.retain(|vip| vip.name != *name);
+            let VipOverride::Added(new) = change else {
+                continue;
+            };
+            match validate_vip(new) {
+                Ok(vip)
+                    if config
+                        .vips
+                        .iter()
+                        .any(|other| vip_key(other) == vip_key(&vip)) =>
+                {
+                    warnings.push(format!(
+                        "runtime VIP {name:?} skipped: another VIP now has {}:{}/{}",
+                        vip.address, vip.port, vip.protocol
+                    ))
+                }
+                Ok(vip) => config.vips.push(vip),
+                Err(err) => warnings.push(format!("runtime VIP {name:?} skipped: {err}")),
+            }
+        }
         for (vip_name, changes) in &self.backends {
             let Some(vip) = config.vips.iter_mut().find(|vip| vip.name == *vip_name) else {
                 warnings.push(format!(
@@ -146,6 +191,48 @@ impl RuntimeState {
         }
         (config, warnings)
     }
+}
+
+/// A VIP of the API, validated exactly as the configuration file's VIPs are: it is
+/// written out as a one-VIP file and parsed. The error names the offending key.
+pub fn validate_vip(new: &NewVip) -> Result<VipConfig, String> {
+    let mut text = String::from("[agent]\ninterfaces = [\"lo\"]\n\n[[vip]]\n");
+    text += &format!(
+        "name = {}\naddress = \"{}\"\nport = {}\n",
+        toml_literal(&new.name),
+        new.address,
+        new.port
+    );
+    if let Some(protocol) = new.protocol {
+        text += &format!("protocol = \"{protocol}\"\n");
+    }
+    if let Some(hash) = new.hash {
+        text += &format!("hash = {}\n", toml_literal(&hash));
+    }
+    if let Some(table_size) = new.table_size {
+        text += &format!("table_size = {table_size}\n");
+    }
+    for backend in &new.backends {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend.address);
+        if let Some(weight) = backend.weight {
+            text += &format!("weight = {weight}\n");
+        }
+        if let Some(state) = backend.state {
+            text += &format!("state = {}\n", toml_literal(&state));
+        }
+    }
+    match Config::parse(&text, "request") {
+        Ok(mut config) => Ok(config.vips.remove(0)),
+        Err(ConfigError::Invalid { key, message, .. }) => {
+            Err(format!("{}: {message}", key.trim_start_matches("vip[0].")))
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The TOML literal of a string or enum value (quoted and escaped).
+fn toml_literal<T: Serialize>(value: &T) -> String {
+    toml::Value::try_from(value).map_or_else(|_| "\"\"".to_owned(), |v| v.to_string())
 }
 
 #[cfg(test)]
@@ -240,5 +327,59 @@ mod tests {
         assert_eq!(RuntimeState::load(&dir).unwrap(), runtime);
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(RuntimeState::load(&dir).unwrap(), RuntimeState::default());
+    }
+
+    fn new_vip(port: u16, table_size: Option<u32>) -> NewVip {
+        NewVip {
+            name: "api".into(),
+            address: ip("198.18.0.20"),
+            port,
+            protocol: None,
+            hash: None,
+            table_size,
+            backends: vec![crate::control::NewBackend {
+                address: ip("198.18.1.21"),
+                weight: Some(7),
+                state: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn api_vips_are_validated_like_the_file() {
+        let vip = validate_vip(&new_vip(443, None)).unwrap();
+        assert_eq!(
+            (vip.port, vip.table_size, vip.backends[0].weight),
+            (443, 65537, 7)
+        );
+        assert_eq!(
+            validate_vip(&new_vip(443, Some(100))).unwrap_err(),
+            "table_size: 100 is not prime; Maglev needs a prime table size (e.g. 65537)"
+        );
+    }
+
+    #[test]
+    fn vip_changes_replace_the_file_and_skip_clashes() {
+        let mut runtime = RuntimeState::default();
+        runtime.record_vip("api", VipOverride::Added(new_vip(443, None)));
+        runtime.record_vip("web", VipOverride::Removed);
+        let (config, warnings) = runtime.apply(&file());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            config
+                .vips
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>(),
+            ["api"]
+        );
+
+        let mut clash = RuntimeState::default();
+        let mut same_port = new_vip(80, None);
+        same_port.address = ip("198.18.0.10");
+        clash.record_vip("api", VipOverride::Added(same_port));
+        let (config, warnings) = clash.apply(&file());
+        assert_eq!(config, file());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 }

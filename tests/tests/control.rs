@@ -327,3 +327,69 @@ fn drain_wait_returns_when_the_last_connection_ends() {
         "it returned soon after the streams closed"
     );
 }
+
+#[test]
+fn vips_are_added_and_removed_at_runtime() {
+    let mut topology = DsrTopology::with_servers(2).unwrap();
+    let agent = Agent::start(topology.lb_ns(), &config(&topology, "")).unwrap();
+    topology.add_vip("198.19.0.77".parse().unwrap()).unwrap();
+
+    ok(agent
+        .cli(&[
+            "vip",
+            "add",
+            "api",
+            "198.19.0.77",
+            "80",
+            "--table-size",
+            "251",
+            "--backend",
+            "198.18.0.11:10",
+        ])
+        .unwrap());
+    let url = format!("http://198.19.0.77:{HTTP_PORT}/");
+    let client = &topology.client().ns;
+    let mut reached = false;
+    for _ in 0..20 {
+        if let Ok(response) = http_get(client, &url) {
+            assert_eq!(response.body.trim(), "backend1");
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the new VIP forwards");
+    assert_eq!(json(&agent, &["status"])["vips"], 2);
+
+    let (code, stderr) = fails(
+        agent
+            .cli(&["vip", "add", "again", "198.19.0.77", "80"])
+            .unwrap(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("already serves 198.19.0.77:80/tcp"),
+        "{stderr}"
+    );
+    let (code, stderr) = fails(
+        agent
+            .cli(&[
+                "vip",
+                "add",
+                "odd",
+                "198.19.0.78",
+                "80",
+                "--table-size",
+                "100",
+            ])
+            .unwrap(),
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("table_size: 100 is not prime"), "{stderr}");
+
+    ok(agent.cli(&["vip", "remove", "api"]).unwrap());
+    assert_eq!(json(&agent, &["status"])["vips"], 1);
+    assert!(
+        http_get(client, &url).is_err(),
+        "a removed VIP no longer forwards"
+    );
+}

@@ -14,11 +14,12 @@ use crate::{
     config::{DEFAULT_WEIGHT, MAX_WEIGHT, Protocol, VipConfig},
     control::{
         BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
-        ReloadOutcome, Status, VipView,
+        NewVip, ReloadOutcome, Status, VipView,
     },
     flows,
+    plan::vip_key,
     report::StatsReport,
-    runtime::BackendOverride,
+    runtime::{BackendOverride, RuntimeState, VipOverride, validate_vip},
 };
 
 fn internal(err: impl std::fmt::Display) -> ControlError {
@@ -34,16 +35,11 @@ impl Agent {
             .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
     }
 
-    /// Records `change` for a backend of `vip`, then plans and applies the result; on any
+    /// Records a runtime change (`edit`), then plans and applies the result; on any
     /// error nothing (runtime file included) has changed.
-    fn change_runtime(
-        &mut self,
-        vip: &str,
-        address: IpAddr,
-        change: BackendOverride,
-    ) -> Result<(), ControlError> {
+    fn change_runtime(&mut self, edit: impl FnOnce(&mut RuntimeState)) -> Result<(), ControlError> {
         let mut runtime = self.runtime.clone();
-        runtime.record(vip, address, change);
+        edit(&mut runtime);
         let (config, _) = runtime.apply(&self.file_config);
         // Plan first: a change that cannot be applied is refused before it is saved.
         self.state
@@ -159,6 +155,35 @@ impl Control for Agent {
         Ok(self.vip_view(self.vip_config(name)?, &flows))
     }
 
+    fn add_vip(&mut self, new: NewVip) -> Result<VipView, ControlError> {
+        let vip = validate_vip(&new).map_err(ControlError::Invalid)?;
+        if self.vip_config(&vip.name).is_ok() {
+            return Err(ControlError::Conflict(format!(
+                "a VIP named {:?} exists already",
+                vip.name
+            )));
+        }
+        if let Some(other) = self
+            .config
+            .vips
+            .iter()
+            .find(|other| vip_key(other) == vip_key(&vip))
+        {
+            return Err(ControlError::Conflict(format!(
+                "VIP {:?} already serves {}:{}/{}",
+                other.name, vip.address, vip.port, vip.protocol
+            )));
+        }
+        let name = vip.name.clone();
+        self.change_runtime(|runtime| runtime.record_vip(&name, VipOverride::Added(new)))?;
+        self.vip(&name)
+    }
+
+    fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {
+        self.vip_config(name)?;
+        self.change_runtime(|runtime| runtime.record_vip(name, VipOverride::Removed))
+    }
+
     fn add_backend(&mut self, vip: &str, backend: NewBackend) -> Result<BackendView, ControlError> {
         let config = self.vip_config(vip)?;
         if backend.address.is_ipv4() != config.address.is_ipv4() {
@@ -176,17 +201,14 @@ impl Control for Agent {
         let weight = backend.weight.unwrap_or(DEFAULT_WEIGHT);
         check_weight(weight)?;
         let state = backend.state.unwrap_or_default();
-        self.change_runtime(
-            vip,
-            backend.address,
-            BackendOverride::Added { weight, state },
-        )?;
+        let added = BackendOverride::Added { weight, state };
+        self.change_runtime(|runtime| runtime.record(vip, backend.address, added))?;
         self.backend_view(vip, backend.address)
     }
 
     fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), ControlError> {
         self.backend_view(vip, address)?;
-        self.change_runtime(vip, address, BackendOverride::Removed)
+        self.change_runtime(|runtime| runtime.record(vip, address, BackendOverride::Removed))
     }
 
     fn change_backend(
@@ -199,14 +221,11 @@ impl Control for Agent {
         if let Some(weight) = change.weight {
             check_weight(weight)?;
         }
-        self.change_runtime(
-            vip,
-            address,
-            BackendOverride::Changed {
-                weight: change.weight,
-                state: change.state,
-            },
-        )?;
+        let change = BackendOverride::Changed {
+            weight: change.weight,
+            state: change.state,
+        };
+        self.change_runtime(|runtime| runtime.record(vip, address, change))?;
         self.backend_view(vip, address)
     }
 
