@@ -285,7 +285,7 @@ fn drain_wait_returns_when_the_last_connection_ends() {
             // Enough streams that some are on the drained backend.
             streams: 24,
             stream_interval: Duration::from_millis(50),
-            short_workers: 0,
+            short_workers: 2,
         },
     )
     .unwrap();
