@@ -186,18 +186,32 @@ impl Agent {
     /// Serves the control API and signals until SIGINT or SIGTERM (SIGHUP reloads); then
     /// prints the counters and leaves the dataplane forwarding (or detaches, with
     /// `detach_on_exit`).
-    pub async fn run(self) -> Result<(), AgentError> {
+    pub async fn run(mut self) -> Result<(), AgentError> {
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
 
         let settings = self.config.agent.clone();
-        let unix = api::bind_unix(&settings.api_socket).await?;
-        let tcp = match (settings.api_listen, &settings.api_token_file) {
-            (Some(addr), Some(token_file)) => {
-                Some((api::bind_tcp(addr).await?, read_token(token_file)?))
+        let listeners = async {
+            let unix = api::bind_unix(&settings.api_socket).await?;
+            let tcp = match (settings.api_listen, &settings.api_token_file) {
+                (Some(addr), Some(token_file)) => {
+                    Some((api::bind_tcp(addr).await?, read_token(token_file)?))
+                }
+                _ => None,
+            };
+            Ok::<_, AgentError>((unix, tcp))
+        };
+        let (unix, tcp) = match listeners.await {
+            Ok(listeners) => listeners,
+            Err(err) => {
+                // As a failed start: a dataplane this agent created goes, an adopted one
+                // keeps forwarding.
+                if !self.dataplane.adopted() {
+                    let _ = self.dataplane.detach_all();
+                }
+                return Err(err);
             }
-            _ => None,
         };
         let agent = Arc::new(Mutex::new(self));
         let control: SharedControl = agent.clone();
