@@ -1,9 +1,9 @@
 //! `cargo xtask demo`: weir balancing real traffic in the test bed. A client, the load
 //! balancer running the `weir` agent on an embedded configuration, and three backends
 //! whose servers answer with their own name, each in a network namespace; a few hundred
-//! HTTP requests (IPv4 and IPv6) and UDP datagrams go through the VIPs, then the demo
-//! prints how they spread and the agent's counters, and removes everything (also on
-//! Ctrl-C).
+//! HTTP requests (IPv4 and IPv6) and UDP datagrams go through the VIPs; a backend is
+//! drained at runtime with the `weir` CLI; the demo prints how requests spread before and
+//! after, and the agent's counters, and removes everything (also on Ctrl-C).
 
 use std::{
     collections::BTreeMap,
@@ -99,6 +99,17 @@ pub fn run_demo(built: &Built) -> Result<()> {
     })?;
     print_spread(&echo);
 
+    say("draining backend3 at runtime: `weir backend drain web 198.18.0.13`");
+    cli(&agent, &["backend", "drain", "web", "198.18.0.13"])?;
+    cli(&agent, &["backend", "list", "web"])?;
+    say(&format!("{HTTP_REQUESTS} more HTTP requests: new connections avoid the drained backend"));
+    let drained = count(HTTP_REQUESTS, |_| {
+        Ok(http_get(client, &format!("http://{VIP_V4}:{HTTP_PORT}/"))?.body)
+    })?;
+    print_spread(&drained);
+    say("`weir status`");
+    cli(&agent, &["status"])?;
+
     say("stopping the agent (it prints its counters)");
     let log = agent.stop()?;
     for line in log
@@ -109,6 +120,18 @@ pub fn run_demo(built: &Built) -> Result<()> {
         println!("    {line}");
     }
     say("done; removing the test bed");
+    Ok(())
+}
+
+/// Runs the `weir` CLI against the demo's agent and shows its output.
+fn cli(agent: &Agent, args: &[&str]) -> Result<()> {
+    let output = agent.cli(args)?;
+    if !output.status.success() {
+        bail!("weir {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("    {line}");
+    }
     Ok(())
 }
 
