@@ -102,7 +102,9 @@ pub fn run_demo(built: &Built) -> Result<()> {
     say("draining backend3 at runtime: `weir backend drain web 198.18.0.13`");
     cli(&agent, &["backend", "drain", "web", "198.18.0.13"])?;
     cli(&agent, &["backend", "list", "web"])?;
-    say(&format!("{HTTP_REQUESTS} more HTTP requests: new connections avoid the drained backend"));
+    say(&format!(
+        "{HTTP_REQUESTS} more HTTP requests: new connections avoid the drained backend"
+    ));
     let drained = count(HTTP_REQUESTS, |_| {
         Ok(http_get(client, &format!("http://{VIP_V4}:{HTTP_PORT}/"))?.body)
     })?;
@@ -127,7 +129,11 @@ pub fn run_demo(built: &Built) -> Result<()> {
 fn cli(agent: &Agent, args: &[&str]) -> Result<()> {
     let output = agent.cli(args)?;
     if !output.status.success() {
-        bail!("weir {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "weir {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         println!("    {line}");
