@@ -618,7 +618,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use std::{
-        collections::{BTreeMap, BTreeSet},
+        collections::BTreeSet,
         net::{Ipv4Addr, Ipv6Addr},
         sync::atomic::{AtomicU32, Ordering},
     };
@@ -632,14 +632,65 @@ mod tests {
     };
 
     use super::*;
-    use crate::config::{AdminState, HashMode, Protocol};
+    use crate::{
+        config::{AdminState, HashMode, Protocol},
+        control::fake::FakeControl,
+    };
 
     // -- A fake agent ---------------------------------------------------------------
 
-    /// In memory; the VIP "broken" fails every change with an internal error.
-    struct Fake {
-        vips: Vec<VipView>,
-        flows: Vec<FlowView>,
+    /// Three VIPs ("web", "dns", and "broken", which fails every change with an
+    /// internal error) and three flows.
+    fn fake() -> FakeControl {
+        let web = VipView {
+            name: "web".into(),
+            address: ip("192.0.2.10"),
+            port: 80,
+            protocol: Protocol::Tcp,
+            hash: HashMode::FiveTuple,
+            table_size: 65537,
+            backends: vec![backend("10.0.0.1", 100), backend("10.0.0.2", 50)],
+        };
+        let dns = VipView {
+            name: "dns".into(),
+            address: ip("2001:db8::53"),
+            port: 53,
+            protocol: Protocol::Udp,
+            hash: HashMode::SourceIp,
+            table_size: 251,
+            backends: vec![backend("2001:db8::1", 100)],
+        };
+        let broken = VipView {
+            name: "broken".into(),
+            backends: vec![],
+            ..dns.clone()
+        };
+        let mut fake = FakeControl::with_vips(vec![web, dns, broken]);
+        fake.failing_vip = Some("broken".into());
+        fake.flows = vec![
+            FlowView {
+                vip: "web".into(),
+                protocol: Protocol::Tcp,
+                client: "198.51.100.7:40000".parse().unwrap(),
+                destination: "192.0.2.10:80".parse().unwrap(),
+                backend: ip("10.0.0.1"),
+            },
+            FlowView {
+                vip: "web".into(),
+                protocol: Protocol::Tcp,
+                client: "198.51.100.8:40001".parse().unwrap(),
+                destination: "192.0.2.10:80".parse().unwrap(),
+                backend: ip("10.0.0.2"),
+            },
+            FlowView {
+                vip: "dns".into(),
+                protocol: Protocol::Udp,
+                client: "[2001:db8::99]:5353".parse().unwrap(),
+                destination: "[2001:db8::53]:53".parse().unwrap(),
+                backend: ip("2001:db8::1"),
+            },
+        ];
+        fake
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -652,220 +703,6 @@ mod tests {
             weight,
             state: AdminState::Ready,
             flows: 0,
-        }
-    }
-
-    impl Fake {
-        fn new() -> Self {
-            let web = VipView {
-                name: "web".into(),
-                address: ip("192.0.2.10"),
-                port: 80,
-                protocol: Protocol::Tcp,
-                hash: HashMode::FiveTuple,
-                table_size: 65537,
-                backends: vec![backend("10.0.0.1", 100), backend("10.0.0.2", 50)],
-            };
-            let dns = VipView {
-                name: "dns".into(),
-                address: ip("2001:db8::53"),
-                port: 53,
-                protocol: Protocol::Udp,
-                hash: HashMode::SourceIp,
-                table_size: 251,
-                backends: vec![backend("2001:db8::1", 100)],
-            };
-            let broken = VipView {
-                name: "broken".into(),
-                backends: vec![],
-                ..dns.clone()
-            };
-            let flows = vec![
-                FlowView {
-                    vip: "web".into(),
-                    protocol: Protocol::Tcp,
-                    client: "198.51.100.7:40000".parse().unwrap(),
-                    destination: "192.0.2.10:80".parse().unwrap(),
-                    backend: ip("10.0.0.1"),
-                },
-                FlowView {
-                    vip: "web".into(),
-                    protocol: Protocol::Tcp,
-                    client: "198.51.100.8:40001".parse().unwrap(),
-                    destination: "192.0.2.10:80".parse().unwrap(),
-                    backend: ip("10.0.0.2"),
-                },
-                FlowView {
-                    vip: "dns".into(),
-                    protocol: Protocol::Udp,
-                    client: "[2001:db8::99]:5353".parse().unwrap(),
-                    destination: "[2001:db8::53]:53".parse().unwrap(),
-                    backend: ip("2001:db8::1"),
-                },
-            ];
-            Fake {
-                vips: vec![web, dns, broken],
-                flows,
-            }
-        }
-
-        fn vip_mut(&mut self, name: &str) -> Result<&mut VipView, ControlError> {
-            if name == "broken" {
-                return Err(ControlError::Internal("the dataplane is on fire".into()));
-            }
-            self.vips
-                .iter_mut()
-                .find(|v| v.name == name)
-                .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
-        }
-    }
-
-    fn check_weight(weight: Option<u32>) -> Result<(), ControlError> {
-        match weight {
-            Some(w) if w > 1000 => Err(ControlError::Invalid(format!(
-                "weight {w} is above the maximum, 1000"
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    impl Control for Fake {
-        fn status(&self) -> Status {
-            Status {
-                version: "0.1.0".into(),
-                uptime_seconds: 42,
-                config_path: "/etc/weir/weir.toml".into(),
-                bpf_pin_dir: "/sys/fs/bpf/weir".into(),
-                program_id: Some(7),
-                interfaces: vec![crate::control::InterfaceStatus {
-                    name: "eth0".into(),
-                    ifindex: 2,
-                    mode: "native".into(),
-                }],
-                vips: self.vips.len(),
-                backends: self.vips.iter().map(|v| v.backends.len()).sum(),
-            }
-        }
-
-        fn vips(&self) -> Vec<VipView> {
-            self.vips.clone()
-        }
-
-        fn add_vip(&mut self, new: NewVip) -> Result<VipView, ControlError> {
-            if self.vips.iter().any(|v| v.name == new.name) {
-                return Err(ControlError::Conflict(format!(
-                    "a VIP named {:?} exists already",
-                    new.name
-                )));
-            }
-            let vip = VipView {
-                name: new.name,
-                address: new.address,
-                port: new.port,
-                protocol: new.protocol.unwrap_or_default(),
-                hash: new.hash.unwrap_or_default(),
-                table_size: new.table_size.unwrap_or(65537),
-                backends: Vec::new(),
-            };
-            self.vips.push(vip.clone());
-            Ok(vip)
-        }
-
-        fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {
-            let before = self.vips.len();
-            self.vips.retain(|v| v.name != name);
-            if self.vips.len() == before {
-                return Err(ControlError::NotFound(format!("no VIP named {name:?}")));
-            }
-            Ok(())
-        }
-
-        fn vip(&self, name: &str) -> Result<VipView, ControlError> {
-            self.vips
-                .iter()
-                .find(|v| v.name == name)
-                .cloned()
-                .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
-        }
-
-        fn add_backend(&mut self, vip: &str, new: NewBackend) -> Result<BackendView, ControlError> {
-            check_weight(new.weight)?;
-            let vip = self.vip_mut(vip)?;
-            if vip.backends.iter().any(|b| b.address == new.address) {
-                return Err(ControlError::Conflict(format!(
-                    "{} is already a backend of {}",
-                    new.address, vip.name
-                )));
-            }
-            let added = BackendView {
-                address: new.address,
-                weight: new.weight.unwrap_or(100),
-                state: new.state.unwrap_or_default(),
-                flows: 0,
-            };
-            vip.backends.push(added.clone());
-            Ok(added)
-        }
-
-        fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), ControlError> {
-            let vip = self.vip_mut(vip)?;
-            let before = vip.backends.len();
-            vip.backends.retain(|b| b.address != address);
-            if vip.backends.len() == before {
-                return Err(ControlError::NotFound(format!("no backend {address}")));
-            }
-            Ok(())
-        }
-
-        fn change_backend(
-            &mut self,
-            vip: &str,
-            address: IpAddr,
-            change: BackendChange,
-        ) -> Result<BackendView, ControlError> {
-            check_weight(change.weight)?;
-            let vip = self.vip_mut(vip)?;
-            let backend = vip
-                .backends
-                .iter_mut()
-                .find(|b| b.address == address)
-                .ok_or_else(|| ControlError::NotFound(format!("no backend {address}")))?;
-            if let Some(weight) = change.weight {
-                backend.weight = weight;
-            }
-            if let Some(state) = change.state {
-                backend.state = state;
-            }
-            Ok(backend.clone())
-        }
-
-        fn flows(
-            &self,
-            vip: Option<&str>,
-            backend: Option<IpAddr>,
-        ) -> Result<Vec<FlowView>, ControlError> {
-            if let Some(name) = vip {
-                self.vip(name)?;
-            }
-            Ok(self
-                .flows
-                .iter()
-                .filter(|f| vip.is_none_or(|v| f.vip == v))
-                .filter(|f| backend.is_none_or(|b| f.backend == b))
-                .cloned()
-                .collect())
-        }
-
-        fn stats(&self) -> Result<StatsReport, ControlError> {
-            Ok(StatsReport {
-                verdicts: BTreeMap::from([("tx".to_owned(), 10)]),
-                counters: BTreeMap::from([("forwarded".to_owned(), 10)]),
-                vips: vec![],
-            })
-        }
-
-        fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
-            Ok(ReloadOutcome { writes: 3 })
         }
     }
 
@@ -901,7 +738,7 @@ mod tests {
             let dir = TempDir::new();
             // A directory that does not exist yet: bind_unix creates it.
             let socket = dir.0.join("run").join("weir.sock");
-            let control: SharedControl = Arc::new(Mutex::new(Fake::new()));
+            let control: SharedControl = Arc::new(Mutex::new(fake()));
             let listener = bind_unix(&socket).await.unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(serve_unix_on(listener, control, async {
@@ -1029,7 +866,7 @@ mod tests {
     #[tokio::test]
     async fn every_route_happy_path_over_a_unix_socket() {
         let server = Server::start().await;
-        let fake = Fake::new();
+        let fake = fake();
 
         let r = server.call("GET", "/v1/status", None).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -1332,7 +1169,7 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         assert!(socket.exists());
 
-        let control: SharedControl = Arc::new(Mutex::new(Fake::new()));
+        let control: SharedControl = Arc::new(Mutex::new(fake()));
         let listener = bind_unix(&socket).await.unwrap();
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
@@ -1387,7 +1224,7 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_requires_the_bearer_token() {
-        let control: SharedControl = Arc::new(Mutex::new(Fake::new()));
+        let control: SharedControl = Arc::new(Mutex::new(fake()));
         let listener = bind_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .unwrap();

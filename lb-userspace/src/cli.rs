@@ -1518,7 +1518,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        control::{Control, ControlError, NewVip},
+        control::{ControlError, fake::FakeControl},
         report::{BackendReport, VipReport},
     };
 
@@ -2136,158 +2136,41 @@ mod tests {
         assert!(error.to_string().contains("NAT forwarding"), "{error}");
     }
 
-    /// A minimal agent behind the real HTTP server (`api.rs`): one VIP, "web a", and
-    /// the VIPs `vip add` adds (which only `add_vip` and `remove_vip` see).
-    struct MiniAgent {
-        vip: VipView,
-        added: Vec<VipView>,
-    }
-
-    impl Control for MiniAgent {
-        fn status(&self) -> Status {
-            Status {
-                version: "0.1.0".into(),
-                uptime_seconds: 90_061,
-                config_path: "/etc/weir/weir.toml".into(),
-                bpf_pin_dir: "/sys/fs/bpf/weir".into(),
-                program_id: Some(7),
-                interfaces: vec![crate::control::InterfaceStatus {
-                    name: "eth0".into(),
-                    ifindex: 2,
-                    mode: "native".into(),
-                }],
-                vips: 1,
-                backends: self.vip.backends.len(),
-            }
-        }
-        fn vips(&self) -> Vec<VipView> {
-            vec![self.vip.clone()]
-        }
-        fn vip(&self, name: &str) -> Result<VipView, ControlError> {
-            (name == self.vip.name)
-                .then(|| self.vip.clone())
-                .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
-        }
-        fn add_vip(&mut self, new: NewVip) -> Result<VipView, ControlError> {
-            if new.name == self.vip.name || self.added.iter().any(|v| v.name == new.name) {
-                return Err(ControlError::Conflict(format!(
-                    "a VIP named {:?} exists already",
-                    new.name
-                )));
-            }
-            let added = VipView {
-                name: new.name,
-                address: new.address,
-                port: new.port,
-                protocol: new.protocol.unwrap_or_default(),
-                hash: new.hash.unwrap_or_default(),
-                table_size: new.table_size.unwrap_or(65_537),
-                backends: new
-                    .backends
-                    .into_iter()
-                    .map(|b| BackendView {
-                        address: b.address,
-                        weight: b.weight.unwrap_or(100),
-                        state: b.state.unwrap_or_default(),
-                        flows: 0,
-                    })
-                    .collect(),
-            };
-            self.added.push(added.clone());
-            Ok(added)
-        }
-        fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {
-            let before = self.added.len();
-            self.added.retain(|v| v.name != name);
-            if self.added.len() == before {
-                return Err(ControlError::NotFound(format!("no VIP named {name:?}")));
-            }
-            Ok(())
-        }
-        fn add_backend(&mut self, vip: &str, new: NewBackend) -> Result<BackendView, ControlError> {
-            self.vip(vip)?;
-            let added = BackendView {
-                address: new.address,
-                weight: new.weight.unwrap_or(100),
-                state: new.state.unwrap_or_default(),
-                flows: 0,
-            };
-            self.vip.backends.push(added.clone());
-            Ok(added)
-        }
-        fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), ControlError> {
-            self.vip(vip)?;
-            self.vip.backends.retain(|b| b.address != address);
-            Ok(())
-        }
-        fn change_backend(
-            &mut self,
-            vip: &str,
-            address: IpAddr,
-            change: BackendChange,
-        ) -> Result<BackendView, ControlError> {
-            self.vip(vip)?;
-            if change.weight.is_some_and(|w| w > 10_000) {
-                return Err(ControlError::Invalid("weight must be in 0..=10000".into()));
-            }
-            let backend = self
-                .vip
-                .backends
-                .iter_mut()
-                .find(|b| b.address == address)
-                .ok_or_else(|| ControlError::NotFound(format!("no backend {address}")))?;
-            backend.weight = change.weight.unwrap_or(backend.weight);
-            backend.state = change.state.unwrap_or(backend.state);
-            // Draining: the flows end one by one as the test polls.
-            backend.flows = backend.flows.saturating_sub(1);
-            Ok(backend.clone())
-        }
-        fn flows(
-            &self,
-            vip: Option<&str>,
-            backend: Option<IpAddr>,
-        ) -> Result<Vec<FlowView>, ControlError> {
-            assert_eq!(
-                (vip, backend),
-                (Some("web a"), Some("2001:db8::1".parse().unwrap()))
-            );
-            Ok(vec![FlowView {
-                vip: "web a".into(),
-                protocol: crate::config::Protocol::Tcp,
-                client: "[2001:db8::99]:40000".parse().unwrap(),
-                destination: "[2001:db8::80]:80".parse().unwrap(),
-                backend: "2001:db8::1".parse().unwrap(),
-            }])
-        }
-        fn stats(&self) -> Result<StatsReport, ControlError> {
-            Ok(report(10, 10, 0))
-        }
-        fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
-            Ok(ReloadOutcome { writes: 3 })
-        }
-    }
-
     /// The commands against the real server: the wire format agrees both ways.
     #[test]
     fn commands_against_the_real_server() {
         let dir = TempSocket::new();
-        let agent = MiniAgent {
-            vip: VipView {
-                name: "web a".into(),
-                address: "2001:db8::80".parse().unwrap(),
-                port: 80,
-                protocol: crate::config::Protocol::Tcp,
-                hash: HashMode::FiveTuple,
-                table_size: 251,
-                backends: vec![BackendView {
-                    address: "2001:db8::1".parse().unwrap(),
-                    weight: 100,
-                    state: AdminState::Ready,
-                    flows: 3,
-                }],
-            },
-            added: Vec::new(),
+        // One VIP, "web a"; a backend change ends one of its 3 flows (the drain waits).
+        let mut agent = FakeControl::with_vips(vec![VipView {
+            name: "web a".into(),
+            address: "2001:db8::80".parse().unwrap(),
+            port: 80,
+            protocol: crate::config::Protocol::Tcp,
+            hash: HashMode::FiveTuple,
+            table_size: 251,
+            backends: vec![BackendView {
+                address: "2001:db8::1".parse().unwrap(),
+                weight: 100,
+                state: AdminState::Ready,
+                flows: 3,
+            }],
+        }]);
+        agent.uptime_seconds = 90_061;
+        agent.stats = report(10, 10, 0);
+        agent.check_weight = |weight| {
+            if weight > 10_000 {
+                return Err(ControlError::Invalid("weight must be in 0..=10000".into()));
+            }
+            Ok(())
         };
+        agent.change_ends_a_flow = true;
+        agent.flows = vec![FlowView {
+            vip: "web a".into(),
+            protocol: crate::config::Protocol::Tcp,
+            client: "[2001:db8::99]:40000".parse().unwrap(),
+            destination: "[2001:db8::80]:80".parse().unwrap(),
+            backend: "2001:db8::1".parse().unwrap(),
+        }];
         let control: crate::api::SharedControl =
             std::sync::Arc::new(tokio::sync::Mutex::new(agent));
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -163,3 +163,221 @@ pub trait Control: Send {
     fn stats(&self) -> Result<StatsReport, ControlError>;
     fn reload(&mut self) -> Result<ReloadOutcome, ControlError>;
 }
+
+/// An in-memory [`Control`] for the tests of the HTTP layer and of the CLI.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::{collections::BTreeMap, net::IpAddr};
+
+    use super::{
+        BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
+        NewVip, ReloadOutcome, Status, VipView,
+    };
+    use crate::report::StatsReport;
+
+    /// The VIPs and flows are public, as are the knobs the tests turn.
+    pub(crate) struct FakeControl {
+        pub(crate) vips: Vec<VipView>,
+        /// What `flows` filters and returns.
+        pub(crate) flows: Vec<FlowView>,
+        pub(crate) uptime_seconds: u64,
+        pub(crate) stats: StatsReport,
+        /// Every change to this VIP fails with an internal error.
+        pub(crate) failing_vip: Option<String>,
+        /// Checks the weight of a new or changed backend.
+        pub(crate) check_weight: fn(u32) -> Result<(), ControlError>,
+        /// Each backend change ends one of the backend's flows (a drain, as a test polls).
+        pub(crate) change_ends_a_flow: bool,
+    }
+
+    fn at_most_1000(weight: u32) -> Result<(), ControlError> {
+        if weight > 1000 {
+            return Err(ControlError::Invalid(format!(
+                "weight {weight} is above the maximum, 1000"
+            )));
+        }
+        Ok(())
+    }
+
+    impl FakeControl {
+        /// These VIPs, no flows, weights up to 1000, nothing failing or draining.
+        pub(crate) fn with_vips(vips: Vec<VipView>) -> Self {
+            FakeControl {
+                vips,
+                flows: Vec::new(),
+                uptime_seconds: 42,
+                stats: StatsReport {
+                    verdicts: BTreeMap::from([("tx".to_owned(), 10)]),
+                    counters: BTreeMap::from([("forwarded".to_owned(), 10)]),
+                    vips: vec![],
+                },
+                failing_vip: None,
+                check_weight: at_most_1000,
+                change_ends_a_flow: false,
+            }
+        }
+
+        fn vip_mut(&mut self, name: &str) -> Result<&mut VipView, ControlError> {
+            if self.failing_vip.as_deref() == Some(name) {
+                return Err(ControlError::Internal("the dataplane is on fire".into()));
+            }
+            self.vips
+                .iter_mut()
+                .find(|v| v.name == name)
+                .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
+        }
+
+        fn check_weight(&self, weight: Option<u32>) -> Result<(), ControlError> {
+            weight.map_or(Ok(()), self.check_weight)
+        }
+    }
+
+    impl Control for FakeControl {
+        fn status(&self) -> Status {
+            Status {
+                version: "0.1.0".into(),
+                uptime_seconds: self.uptime_seconds,
+                config_path: "/etc/weir/weir.toml".into(),
+                bpf_pin_dir: "/sys/fs/bpf/weir".into(),
+                program_id: Some(7),
+                interfaces: vec![InterfaceStatus {
+                    name: "eth0".into(),
+                    ifindex: 2,
+                    mode: "native".into(),
+                }],
+                vips: self.vips.len(),
+                backends: self.vips.iter().map(|v| v.backends.len()).sum(),
+            }
+        }
+
+        fn vips(&self) -> Vec<VipView> {
+            self.vips.clone()
+        }
+
+        fn vip(&self, name: &str) -> Result<VipView, ControlError> {
+            self.vips
+                .iter()
+                .find(|v| v.name == name)
+                .cloned()
+                .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
+        }
+
+        fn add_vip(&mut self, new: NewVip) -> Result<VipView, ControlError> {
+            if self.vips.iter().any(|v| v.name == new.name) {
+                return Err(ControlError::Conflict(format!(
+                    "a VIP named {:?} exists already",
+                    new.name
+                )));
+            }
+            let vip = VipView {
+                name: new.name,
+                address: new.address,
+                port: new.port,
+                protocol: new.protocol.unwrap_or_default(),
+                hash: new.hash.unwrap_or_default(),
+                table_size: new.table_size.unwrap_or(65_537),
+                backends: new
+                    .backends
+                    .into_iter()
+                    .map(|b| BackendView {
+                        address: b.address,
+                        weight: b.weight.unwrap_or(100),
+                        state: b.state.unwrap_or_default(),
+                        flows: 0,
+                    })
+                    .collect(),
+            };
+            self.vips.push(vip.clone());
+            Ok(vip)
+        }
+
+        fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {
+            let before = self.vips.len();
+            self.vips.retain(|v| v.name != name);
+            if self.vips.len() == before {
+                return Err(ControlError::NotFound(format!("no VIP named {name:?}")));
+            }
+            Ok(())
+        }
+
+        fn add_backend(&mut self, vip: &str, new: NewBackend) -> Result<BackendView, ControlError> {
+            self.check_weight(new.weight)?;
+            let vip = self.vip_mut(vip)?;
+            if vip.backends.iter().any(|b| b.address == new.address) {
+                return Err(ControlError::Conflict(format!(
+                    "{} is already a backend of {}",
+                    new.address, vip.name
+                )));
+            }
+            let added = BackendView {
+                address: new.address,
+                weight: new.weight.unwrap_or(100),
+                state: new.state.unwrap_or_default(),
+                flows: 0,
+            };
+            vip.backends.push(added.clone());
+            Ok(added)
+        }
+
+        fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), ControlError> {
+            let vip = self.vip_mut(vip)?;
+            let before = vip.backends.len();
+            vip.backends.retain(|b| b.address != address);
+            if vip.backends.len() == before {
+                return Err(ControlError::NotFound(format!("no backend {address}")));
+            }
+            Ok(())
+        }
+
+        fn change_backend(
+            &mut self,
+            vip: &str,
+            address: IpAddr,
+            change: BackendChange,
+        ) -> Result<BackendView, ControlError> {
+            self.check_weight(change.weight)?;
+            let ends_a_flow = self.change_ends_a_flow;
+            let vip = self.vip_mut(vip)?;
+            let backend = vip
+                .backends
+                .iter_mut()
+                .find(|b| b.address == address)
+                .ok_or_else(|| ControlError::NotFound(format!("no backend {address}")))?;
+            if let Some(weight) = change.weight {
+                backend.weight = weight;
+            }
+            if let Some(state) = change.state {
+                backend.state = state;
+            }
+            if ends_a_flow {
+                backend.flows = backend.flows.saturating_sub(1);
+            }
+            Ok(backend.clone())
+        }
+
+        fn flows(
+            &self,
+            vip: Option<&str>,
+            backend: Option<IpAddr>,
+        ) -> Result<Vec<FlowView>, ControlError> {
+            if let Some(name) = vip {
+                self.vip(name)?;
+            }
+            Ok(self
+                .flows
+                .iter()
+                .filter(|f| vip.is_none_or(|v| f.vip == v))
+                .filter(|f| backend.is_none_or(|b| f.backend == b))
+                .cloned()
+                .collect())
+        }
+
+        fn stats(&self) -> Result<StatsReport, ControlError> {
+            Ok(self.stats.clone())
+        }
+
+        fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
+            Ok(ReloadOutcome { writes: 3 })
+        }
+    }
+}
