@@ -26,14 +26,9 @@ const AF_INET6: u8 = 10;
 
 /// Forwards the packet to `target`; `Ok` holds the forwarding reason, `Err` the drop.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    packet: &Packet,
-    target: &Target,
-    now: u64,
-) -> Result<Counter, Counter> {
+pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, ingress, packet, target, now)?;
+    let hop = next_hop(ctx, ingress, packet, target)?;
     let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
     // SAFETY: `ptr_at_mut` bounds-checked the Ethernet header.
     unsafe {
@@ -57,8 +52,8 @@ fn next_hop(
     ingress: u32,
     packet: &Packet,
     target: &Target,
-    now: u64,
 ) -> Result<NextHop, Counter> {
+    let now = target.now;
     let cached = NEXT_HOPS.get_ptr_mut(target.backend_id);
     if let Some(cached) = cached {
         // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.

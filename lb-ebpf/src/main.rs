@@ -14,7 +14,6 @@ mod stats;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
-    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -86,13 +85,11 @@ fn process(ctx: &XdpContext) -> Counter {
         Parsed::Malformed => return Counter::DropMalformed,
         Parsed::Fragment(dst) => return select::fragment_reason(&dst),
     };
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let target = match select::select(&packet, now) {
+    let target = match select::select(&packet) {
         Ok(target) => target,
         Err(reason) => return reason,
     };
-    match forward::forward(ctx, &packet, &target, now) {
+    match forward::forward(ctx, &packet, &target) {
         Ok(reason) => {
             stats::count_traffic(ctx, &target);
             if target.new_flow {

@@ -5,6 +5,8 @@ use lb_common::{
     VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta, flow_hash,
 };
 
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+
 use crate::{BACKENDS, CONNTRACK, MAGLEV_RING, VIP_ADDRESSES, VIPS, parse::Packet, stats};
 
 const TCP_FIN: u8 = 0x01;
@@ -17,6 +19,8 @@ pub struct Target {
     pub backend_addr: [u32; 4],
     /// The packet started (or restarted) a flow on this backend.
     pub new_flow: bool,
+    /// `bpf_ktime_get_coarse_ns` when the packet was selected.
+    pub now: u64,
 }
 
 /// Fragments carry no ports, so they cannot be matched to a flow: the ones addressed to
@@ -31,10 +35,12 @@ pub fn fragment_reason(dst: &VipAddressKey) -> Counter {
     }
 }
 
-/// `now` is `bpf_ktime_get_coarse_ns`, for the flow's last-seen time.
 #[inline(always)]
-pub fn select(packet: &Packet, now: u64) -> Result<Target, Counter> {
+pub fn select(packet: &Packet) -> Result<Target, Counter> {
     let vip = lookup_vip(packet).ok_or(Counter::PassNotVip)?;
+    // Read the clock only for VIP traffic: the host's own packets need no time.
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
     let closing = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         FLOW_CLOSING
@@ -54,6 +60,7 @@ pub fn select(packet: &Packet, now: u64) -> Result<Target, Counter> {
                 backend_id,
                 backend_addr,
                 new_flow: false,
+                now,
             });
         }
         stats::event(Counter::FlowRescheduled);
@@ -84,6 +91,7 @@ pub fn select(packet: &Packet, now: u64) -> Result<Target, Counter> {
         backend_id,
         backend_addr,
         new_flow: !packet.icmp_too_big,
+        now,
     })
 }
 
