@@ -9,7 +9,7 @@
 //!
 //! Start a server in two steps, so that the caller knows the socket is bound before it
 //! says it is ready: [`bind_unix`] then [`serve_unix_on`] (or [`bind_tcp`] then
-//! [`serve_tcp_on`]); [`serve_unix`] and [`serve_tcp`] do both.
+//! [`serve_tcp_on`]).
 
 use std::{
     future::Future,
@@ -265,15 +265,6 @@ pub async fn serve_unix_on(
     result
 }
 
-/// [`bind_unix`] then [`serve_unix_on`].
-pub async fn serve_unix(
-    control: SharedControl,
-    path: &Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ApiError> {
-    serve_unix_on(bind_unix(path).await?, control, shutdown).await
-}
-
 pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ApiError> {
     TcpListener::bind(addr)
         .await
@@ -295,19 +286,6 @@ pub async fn serve_tcp_on(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ApiError::Serve)
-}
-
-/// [`bind_tcp`] then [`serve_tcp_on`].
-pub async fn serve_tcp(
-    control: SharedControl,
-    addr: SocketAddr,
-    token: String,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ApiError> {
-    if token.is_empty() {
-        return Err(ApiError::EmptyToken);
-    }
-    serve_tcp_on(bind_tcp(addr).await?, control, token, shutdown).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1190,12 +1168,14 @@ mod tests {
         ));
         std::fs::remove_file(&socket).unwrap();
 
-        // serve_unix: binds, serves, removes the socket when shut down.
+        // bind_unix + serve_unix_on: binds over a stale socket, serves, removes the
+        // socket when shut down.
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let path = socket.clone();
         let task = tokio::spawn(async move {
-            serve_unix(control, &path, async {
+            let listener = bind_unix(&path).await?;
+            serve_unix_on(listener, control, async {
                 let _ = stopped.await;
             })
             .await
@@ -1284,7 +1264,7 @@ mod tests {
         let never = std::future::pending::<()>();
         let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
         assert!(matches!(
-            serve_tcp(control, addr, String::new(), never).await,
+            serve_tcp_on(bind_tcp(addr).await.unwrap(), control, String::new(), never).await,
             Err(ApiError::EmptyToken)
         ));
     }

@@ -41,6 +41,9 @@ pub struct HostSetup {
     forwarding: Vec<(String, String)>,
     /// Neighbour entries (next hop, device) made managed.
     managed: BTreeSet<(IpAddr, String)>,
+    /// Backends whose next hop has been handled: every reload and API change passes all
+    /// backends, and two `ip` runs each would make a change to one of thousands slow.
+    handled: BTreeSet<IpAddr>,
 }
 
 impl HostSetup {
@@ -65,6 +68,9 @@ impl HostSetup {
     /// Makes the next hop towards `backend` a managed neighbour entry. Backends reached
     /// through the host itself (local addresses) need none.
     pub fn manage_next_hop(&mut self, backend: IpAddr) -> Result<(), HostError> {
+        if self.handled.contains(&backend) {
+            return Ok(());
+        }
         let output = ip(&["-j", "route", "get", &backend.to_string()])?;
         let routes: Vec<Route> = serde_json::from_str(&output).unwrap_or_default();
         let Some(route) = routes.into_iter().next() else {
@@ -73,6 +79,7 @@ impl HostSetup {
             });
         };
         if route.kind.as_deref() == Some("local") || route.dev == "lo" {
+            self.handled.insert(backend);
             return Ok(());
         }
         let next_hop = route.gateway.unwrap_or(backend);
@@ -85,6 +92,7 @@ impl HostSetup {
             "managed",
         ])?;
         self.managed.insert((next_hop, route.dev));
+        self.handled.insert(backend);
         Ok(())
     }
 

@@ -94,6 +94,22 @@ impl Agent {
         }
     }
 
+    /// Fails unless `vip` has the backend `address` (a configuration look-up only).
+    fn check_backend(&self, vip: &str, address: IpAddr) -> Result<(), ControlError> {
+        if self
+            .vip_config(vip)?
+            .backends
+            .iter()
+            .any(|b| b.address == address)
+        {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound(format!(
+                "VIP {vip:?} has no backend {address}"
+            )))
+        }
+    }
+
     fn backend_view(&self, vip: &str, address: IpAddr) -> Result<BackendView, ControlError> {
         let flows = self.flows_per_backend()?;
         self.vip_view(self.vip_config(vip)?, &flows)
@@ -207,7 +223,7 @@ impl Control for Agent {
     }
 
     fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), ControlError> {
-        self.backend_view(vip, address)?;
+        self.check_backend(vip, address)?;
         self.change_runtime(|runtime| runtime.record(vip, address, BackendOverride::Removed))
     }
 
@@ -217,7 +233,7 @@ impl Control for Agent {
         address: IpAddr,
         change: BackendChange,
     ) -> Result<BackendView, ControlError> {
-        self.backend_view(vip, address)?;
+        self.check_backend(vip, address)?;
         if let Some(weight) = change.weight {
             check_weight(weight)?;
         }

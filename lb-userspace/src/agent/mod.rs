@@ -133,10 +133,9 @@ impl Agent {
     ) -> Result<(Reconciler, HostSetup), AgentError> {
         let current = if dataplane.adopted() {
             let programmed = dataplane.programmed_state()?;
-            let flows = dataplane.flows()?.len();
             info!(
                 vips = programmed.vips.len(),
-                flows, "adopting the pinned dataplane of a previous agent"
+                "adopting the pinned dataplane of a previous agent"
             );
             Reconciler::adopt(&programmed, DEFAULT_MAGLEV_RING_ENTRIES, config)?
         } else {
