@@ -108,6 +108,15 @@ impl Protocol {
             Protocol::Udp => PROTO_UDP,
         }
     }
+
+    /// The protocol of an IP protocol number, if weir balances it.
+    pub fn from_number(number: u8) -> Option<Protocol> {
+        match number {
+            PROTO_TCP => Some(Protocol::Tcp),
+            PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Protocol {

@@ -7,6 +7,7 @@ use lb_common::{Counter, TrafficCounters, Verdict, words_addr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::Protocol,
     dataplane::{Dataplane, DataplaneError},
     plan::Reconciler,
 };
@@ -102,14 +103,6 @@ impl StatsReport {
     }
 }
 
-fn protocol_name(protocol: u8) -> &'static str {
-    match protocol {
-        lb_common::PROTO_TCP => "tcp",
-        lb_common::PROTO_UDP => "udp",
-        _ => "?",
-    }
-}
-
 impl fmt::Display for StatsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -122,7 +115,13 @@ impl fmt::Display for StatsReport {
                 || "?".to_owned(),
                 |a| std::net::SocketAddr::new(a, vip.port).to_string(),
             );
-            let label = format!("{} {}/{}", vip.name, address, protocol_name(vip.protocol));
+            let label = format!(
+                "{} {}/{}",
+                vip.name,
+                address,
+                Protocol::from_number(vip.protocol)
+                    .map_or_else(|| "?".to_owned(), |p| p.to_string())
+            );
             row(f, &label, vip.traffic)?;
             for backend in &vip.backends {
                 row(f, &format!("  {}", backend.address), backend.traffic)?;

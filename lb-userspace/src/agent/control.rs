@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{FlowKey, PROTO_UDP, VipKey};
+use lb_common::{FlowKey, VipKey};
 
 use super::Agent;
 use crate::{
@@ -270,16 +270,16 @@ impl Control for Agent {
             {
                 continue;
             }
-            let (Some(src), Some(dst)) = (key.src_ip(), key.dst_ip()) else {
+            let (Some(src), Some(dst), Some(protocol)) = (
+                key.src_ip(),
+                key.dst_ip(),
+                Protocol::from_number(key.protocol),
+            ) else {
                 continue;
             };
             views.push(FlowView {
                 vip: state.name.clone(),
-                protocol: if key.protocol == PROTO_UDP {
-                    Protocol::Udp
-                } else {
-                    Protocol::Tcp
-                },
+                protocol,
                 client: SocketAddr::new(src, u16::from_be(key.src_port)),
                 destination: SocketAddr::new(dst, u16::from_be(key.dst_port)),
                 backend: *address,
