@@ -14,3 +14,4 @@ pub mod pins;
 pub mod plan;
 pub mod report;
 pub mod runtime;
+pub mod serving;

@@ -26,6 +26,7 @@ use crate::{
     plan::{PlanError, Reconciler},
     report::StatsReport,
     runtime::{RuntimeError, RuntimeState},
+    serving::{ServingVips, serving_vips},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub struct Agent {
     state: Reconciler,
     host: HostSetup,
     started: Instant,
+    /// Which VIPs can take new flows, for failover and route announcement.
+    serving: watch::Sender<ServingVips>,
 }
 
 impl Agent {
@@ -114,6 +117,7 @@ impl Agent {
             config = %options.config_path.display(),
             "dataplane programmed"
         );
+        let serving = watch::Sender::new(serving_vips(&config, |_, _| true));
         Ok(Agent {
             options,
             file_config,
@@ -123,6 +127,7 @@ impl Agent {
             state,
             host,
             started: Instant::now(),
+            serving,
         })
     }
 
@@ -175,7 +180,23 @@ impl Agent {
         self.dataplane.apply(&writes)?;
         self.state = state;
         resolve_next_hops(&mut self.host, config);
+        self.publish_serving(config);
         Ok(writes.len())
+    }
+
+    /// Publishes which VIPs of `config` can take new flows (only when that changed).
+    fn publish_serving(&self, config: &Config) {
+        let serving = serving_vips(config, |_, _| true);
+        self.serving.send_if_modified(|current| {
+            let changed = *current != serving;
+            *current = serving;
+            changed
+        });
+    }
+
+    /// Follows which VIPs can take new flows.
+    pub fn subscribe_serving(&self) -> watch::Receiver<ServingVips> {
+        self.serving.subscribe()
     }
 
     pub fn stats_report(&self) -> Result<StatsReport, DataplaneError> {
