@@ -1003,6 +1003,21 @@ pub fn render_status(status: &Status) -> String {
     }
     rows.push(("vips", status.vips.to_string()));
     rows.push(("backends", status.backends.to_string()));
+    if let Some(announce) = &status.announce {
+        let addresses: Vec<String> = announce.addresses.iter().map(IpAddr::to_string).collect();
+        rows.push((
+            "announced",
+            format!(
+                "{} on {}",
+                if addresses.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    addresses.join(" ")
+                },
+                announce.interface
+            ),
+        ));
+    }
     key_values(&rows)
 }
 
@@ -2193,6 +2208,10 @@ mod tests {
         assert!(status.contains("uptime      1d 1h\n"), "{status}");
         assert!(
             status.contains("interfaces  eth0 (ifindex 2, native)\n"),
+            "{status}"
+        );
+        assert!(
+            status.contains("announced   198.19.0.10 on weir-vips\n"),
             "{status}"
         );
         let json = run(true, AdminCommand::Status).unwrap();

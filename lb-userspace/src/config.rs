@@ -42,6 +42,16 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
+    /// Route announcement: the serving VIPs' addresses kept on a dummy interface, for a
+    /// routing daemon to announce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AnnounceConfig {
+    /// The dummy interface the agent creates and owns; never one of `agent.interfaces`.
+    pub interface: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -248,6 +258,13 @@ struct RawConfig {
     agent: Option<RawAgent>,
     #[serde(default)]
     vip: Vec<RawVip>,
+    announce: Option<RawAnnounce>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    interface: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +422,21 @@ impl Source<'_> {
         }
     }
 
+    fn interface_name<'v>(
+        &self,
+        value: &'v Spanned<String>,
+        key: &str,
+    ) -> Result<&'v String, ConfigError> {
+        let name = value.get_ref();
+        if !valid_ifname(name) {
+            let message = format!(
+                "{name:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)"
+            );
+            return Err(self.error_at(value, key, message));
+        }
+        Ok(name)
+    }
+
     fn address(&self, value: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
         value.get_ref().parse().map_err(|_| {
             let message = format!("{:?} is not an IPv4 or IPv6 address", value.get_ref());
@@ -446,7 +478,37 @@ impl RawConfig {
             }
             vips.push(vip);
         }
-        Ok(Config { agent, vips })
+        let announce = match &self.announce {
+            Some(announce) => Some(announce.validate(src, &agent)?),
+            None => None,
+        };
+        Ok(Config {
+            agent,
+            vips,
+            announce,
+        })
+    }
+}
+
+impl RawAnnounce {
+    fn validate(
+        &self,
+        src: &Source<'_>,
+        agent: &AgentConfig,
+    ) -> Result<AnnounceConfig, ConfigError> {
+        let key = "announce.interface";
+        let name = src.required(&self.interface, &[Step::Key("announce")], key)?;
+        let interface = src.interface_name(name, key)?;
+        // The agent adds and deletes addresses on it, and deletes it when it stops.
+        if let Some(i) = agent.interfaces.iter().position(|n| n == interface) {
+            let message = format!(
+                "{interface:?} is agent.interfaces[{i}]; the announce interface is a dummy the agent creates and owns, give it a name of its own (e.g. \"weir-vips\")"
+            );
+            return Err(src.error_at(name, key, message));
+        }
+        Ok(AnnounceConfig {
+            interface: interface.clone(),
+        })
     }
 }
 
@@ -464,13 +526,7 @@ impl RawAgent {
         let mut interfaces: Vec<String> = Vec::with_capacity(list.get_ref().len());
         for (i, name) in list.get_ref().iter().enumerate() {
             let key = format!("{key}[{i}]");
-            let name_str = name.get_ref();
-            if !valid_ifname(name_str) {
-                let message = format!(
-                    "{name_str:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)"
-                );
-                return Err(src.error_at(name, &key, message));
-            }
+            let name_str = src.interface_name(name, &key)?;
             if let Some(first) = interfaces.iter().position(|n| n == name_str) {
                 let message = format!(
                     "interface {name_str:?} is already listed as agent.interfaces[{first}]"
@@ -881,6 +937,7 @@ weight = 10000
                     }],
                 },
             ],
+            announce: None,
         };
         assert_eq!(config, expected);
         assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);
@@ -983,7 +1040,7 @@ vip = [
         );
         assert_eq!(
             error(&format!("{AGENT}[agnet]\n")),
-            "weir.toml:3:2: agnet: unknown field `agnet`, expected `agent` or `vip`"
+            "weir.toml:3:2: agnet: unknown field `agnet`, expected one of `agent`, `vip`, `announce`"
         );
         assert!(
             error(&web("port = 80\nweight = 3\n"))
@@ -1291,5 +1348,37 @@ vip = [
         );
         let ok = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"127.0.0.1:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap();
         assert_eq!(ok.agent.api_listen, Some("127.0.0.1:9900".parse().unwrap()));
+    }
+
+    #[test]
+    fn announce_names_a_dummy_interface_of_its_own() {
+        let config = parse(&format!("{AGENT}[announce]\ninterface = \"weir-vips\"\n")).unwrap();
+        assert_eq!(
+            config.announce,
+            Some(AnnounceConfig {
+                interface: "weir-vips".into()
+            })
+        );
+        assert_eq!(parse(AGENT).unwrap().announce, None);
+        assert_eq!(
+            error(&format!("{AGENT}[announce]\n")),
+            "weir.toml:3:1: announce.interface: required key is missing"
+        );
+        assert_eq!(
+            error(&format!("{AGENT}[announce]\ninterface = \"eth0\"\n")),
+            "weir.toml:4:13: announce.interface: \"eth0\" is agent.interfaces[0]; the announce interface is a dummy the agent creates and owns, give it a name of its own (e.g. \"weir-vips\")"
+        );
+        for bad in ["", "weir/vips", "weir vips", "sixteen-chars-xx"] {
+            let message = error(&format!("{AGENT}[announce]\ninterface = \"{bad}\"\n"));
+            assert!(
+                message.starts_with("weir.toml:4:13: announce.interface: ")
+                    && message.contains("not a valid interface name"),
+                "{message}"
+            );
+        }
+        let message = error(&format!(
+            "{AGENT}[announce]\ninterface = \"v\"\nasn = 65001\n"
+        ));
+        assert!(message.contains("unknown field `asn`"), "{message}");
     }
 }

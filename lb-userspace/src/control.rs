@@ -29,6 +29,17 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     pub vips: usize,
     pub backends: usize,
+    /// Route announcement, when `[announce]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// The VIP addresses the agent keeps on its announce interface (for the routing daemon).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    pub interface: String,
+    /// Addresses on the interface now: those of the VIPs that serve.
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +258,10 @@ pub(crate) mod fake {
                 }],
                 vips: self.vips.len(),
                 backends: self.vips.iter().map(|v| v.backends.len()).sum(),
+                announce: Some(super::AnnounceStatus {
+                    interface: "weir-vips".into(),
+                    addresses: vec!["198.19.0.10".parse().unwrap()],
+                }),
             }
         }
 

@@ -2,6 +2,7 @@
 //! writes) apart from the I/O that loads the XDP program and programs its maps.
 
 pub mod agent;
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;

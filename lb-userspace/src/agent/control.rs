@@ -154,6 +154,7 @@ impl Control for Agent {
                 .collect(),
             vips: self.config.vips.len(),
             backends: self.config.vips.iter().map(|vip| vip.backends.len()).sum(),
+            announce: self.announce.as_ref().map(|status| status.borrow().clone()),
         }
     }
 

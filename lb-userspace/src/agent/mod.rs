@@ -18,8 +18,10 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    announce::{self, AnnounceError},
     api::{self, SharedControl},
     config::{Config, ConfigError},
+    control::AnnounceStatus,
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     host::{self, HostSetup},
     pins::Pins,
@@ -45,6 +47,8 @@ pub enum AgentError {
     Api(#[from] api::ApiError),
     #[error("the control API token in {path}: {message}")]
     Token { path: PathBuf, message: String },
+    #[error(transparent)]
+    Announce(#[from] AnnounceError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -75,6 +79,8 @@ pub struct Agent {
     started: Instant,
     /// Which VIPs can take new flows, for failover and route announcement.
     serving: watch::Sender<ServingVips>,
+    /// What the announcer keeps on its interface, while it runs (`[announce]`).
+    announce: Option<watch::Receiver<AnnounceStatus>>,
 }
 
 impl Agent {
@@ -88,6 +94,9 @@ impl Agent {
         let config = running_config(&file_config, &runtime);
         for interface in &config.agent.interfaces {
             crate::dataplane::ifindex(interface)?;
+        }
+        if let Some(settings) = &config.announce {
+            announce::check_link(&settings.interface)?;
         }
         let pins = Pins::new(&config.agent.bpf_pin_dir);
         if options.replace_dataplane {
@@ -128,6 +137,7 @@ impl Agent {
             host,
             started: Instant::now(),
             serving,
+            announce: None,
         })
     }
 
@@ -165,6 +175,9 @@ impl Agent {
         let file_config = Config::load(&self.options.config_path)?;
         if file_config.agent != self.file_config.agent {
             warn!("[agent] settings changed; they take effect at the next restart");
+        }
+        if file_config.announce != self.file_config.announce {
+            warn!("[announce] settings changed; they take effect at the next restart");
         }
         let config = running_config(&file_config, &self.runtime);
         let writes = self.program_config(&config)?;
@@ -233,9 +246,14 @@ impl Agent {
                 return Err(err);
             }
         };
+        let (stop, stopped) = watch::channel(());
+        let announcer = self.config.announce.clone().map(|settings| {
+            let announcer = announce::spawn(&settings, self.subscribe_serving(), stopped.clone());
+            self.announce = Some(announcer.status);
+            announcer.task
+        });
         let agent = Arc::new(Mutex::new(self));
         let control: SharedControl = agent.clone();
-        let (stop, stopped) = watch::channel(());
         let until_stopped = |mut stopped: watch::Receiver<()>| async move {
             let _ = stopped.changed().await;
         };
@@ -274,6 +292,12 @@ impl Agent {
                 Ok(Err(err)) => warn!(error = %err, "the control API failed"),
                 Err(err) => warn!(error = %err, "the control API task failed"),
             }
+        }
+        // The announcer withdraws the routes (deletes its link) before the agent exits.
+        if let Some(task) = announcer
+            && let Err(err) = task.await
+        {
+            warn!(error = %err, "the announcement task failed");
         }
         agent.lock().await.stop()
     }
