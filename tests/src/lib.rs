@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod bird;
 pub mod client;
 pub mod cmd;
 pub mod link;

@@ -222,6 +222,7 @@ impl Load {
             streams_broken: 0,
             streams_moved: 0,
             backends: BTreeMap::new(),
+            slowest_answer: Duration::ZERO,
             failures: Vec::new(),
         };
         let mut failures = Vec::new();
@@ -244,6 +245,7 @@ impl Load {
                     report.short_failed += stats.failed;
                 }
             }
+            report.slowest_answer = report.slowest_answer.max(stats.slowest_answer);
             for (backend, n) in stats.backends {
                 *report.backends.entry(backend).or_insert(0) += n;
             }
@@ -302,6 +304,9 @@ pub struct LoadReport {
     pub streams_moved: usize,
     /// Answers per backend name (both kinds of traffic).
     pub backends: BTreeMap<String, u64>,
+    /// The longest time an answered request took (both kinds): how long traffic stalled
+    /// without failing, e.g. while a lost packet waited for its retransmission.
+    pub slowest_answer: Duration,
     /// The earliest failures (at most 20), each as `+SECONDSs WHO -> TARGET: WHAT` where
     /// `+SECONDSs` is when the failed request started, since the traffic started; a
     /// thread's run of identical failures is one line ending `[N times until +SECONDSs]`.
@@ -381,6 +386,11 @@ impl fmt::Display for LoadReport {
             write!(f, " {backend}={n}")?;
         }
         writeln!(f)?;
+        writeln!(
+            f,
+            "  slowest answer: {:.3}s",
+            self.slowest_answer.as_secs_f64()
+        )?;
         if !self.failures.is_empty() {
             let first = if self.failures.len() == MAX_FAILURES {
                 " (the earliest)"
@@ -404,6 +414,7 @@ struct WorkerStats {
     broken: bool,
     moved: bool,
     backends: BTreeMap<String, u64>,
+    slowest_answer: Duration,
     failures: Vec<Failure>,
 }
 
@@ -474,6 +485,8 @@ impl Worker {
     }
 
     fn answered(&mut self, backend: &str) {
+        let took = self.started.elapsed().saturating_sub(self.request_began);
+        self.stats.slowest_answer = self.stats.slowest_answer.max(took);
         self.stats.ok += 1;
         self.shared.ok.fetch_add(1, Ordering::Relaxed);
         match self.stats.backends.get_mut(backend) {
@@ -909,13 +922,16 @@ mod tests {
             streams_broken: 0,
             streams_moved: 0,
             backends: BTreeMap::from([("backend1".to_owned(), 140)]),
+            slowest_answer: Duration::from_millis(1500),
             failures: Vec::new(),
         };
         assert!(clean.problems().is_empty());
         clean.assert_clean();
         let text = clean.to_string();
         assert!(
-            text.contains("100 ok, 0 failed") && text.contains("backend1=140"),
+            text.contains("100 ok, 0 failed")
+                && text.contains("backend1=140")
+                && text.contains("slowest answer: 1.500s"),
             "{text}"
         );
 

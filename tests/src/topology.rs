@@ -409,8 +409,10 @@ fn add_vip_to(ns: &Netns, vip: IpAddr) -> Result<()> {
     ns.add_addr("lo", vip, prefix)
 }
 
-/// A namespace `role` joined to the bridge by a veth, with its addresses and testbed MAC.
-fn attach_host(
+/// A namespace `role` joined to the bridge by a veth, with its addresses and testbed MAC
+/// (e.g. another host on a [`DsrTopology`]'s segment: `topology.switch()`,
+/// `topology.bridge()`).
+pub fn attach_host(
     switch: &Netns,
     bridge: &str,
     role: &str,

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd::Cmd, is_root, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and benchmarks
-/// use, and xz for the rust-src fallback.
+/// use (BIRD 2 for the route announcement test), and xz for the rust-src fallback.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +27,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "wrk",
     "ethtool",
     "tcpdump",
+    "bird2",
     "xz-utils",
 ];
 
@@ -95,7 +96,25 @@ fn apt_packages(installed: &mut Vec<String>) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()?;
     installed.extend(missing.iter().map(|p| p.to_string()));
+    if missing.contains(&"bird2") {
+        stop_system_bird()?;
+    }
     Ok(())
+}
+
+/// The bird2 package enables and starts a BIRD service in the host's namespace (with
+/// Debian's example configuration, which exports its routes to the kernel). The tests
+/// run their own BIRD processes, each in its namespace with its own control socket; a
+/// routing daemon on a build machine is not wanted, so a freshly installed one is
+/// stopped and disabled. (Containers without systemd never start it.)
+fn stop_system_bird() -> Result<()> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Ok(());
+    }
+    eprintln!("setup: disabling the bird service the bird2 package started");
+    Cmd::new("systemctl")
+        .args(["disable", "--now", "bird.service"])
+        .run()
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
