@@ -465,3 +465,89 @@ fn a_graceful_stop_withdraws_the_node() {
     let links = cluster.topology.lb_ns().ip(&["link", "show"]).unwrap();
     assert!(!links.contains(ANNOUNCE_INTERFACE), "{links}");
 }
+
+/// One agent with `[announce]` on the DSR test bed (no routing daemon needed).
+fn single_node(topology: &DsrTopology) -> Agent {
+    Agent::start(topology.lb_ns(), &agent_config(topology.lb_ifname())).expect("the agent starts")
+}
+
+/// The addresses on the LB's announce interface (none if it does not exist).
+fn link_addresses(ns: &Netns) -> Vec<String> {
+    let Ok(out) = ns.ip(&["-j", "addr", "show", "dev", ANNOUNCE_INTERFACE]) else {
+        return Vec::new();
+    };
+    let links: Value = serde_json::from_str(&out).unwrap();
+    links[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect()
+}
+
+#[test]
+fn the_announce_interface_holds_exactly_the_serving_vips() {
+    let topology = DsrTopology::with_backends(BACKENDS).expect("the test bed needs root");
+    let agent = single_node(&topology);
+    let ns = topology.lb_ns();
+    let vip = format!("{VIP_V4}/32");
+    let deadline = Duration::from_secs(15);
+    let wait_for = |expected: &[&str], what: &str| {
+        let start = Instant::now();
+        while link_addresses(ns) != expected {
+            assert!(
+                start.elapsed() < deadline,
+                "{what}: {:?} on {ANNOUNCE_INTERFACE}, expected {expected:?}\n{}",
+                link_addresses(ns),
+                agent.log()
+            );
+            sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&[&vip], "at start");
+
+    // Someone else's address goes, a removed VIP comes back (within the reconcile interval).
+    ns.ip(&["addr", "add", "198.19.0.99/32", "dev", ANNOUNCE_INTERFACE])
+        .unwrap();
+    ns.ip(&["addr", "del", &vip, "dev", ANNOUNCE_INTERFACE])
+        .unwrap();
+    wait_for(&[&vip], "after others changed the addresses");
+    // A deleted link is made again.
+    ns.ip(&["link", "del", ANNOUNCE_INTERFACE]).unwrap();
+    wait_for(&[&vip], "after the link was deleted");
+    let log = agent.log();
+    assert!(
+        log.contains("removed an address the agent did not put there")
+            && log.contains("someone removed an announced address; added it back"),
+        "{log}"
+    );
+    agent.stop().unwrap();
+    assert!(link_addresses(ns).is_empty());
+}
+
+#[test]
+fn an_interface_of_another_kind_is_refused_at_start() {
+    let topology = DsrTopology::with_backends(1).expect("the test bed needs root");
+    topology
+        .lb_ns()
+        .ip(&["link", "add", ANNOUNCE_INTERFACE, "type", "bridge"])
+        .unwrap();
+    let error = single_node_error(&topology);
+    assert!(
+        error.contains("announce.interface \"weir-vips\" exists and is a bridge link"),
+        "{error}"
+    );
+    // Nothing was attached.
+    let link = topology
+        .lb_ns()
+        .ip(&["link", "show", topology.lb_ifname()])
+        .unwrap();
+    assert!(!link.contains("xdp"), "{link}");
+}
+
+fn single_node_error(topology: &DsrTopology) -> String {
+    match Agent::start(topology.lb_ns(), &agent_config(topology.lb_ifname())) {
+        Ok(_) => panic!("the agent started"),
+        Err(err) => format!("{err:#}"),
+    }
+}
