@@ -327,7 +327,7 @@ impl AnnounceLink {
         for address in &changes.remove {
             ip(&["addr", "del", &address.to_string(), "dev", &self.name])?;
             if previous.contains(address) {
-                info!(%address, interface = %self.name, "withdrawn: no backend of its VIPs takes new flows");
+                info!(%address, interface = %self.name, "withdrawn: no VIP on this address takes new flows");
             } else {
                 warn!(%address, interface = %self.name, "removed an address the agent did not put there");
             }

@@ -178,6 +178,23 @@ impl Load {
         )
     }
 
+    /// Waits until `more` further requests have been answered; fails (with the progress)
+    /// if that takes longer than `timeout`.
+    pub fn wait_for_answers(&self, more: u64, timeout: Duration) -> Result<()> {
+        let (start, _) = self.progress();
+        let deadline = Instant::now() + timeout;
+        while self.progress().0 < start + more {
+            if Instant::now() > deadline {
+                bail!(
+                    "{more} more answers expected within {timeout:?}: {:?}",
+                    self
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// Stops the load, waits for every thread (a request in flight completes or times
     /// out, so a failure just before the stop is still counted) and reports.
     pub fn stop(mut self) -> LoadReport {

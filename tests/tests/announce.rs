@@ -30,7 +30,7 @@ use weir_testbed::{
     bird::Bird,
     link::veth_pair,
     load::{Load, LoadSpec},
-    topology::{HTTP_PORT, LB_V4, VIP_V4, attach_host, backend_v4},
+    topology::{HTTP_PORT, LB_V4, VIP_V4, VIP_V6, attach_host, backend_v4, backend_v6},
 };
 
 const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -45,6 +45,8 @@ const BACKENDS: u8 = 3;
 const ANNOUNCE_INTERFACE: &str = "weir-vips";
 /// How long BGP and BFD may take to converge or to notice a loss, generously.
 const CONVERGENCE: Duration = Duration::from_secs(30);
+/// How long a few hundred answers may take, generously.
+const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// BIRD on a weir node: `protocol direct` on the announce interface, exported to the
 /// router over eBGP with BFD (the configuration of docs/examples/bird.conf, with the
@@ -108,7 +110,8 @@ template bgp weir_node {{
         + &peer("lb2", LB2_V4)
 }
 
-fn agent_config(interface: &str) -> String {
+/// VIP web (the three backends) on `interface`, announced, then `extra` TOML.
+fn agent_config(interface: &str, extra: &str) -> String {
     let mut text = format!(
         "[agent]\ninterfaces = [\"{interface}\"]\n\n[announce]\ninterface = \"{ANNOUNCE_INTERFACE}\"\n\n\
          [[vip]]\nname = \"web\"\naddress = \"{VIP_V4}\"\nport = {HTTP_PORT}\ntable_size = 1021\n"
@@ -116,7 +119,7 @@ fn agent_config(interface: &str) -> String {
     for n in 1..=BACKENDS {
         text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend_v4(n));
     }
-    text
+    text + extra
 }
 
 /// A weir node: its agent and its BIRD (gone once the node is lost).
@@ -128,7 +131,8 @@ struct Node {
 
 impl Node {
     fn start(host: &Host) -> Node {
-        let agent = Agent::start(&host.ns, &agent_config(&host.ifname)).expect("the agent starts");
+        let agent =
+            Agent::start(&host.ns, &agent_config(&host.ifname, "")).expect("the agent starts");
         let bird = Bird::start(&host.ns, &node_bird_config(host.ipv4)).expect("BIRD starts");
         Node {
             bird: Some(bird),
@@ -178,18 +182,19 @@ impl Node {
     /// Puts every backend of VIP web in `state` ("maint", "ready") on this node.
     fn set_backends(&self, state: &str) {
         for n in 1..=BACKENDS {
-            let address = backend_v4(n).to_string();
-            let output = self
-                .agent()
-                .cli(&["backend", state, "web", &address])
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "weir backend {state}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            set_backend(self.agent(), "web", &backend_v4(n).to_string(), state);
         }
     }
+}
+
+/// `weir backend STATE VIP ADDRESS`.
+fn set_backend(agent: &Agent, vip: &str, address: &str, state: &str) {
+    let output = agent.cli(&["backend", state, vip, address]).unwrap();
+    assert!(
+        output.status.success(),
+        "weir backend {state} {vip} {address}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The test network, the two nodes and the router. Field order is drop order: the
@@ -332,22 +337,8 @@ impl Cluster {
             },
         )
         .expect("the client load starts");
-        wait_for_traffic(&load, 200);
+        load.wait_for_answers(200, TRAFFIC_TIMEOUT).unwrap();
         load
-    }
-}
-
-/// Waits until `more` further requests have been answered.
-fn wait_for_traffic(load: &Load, more: u64) {
-    let (start, _) = load.progress();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while load.progress().0 < start + more {
-        assert!(
-            Instant::now() < deadline,
-            "no traffic flows: {:?}",
-            load.progress()
-        );
-        sleep(Duration::from_millis(20));
     }
 }
 
@@ -386,7 +377,7 @@ fn losing_an_lb_node_breaks_no_connection() {
 
     // The connections node 1 carried go on through node 2, to the same backends.
     let after = cluster.nodes[1].vip_packets();
-    wait_for_traffic(&load, 500);
+    load.wait_for_answers(500, TRAFFIC_TIMEOUT).unwrap();
     sleep(Duration::from_secs(2));
     let report = load.stop();
     eprintln!("{report}");
@@ -435,7 +426,7 @@ fn a_node_whose_vips_cannot_serve_withdraws_them() {
     let announced = serving.elapsed();
     assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
     let before = lb1.vip_packets();
-    wait_for_traffic(&load, 500);
+    load.wait_for_answers(500, TRAFFIC_TIMEOUT).unwrap();
     let report = load.stop();
     eprintln!("{report}");
     eprintln!(
@@ -466,37 +457,47 @@ fn a_graceful_stop_withdraws_the_node() {
     assert!(!links.contains(ANNOUNCE_INTERFACE), "{links}");
 }
 
-/// One agent with `[announce]` on the DSR test bed (no routing daemon needed).
-fn single_node(topology: &DsrTopology) -> Agent {
-    Agent::start(topology.lb_ns(), &agent_config(topology.lb_ifname())).expect("the agent starts")
-}
-
-/// The addresses on the LB's announce interface (none if it does not exist).
+/// The addresses on the LB's announce interface, sorted (none if it does not exist).
 fn link_addresses(ns: &Netns) -> Vec<String> {
     let Ok(out) = ns.ip(&["-j", "addr", "show", "dev", ANNOUNCE_INTERFACE]) else {
         return Vec::new();
     };
     let links: Value = serde_json::from_str(&out).unwrap();
-    links[0]["addr_info"]
+    let mut addresses: Vec<String> = links[0]["addr_info"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect()
+        .collect();
+    addresses.sort();
+    addresses
 }
 
 #[test]
 fn the_announce_interface_holds_exactly_the_serving_vips() {
     let topology = DsrTopology::with_backends(BACKENDS).expect("the test bed needs root");
-    let agent = single_node(&topology);
+    // VIP tls shares web's address; web6 is IPv6.
+    let extra = format!(
+        "[[vip]]\nname = \"tls\"\naddress = \"{VIP_V4}\"\nport = 443\ntable_size = 1021\n\
+         [[vip.backend]]\naddress = \"{}\"\n\
+         [[vip]]\nname = \"web6\"\naddress = \"{VIP_V6}\"\nport = 80\ntable_size = 1021\n\
+         [[vip.backend]]\naddress = \"{}\"\n",
+        backend_v4(1),
+        backend_v6(1)
+    );
+    let agent = Agent::start(
+        topology.lb_ns(),
+        &agent_config(topology.lb_ifname(), &extra),
+    )
+    .expect("the agent starts");
     let ns = topology.lb_ns();
-    let vip = format!("{VIP_V4}/32");
-    let deadline = Duration::from_secs(15);
+    let v4 = format!("{VIP_V4}/32");
+    let v6 = format!("{VIP_V6}/128");
     let wait_for = |expected: &[&str], what: &str| {
         let start = Instant::now();
         while link_addresses(ns) != expected {
             assert!(
-                start.elapsed() < deadline,
+                start.elapsed() < Duration::from_secs(15),
                 "{what}: {:?} on {ANNOUNCE_INTERFACE}, expected {expected:?}\n{}",
                 link_addresses(ns),
                 agent.log()
@@ -504,17 +505,28 @@ fn the_announce_interface_holds_exactly_the_serving_vips() {
             sleep(Duration::from_millis(50));
         }
     };
-    wait_for(&[&vip], "at start");
+    wait_for(&[&v4, &v6], "at start");
+
+    // An address stays while one of its VIPs serves.
+    for n in 1..=BACKENDS {
+        set_backend(&agent, "web", &backend_v4(n).to_string(), "maint");
+    }
+    set_backend(&agent, "web6", &backend_v6(1).to_string(), "maint");
+    wait_for(&[&v4], "web and web6 without backends");
+    set_backend(&agent, "tls", &backend_v4(1).to_string(), "drain");
+    wait_for(&[], "no VIP serves");
+    set_backend(&agent, "tls", &backend_v4(1).to_string(), "ready");
+    wait_for(&[&v4], "tls serves again");
 
     // Someone else's address goes, a removed VIP comes back (within the reconcile interval).
     ns.ip(&["addr", "add", "198.19.0.99/32", "dev", ANNOUNCE_INTERFACE])
         .unwrap();
-    ns.ip(&["addr", "del", &vip, "dev", ANNOUNCE_INTERFACE])
+    ns.ip(&["addr", "del", &v4, "dev", ANNOUNCE_INTERFACE])
         .unwrap();
-    wait_for(&[&vip], "after others changed the addresses");
-    // A deleted link is made again.
+    wait_for(&[&v4], "after others changed the addresses");
+    // A deleted interface is made again.
     ns.ip(&["link", "del", ANNOUNCE_INTERFACE]).unwrap();
-    wait_for(&[&vip], "after the link was deleted");
+    wait_for(&[&v4], "after the interface was deleted");
     let log = agent.log();
     assert!(
         log.contains("removed an address the agent did not put there")
@@ -532,7 +544,10 @@ fn an_interface_of_another_kind_is_refused_at_start() {
         .lb_ns()
         .ip(&["link", "add", ANNOUNCE_INTERFACE, "type", "bridge"])
         .unwrap();
-    let error = single_node_error(&topology);
+    let error = match Agent::start(topology.lb_ns(), &agent_config(topology.lb_ifname(), "")) {
+        Ok(_) => panic!("the agent started"),
+        Err(err) => format!("{err:#}"),
+    };
     assert!(
         error.contains("announce.interface \"weir-vips\" exists and is a bridge link"),
         "{error}"
@@ -545,9 +560,23 @@ fn an_interface_of_another_kind_is_refused_at_start() {
     assert!(!link.contains("xdp"), "{link}");
 }
 
-fn single_node_error(topology: &DsrTopology) -> String {
-    match Agent::start(topology.lb_ns(), &agent_config(topology.lb_ifname())) {
-        Ok(_) => panic!("the agent started"),
-        Err(err) => format!("{err:#}"),
+#[test]
+fn the_example_bird_configurations_parse() {
+    for example in ["bird.conf", "router-bird.conf"] {
+        let path = weir_testbed::workspace_root()
+            .join("docs/examples")
+            .join(example);
+        let output = std::process::Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("bird runs (install bird2: `cargo xtask setup`)");
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
