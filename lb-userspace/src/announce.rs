@@ -167,27 +167,33 @@ async fn run(
             let previous = announced.clone();
             tokio::task::spawn_blocking(move || link.reconcile(&previous, &wanted)).await
         };
-        match step {
-            Ok(Ok(now)) => {
-                if last_error.take().is_some() {
-                    info!(interface = %link.name, "announcement working again");
-                }
-                announced = now;
-                status.send_if_modified(|status| {
-                    let addresses: Vec<IpAddr> = announced.iter().map(|a| a.address).collect();
-                    let changed = status.addresses != addresses;
-                    status.addresses = addresses;
-                    changed
-                });
+        let reconciled = match step {
+            Ok(reconciled) => reconciled,
+            Err(err) => {
+                warn!(error = %err, "the announcement task failed");
+                continue;
             }
-            Ok(Err(err)) => {
-                let message = err.to_string();
-                if last_error.as_deref() != Some(message.as_str()) {
-                    warn!(interface = %link.name, error = %message, "cannot keep the announced addresses; retrying");
-                    last_error = Some(message);
+        };
+        announced = reconciled.held;
+        status.send_if_modified(|status| {
+            let addresses: Vec<IpAddr> = announced.iter().map(|a| a.address).collect();
+            let changed = status.addresses != addresses;
+            status.addresses = addresses;
+            changed
+        });
+        // Each distinct failure is logged once, not at every retry.
+        let errors = (!reconciled.errors.is_empty()).then(|| {
+            let messages: Vec<String> = reconciled.errors.iter().map(ToString::to_string).collect();
+            messages.join("; ")
+        });
+        if errors != last_error {
+            match &errors {
+                Some(errors) => {
+                    warn!(interface = %link.name, %errors, "cannot keep the announced addresses; retrying")
                 }
+                None => info!(interface = %link.name, "the announced addresses are right again"),
             }
-            Err(err) => warn!(error = %err, "the announcement task failed"),
+            last_error = errors;
         }
     }
     let withdraw = {
@@ -203,6 +209,12 @@ async fn run(
         }
         Err(err) => warn!(error = %err, "the announcement task failed"),
     }
+}
+
+/// What a reconciliation left on the link, and what failed.
+struct Reconciled {
+    held: BTreeSet<LinkAddress>,
+    errors: Vec<AnnounceError>,
 }
 
 /// The announce link, driven through iproute2.
@@ -314,18 +326,33 @@ impl AnnounceLink {
             .collect())
     }
 
-    /// Brings the link to hold `wanted`, logging each change once; `previous` is what it
-    /// held after the last reconciliation. Returns what it holds now.
+    /// Brings the link towards holding `wanted`, logging each change once; `previous` is
+    /// what it held after the last reconciliation. One address that cannot be added or
+    /// removed does not hold the others back.
     fn reconcile(
         &self,
         previous: &BTreeSet<LinkAddress>,
         wanted: &BTreeSet<LinkAddress>,
-    ) -> Result<BTreeSet<LinkAddress>, AnnounceError> {
-        self.ensure()?;
-        let current = self.addresses()?;
+    ) -> Reconciled {
+        let current = match self.ensure().and_then(|()| self.addresses()) {
+            Ok(current) => current,
+            Err(err) => {
+                return Reconciled {
+                    held: previous.clone(),
+                    errors: vec![err],
+                };
+            }
+        };
         let changes = changes(&current, wanted);
+        let mut held: BTreeSet<LinkAddress> =
+            current.into_iter().filter(|a| !a.is_link_local()).collect();
+        let mut errors = Vec::new();
         for address in &changes.remove {
-            ip(&["addr", "del", &address.to_string(), "dev", &self.name])?;
+            if let Err(err) = ip(&["addr", "del", &address.to_string(), "dev", &self.name]) {
+                errors.push(err.into());
+                continue;
+            }
+            held.remove(address);
             if previous.contains(address) {
                 info!(%address, interface = %self.name, "withdrawn: no VIP on this address takes new flows");
             } else {
@@ -339,14 +366,18 @@ impl AnnounceLink {
                 // A VIP is usable at once; DAD on a link without neighbours is pointless.
                 args.push("nodad");
             }
-            ip(&args)?;
+            if let Err(err) = ip(&args) {
+                errors.push(err.into());
+                continue;
+            }
+            held.insert(*address);
             if previous.contains(address) {
                 warn!(%address, interface = %self.name, "someone removed an announced address; added it back");
             } else {
                 info!(%address, interface = %self.name, "announced");
             }
         }
-        Ok(wanted.clone())
+        Reconciled { held, errors }
     }
 
     /// Deletes the link (and with it every announced address), if it exists.
