@@ -45,6 +45,8 @@ const BACKENDS: u8 = 3;
 const ANNOUNCE_INTERFACE: &str = "weir-vips";
 /// How long BGP and BFD may take to converge or to notice a loss, generously.
 const CONVERGENCE: Duration = Duration::from_secs(30);
+/// Long enough for an agent's first reconciliation of its announce interface.
+const FIRST_RECONCILIATION: Duration = Duration::from_secs(1);
 /// How long a few hundred answers may take, generously.
 const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -579,4 +581,31 @@ fn the_example_bird_configurations_parse() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[test]
+fn a_killed_agent_leaves_the_announcement_and_the_next_one_keeps_it() {
+    let topology = DsrTopology::with_backends(BACKENDS).expect("the test bed needs root");
+    let ns = topology.lb_ns();
+    let config = agent_config(topology.lb_ifname(), "");
+    let v4 = format!("{VIP_V4}/32");
+    let first = Agent::start(ns, &config).expect("the agent starts");
+    let start = Instant::now();
+    while link_addresses(ns) != [v4.as_str()] {
+        assert!(start.elapsed() < Duration::from_secs(15), "{}", first.log());
+        sleep(Duration::from_millis(20));
+    }
+    assert!(first.log().contains("announced address"), "{}", first.log());
+    // Like the pinned dataplane, the announcement outlives a killed agent.
+    first.kill().unwrap();
+    assert_eq!(link_addresses(ns), [v4.as_str()]);
+    // The next agent finds it right: no withdrawal, no change at all.
+    let second = Agent::start(ns, &config).expect("the agent starts again");
+    sleep(FIRST_RECONCILIATION);
+    assert_eq!(link_addresses(ns), [v4.as_str()]);
+    let log = second.stop().unwrap();
+    assert!(
+        !log.contains("announced address") && !log.contains("withdrawn:"),
+        "{log}"
+    );
 }
