@@ -181,6 +181,7 @@ impl VipAddArgs {
             protocol: self.protocol,
             hash: self.hash,
             table_size: self.table_size,
+            health: None,
             backends: self
                 .backends
                 .iter()

@@ -87,6 +87,10 @@ pub struct NewVip {
     pub hash: Option<HashMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// The keys of the file's `[vip.health]` table, same names, values and defaults
+    /// (`{"kind": "http", "path": "/health", "interval": "500ms"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<std::collections::BTreeMap<String, serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<NewBackend>,
 }
