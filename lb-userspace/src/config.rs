@@ -224,9 +224,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 /// The shortest text [`parse_duration`] reads back as `duration` (whole milliseconds).
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms != 0 && ms % 60_000 == 0 {
+    if ms != 0 && ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms != 0 && ms % 1000 == 0 {
+    } else if ms != 0 && ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
