@@ -21,10 +21,10 @@ use std::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    config::{AdminState, DEFAULT_API_SOCKET, HashMode, Protocol},
+    config::{AdminState, CheckKind, DEFAULT_API_SOCKET, HashMode, Protocol},
     control::{
         BackendChange, BackendView, ErrorBody, FlowView, NewBackend, NewVip, ReloadOutcome, Status,
-        VipView,
+        VipStatus, VipView,
     },
     report::{StatsReport, Traffic},
 };
@@ -1002,8 +1002,15 @@ pub fn render_status(status: &Status) -> String {
             ),
         ));
     }
-    rows.push(("vips", status.vips.to_string()));
-    rows.push(("backends", status.backends.to_string()));
+    let with_down = |total: usize, down: usize| {
+        if down == 0 {
+            total.to_string()
+        } else {
+            format!("{total} ({down} down)")
+        }
+    };
+    rows.push(("vips", with_down(status.vips, status.vips_down)));
+    rows.push(("backends", with_down(status.backends, status.backends_down)));
     key_values(&rows)
 }
 
@@ -1021,15 +1028,17 @@ pub fn render_vips(vips: &[VipView]) -> String {
         ("PROTO", Align::Left),
         ("HASH", Align::Left),
         ("TABLE", Align::Right),
+        ("STATUS", Align::Left),
         ("BACKENDS", Align::Right),
         ("READY", Align::Right),
         ("FLOWS", Align::Right),
     ]);
     for vip in vips {
+        // Ready means taking new flows: ready, weighted and up.
         let ready = vip
             .backends
             .iter()
-            .filter(|b| b.state == AdminState::Ready && b.weight > 0)
+            .filter(|b| b.state == AdminState::Ready && b.weight > 0 && b.health.state.is_up())
             .count();
         table.row(vec![
             vip.name.clone(),
@@ -1037,6 +1046,7 @@ pub fn render_vips(vips: &[VipView]) -> String {
             vip.protocol.to_string(),
             hash_name(vip.hash).to_owned(),
             vip.table_size.to_string(),
+            vip_status_name(vip.status).to_owned(),
             vip.backends.len().to_string(),
             ready.to_string(),
             vip.backends
@@ -1056,22 +1066,68 @@ pub fn render_vip(vip: &VipView) -> String {
         ("protocol", vip.protocol.to_string()),
         ("hash", hash_name(vip.hash).to_owned()),
         ("table size", vip.table_size.to_string()),
+        ("status", vip_status_name(vip.status).to_owned()),
+        ("health check", check_name(vip)),
     ]);
-    format!("{head}\n{}", render_backends(&vip.backends))
+    format!("{head}\n{}", render_backends(&vip.backends, unix_now_ms()))
 }
 
-pub fn render_backends(backends: &[BackendView]) -> String {
+fn vip_status_name(status: VipStatus) -> &'static str {
+    match status {
+        VipStatus::Up => "up",
+        VipStatus::Down => "down (no backend up: new flows are dropped)",
+    }
+}
+
+/// The VIP's check kind, as its backends report it.
+fn check_name(vip: &VipView) -> String {
+    vip.backends
+        .first()
+        .map_or("-".to_owned(), |b| b.health.check.to_string())
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Backends with their admin state, health (`up, going down` …), the last check's
+/// result and duration, and how long ago their health last changed (`now_ms`: Unix
+/// time in milliseconds).
+pub fn render_backends(backends: &[BackendView], now_ms: u64) -> String {
     let mut table = Table::new(&[
         ("ADDRESS", Align::Left),
         ("WEIGHT", Align::Right),
         ("STATE", Align::Left),
+        ("HEALTH", Align::Left),
+        ("SINCE", Align::Right),
+        ("LAST CHECK", Align::Left),
         ("FLOWS", Align::Right),
     ]);
     for backend in backends {
+        let health = &backend.health;
+        let last = match (&health.last_check, health.check) {
+            (_, CheckKind::None) => "-".to_owned(),
+            (None, _) => format!("{} (not yet)", health.check),
+            (Some(last), kind) => format!(
+                "{kind}: {} in {:.1}ms",
+                last.reason,
+                last.duration_us as f64 / 1000.0
+            ),
+        };
+        let since = if health.since_unix_ms == 0 {
+            "-".to_owned()
+        } else {
+            human_duration(now_ms.saturating_sub(health.since_unix_ms) / 1000)
+        };
         table.row(vec![
             backend.address.to_string(),
             backend.weight.to_string(),
             state_name(backend.state).to_owned(),
+            health.state.to_string(),
+            since,
+            last,
             backend.flows.to_string(),
         ]);
     }
@@ -1347,7 +1403,7 @@ fn backend(
         BackendCommand::List { vip } => {
             let a =
                 client.call::<Vec<BackendView>>("GET", &backends_path(&vip), None::<&()>, 200)?;
-            output.show(&a.raw, || render_backends(&a.value))
+            output.show(&a.raw, || render_backends(&a.value, unix_now_ms()))
         }
         BackendCommand::Add { port: Some(_), .. } => Err(CliError::Usage(
             "--port: backend ports apply to NAT forwarding, which is not available yet \
@@ -1519,7 +1575,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        control::{ControlError, fake::FakeControl},
+        control::{ControlError, HealthView, LastCheck, fake::FakeControl},
+        health::Operational,
         report::{BackendReport, VipReport},
     };
 
@@ -1571,19 +1628,33 @@ mod tests {
                 weight: 100,
                 state: AdminState::Ready,
                 flows: 12,
+                health: HealthView {
+                    check: CheckKind::Http,
+                    state: Operational::Falling,
+                    since_unix_ms: 1_000_000,
+                    checks: 10,
+                    failed_checks: 1,
+                    last_check: Some(LastCheck {
+                        passed: false,
+                        reason: "HTTP status 503".into(),
+                        duration_us: 1234,
+                        at_unix_ms: 1_299_000,
+                    }),
+                },
             },
             BackendView {
                 address: "198.18.0.13".parse().unwrap(),
                 weight: 10000,
                 state: AdminState::Drain,
                 flows: 0,
+                health: HealthView::default(),
             },
         ];
         assert_eq!(
-            render_backends(&backends),
-            "ADDRESS      WEIGHT  STATE  FLOWS\n\
-             198.18.0.11     100  ready     12\n\
-             198.18.0.13   10000  drain      0\n"
+            render_backends(&backends, 1_303_000),
+            "ADDRESS      WEIGHT  STATE  HEALTH          SINCE  LAST CHECK                      FLOWS\n\
+             198.18.0.11     100  ready  up, going down  5m 3s  http: HTTP status 503 in 1.2ms     12\n\
+             198.18.0.13   10000  drain  up                  -  -                                   0\n"
         );
         let vip = VipView {
             name: "web".into(),
@@ -1592,12 +1663,13 @@ mod tests {
             protocol: crate::config::Protocol::Tcp,
             hash: HashMode::SourceIp,
             table_size: 1021,
+            status: VipStatus::Up,
             backends,
         };
         assert_eq!(
             render_vips(&[vip]),
-            "NAME  ADDRESS           PROTO  HASH       TABLE  BACKENDS  READY  FLOWS\n\
-             web   [2001:db8::80]:*  tcp    source-ip   1021         2      1     12\n"
+            "NAME  ADDRESS           PROTO  HASH       TABLE  STATUS  BACKENDS  READY  FLOWS\n\
+             web   [2001:db8::80]:*  tcp    source-ip   1021  up             2      1     12\n"
         );
     }
 
@@ -1935,7 +2007,8 @@ mod tests {
         let out = run_against(&dir.path(), command.clone(), false).unwrap();
         assert_eq!(
             out,
-            "ADDRESS      WEIGHT  STATE  FLOWS\n198.18.0.11     100  ready      3\n"
+            "ADDRESS      WEIGHT  STATE  HEALTH  SINCE  LAST CHECK  FLOWS\n\
+             198.18.0.11     100  ready  up          -  -               3\n"
         );
         let request = server.join().unwrap();
         assert!(
@@ -2006,9 +2079,10 @@ mod tests {
         let out = run_against(&dir.path(), command, false).unwrap();
         assert_eq!(
             out,
-            "name        web\naddress     192.0.2.1:80\nprotocol    tcp\nhash        5-tuple\n\
-             table size  251\n\n\
-             ADDRESS      WEIGHT  STATE  FLOWS\n198.18.0.11      50  ready      0\n"
+            "name          web\naddress       192.0.2.1:80\nprotocol      tcp\nhash          5-tuple\n\
+             table size    251\nstatus        up\nhealth check  none\n\n\
+             ADDRESS      WEIGHT  STATE  HEALTH  SINCE  LAST CHECK  FLOWS\n\
+             198.18.0.11      50  ready  up          -  -               0\n"
         );
         let request = server.join().unwrap();
         assert!(
@@ -2149,11 +2223,13 @@ mod tests {
             protocol: crate::config::Protocol::Tcp,
             hash: HashMode::FiveTuple,
             table_size: 251,
+            status: VipStatus::Up,
             backends: vec![BackendView {
                 address: "2001:db8::1".parse().unwrap(),
                 weight: 100,
                 state: AdminState::Ready,
                 flows: 3,
+                health: HealthView::default(),
             }],
         }]);
         agent.uptime_seconds = 90_061;
@@ -2207,7 +2283,10 @@ mod tests {
         let list = run(false, AdminCommand::Vip(VipCommand::List)).unwrap();
         assert!(list.contains("web a  [2001:db8::80]:80  tcp"), "{list}");
         let show = run(false, AdminCommand::Vip(VipCommand::Show { name: vip() })).unwrap();
-        assert!(show.contains("2001:db8::1     100  ready      3"), "{show}");
+        assert!(
+            show.contains("2001:db8::1     100  ready  up          -  -               3"),
+            "{show}"
+        );
 
         let Ok(AdminCommand::Vip(VipCommand::Add(args))) = parse_args(&[
             "vip",
@@ -2226,13 +2305,15 @@ mod tests {
         let add = || AdminCommand::Vip(VipCommand::Add(args.clone()));
         let added = run(false, add()).unwrap();
         assert!(
-            added
-                .starts_with("name        dns/6\naddress     [2001:db8::53]:53\nprotocol    udp\n"),
+            added.starts_with(
+                "name          dns/6\naddress       [2001:db8::53]:53\nprotocol      udp\n"
+            ),
             "{added}"
         );
         assert!(
             added.ends_with(
-                "2001:db8::5      50  ready      0\n2001:db8::6     100  ready      0\n"
+                "2001:db8::5      50  ready  up          -  -               0\n\
+                 2001:db8::6     100  ready  up          -  -               0\n"
             ),
             "{added}"
         );
