@@ -391,6 +391,39 @@ mod tests {
         assert!(monitor.is_up("web", "127.0.0.1".parse().unwrap()));
     }
 
+    /// What the planner makes of a VIP whose backends are all DOWN: a table of
+    /// `NO_BACKEND` slots (the program drops and counts new flows, `drop_no_backend`),
+    /// and backends that stop accepting flows only after no slot names them.
+    #[test]
+    fn a_vip_whose_backends_are_all_down_gets_a_table_without_backends() {
+        use crate::plan::{MapWrite, Reconciler};
+        let config = config("kind = \"none\"\n", &["127.0.0.1", "127.0.0.2"]);
+        let mut effective = config.clone();
+        for backend in &mut effective.vips[0].backends {
+            backend.state = effective_admin_state(backend.state, false);
+        }
+        let (_, up) = Reconciler::new(1 << 20).plan(&config).unwrap();
+        let (writes, down) = up.plan(&effective).unwrap();
+        let vip = down.vips().next().unwrap();
+        assert!(vip.table.iter().all(|slot| *slot == lb_common::NO_BACKEND));
+        assert!(vip.backends.values().all(|b| !b.accepts && b.weight == 0));
+        let patch = writes
+            .iter()
+            .position(|w| matches!(w, MapWrite::PatchRing { .. }))
+            .expect("the table is patched");
+        let closed: Vec<usize> = (0..writes.len())
+            .filter(|&i| matches!(&writes[i], MapWrite::SetBackend { backend, .. } if backend.flags & lb_common::BACKEND_ACCEPTS_FLOWS == 0))
+            .collect();
+        assert_eq!(closed.len(), 2, "{writes:?}");
+        assert!(closed.iter().all(|&i| i > patch), "{writes:?}");
+        // Back UP: the same table as before, so every flow returns where it was.
+        let (_, again) = down.plan(&config).unwrap();
+        assert_eq!(
+            again.vips().next().unwrap().table,
+            up.vips().next().unwrap().table
+        );
+    }
+
     #[test]
     fn jitter_stays_within_the_interval() {
         for n in 0..100 {
