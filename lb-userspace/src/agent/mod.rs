@@ -158,6 +158,9 @@ impl Agent {
             );
             let adopted = Reconciler::adopt(&programmed, DEFAULT_MAGLEV_RING_ENTRIES, config)?;
             let down = health::down_in_dataplane(config, adopted.vips());
+            for key in &down {
+                info!(vip = %key.vip, backend = %key.address, "backend starts DOWN: the adopted dataplane had it out of rotation");
+            }
             (adopted, down)
         } else {
             (
@@ -197,11 +200,18 @@ impl Agent {
     /// Plans and writes the difference between the running state and `config` (with
     /// DOWN backends out of rotation), then follows it with the checks.
     fn program_config(&mut self, config: &Config) -> Result<usize, AgentError> {
+        let writes = self.program_health(config)?;
+        self.health.sync(config, &BTreeSet::new(), false);
+        resolve_next_hops(&mut self.host, config);
+        Ok(writes)
+    }
+
+    /// Plans and writes `config` as backend health makes it, and publishes which VIPs
+    /// can serve.
+    fn program_health(&mut self, config: &Config) -> Result<usize, AgentError> {
         let (writes, state) = self.state.plan(&self.health.effective(config))?;
         self.dataplane.apply(&writes)?;
         self.state = state;
-        self.health.sync(config, &BTreeSet::new(), false);
-        resolve_next_hops(&mut self.host, config);
         self.publish_serving(config);
         Ok(writes.len())
     }
@@ -225,7 +235,7 @@ impl Agent {
         }
         if changed {
             let config = self.config.clone();
-            match self.program_config(&config) {
+            match self.program_health(&config) {
                 Ok(writes) => info!(writes, "dataplane follows backend health"),
                 Err(err) => error!(error = %err, "cannot apply a health change to the dataplane"),
             }

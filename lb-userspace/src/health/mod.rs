@@ -1,8 +1,9 @@
-//! Health checks: one tokio task per checked backend (no thread per check), each paced
-//! by its own state machine ([`state`]) and bounded by its own timeout ([`check`]), so a
-//! black-holed backend never delays another's checks. Tasks report every result on a
-//! channel; the agent feeds them to [`HealthMonitor::record`] and re-plans the dataplane
-//! when a backend changes between UP and DOWN.
+//! Health checks: one tokio task per checked backend (no thread per check), each bounded
+//! by its own timeout ([`check`]) and owning the backend's state machine ([`state`]),
+//! which paces it, so a black-holed backend never delays another's checks. Tasks report
+//! every result with the state it led to on a channel; the agent hands them to
+//! [`HealthMonitor::record`] and re-plans the dataplane when a backend changes between
+//! UP and DOWN.
 //!
 //! The monitor follows the running configuration ([`HealthMonitor::sync`]): a backend
 //! whose check is unchanged keeps its task and its state across reloads and API changes.
@@ -42,6 +43,9 @@ pub struct Report {
     generation: u64,
     pub result: CheckResult,
     pub at: SystemTime,
+    /// The backend's state after this result, and whether it crossed UP/DOWN.
+    state: HealthState,
+    changed: bool,
 }
 
 /// What is known of one backend's health.
@@ -66,6 +70,7 @@ pub struct Transition {
 }
 
 struct Monitored {
+    /// What the task checks: a change restarts it.
     rules: HealthConfig,
     target: Target,
     generation: u64,
@@ -178,9 +183,7 @@ impl HealthMonitor {
         self.backends.retain(|key, _| wanted.contains(key));
     }
 
-    /// Takes a check result into account; returns the UP/DOWN change it makes, if any.
-    /// The state machine is the one the task paces itself with: both see the same
-    /// results in the same order, so they agree.
+    /// Takes a check's report into account; returns the UP/DOWN change it made, if any.
     pub fn record(&mut self, report: Report) -> Option<Transition> {
         let monitored = self.backends.get_mut(&report.key)?;
         if monitored.generation != report.generation {
@@ -191,14 +194,15 @@ impl HealthMonitor {
         if !report.result.passed {
             health.failed_checks += 1;
         }
-        let changed = health.state.record(&monitored.rules, report.result.passed);
-        if changed {
+        health.state = report.state;
+        if report.changed {
             health.changed_at = report.at;
         }
         health.last = Some((report.result.clone(), report.at));
-        changed.then(|| Transition {
+        let up = health.state.is_up();
+        report.changed.then_some(Transition {
             key: report.key,
-            up: health.state.is_up(),
+            up,
             result: report.result,
         })
     }
@@ -291,13 +295,15 @@ async fn run_checks(
         sleep_until(next).await;
         let started = Instant::now();
         let result = checker.check(&rules, &target).await;
-        state.record(&rules, result.passed);
+        let changed = state.record(&rules, result.passed);
         next = started + state.next_interval(&rules);
         let report = Report {
             key: key.clone(),
             generation,
             result,
             at: SystemTime::now(),
+            state,
+            changed,
         };
         if reports.send(report).is_err() {
             return;
