@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 use weir_testbed::{
     DsrTopology,
-    agent::Agent,
+    agent::{Agent, AgentDirs},
     http_get,
     load::{Load, LoadSpec},
     topology::{HTTP_PORT, VIP_V4, backend_v4},
@@ -324,7 +324,9 @@ fn an_exec_check_follows_its_command() {
 fn a_vip_whose_backends_are_all_down_is_down_and_drops_new_flows() {
     let topology = DsrTopology::with_servers(2).unwrap();
     // Nothing listens on port 81: every check is refused.
-    let agent = Agent::start(topology.lb_ns(), &config(&topology, &health("port = 81\n"))).unwrap();
+    let dirs = AgentDirs::new().unwrap();
+    let text = config(&topology, &health("port = 81\n"));
+    let mut agent = Agent::start_with(topology.lb_ns(), &text, &dirs, &[]).unwrap();
     for n in 1..=2 {
         wait_for_change(&agent, n, "DOWN", Instant::now());
     }
@@ -352,4 +354,21 @@ fn a_vip_whose_backends_are_all_down_is_down_and_drops_new_flows() {
         after > before,
         "new flows are dropped and counted: {before} → {after}"
     );
+
+    // A changed check restarts the checks, not the state: still DOWN. Checked once a
+    // minute from now on, the backends would look UP for up to a minute to an agent
+    // that forgot; a new agent takes their state from the pinned dataplane instead.
+    let slow = text.replace("interval = \"200ms\"", "interval = \"1m\"");
+    agent.reload(&slow).unwrap();
+    assert_eq!(json(&agent, &["vip", "show", "web"])["status"], "down");
+    agent.kill().unwrap();
+    let agent = Agent::start_with(topology.lb_ns(), &slow, &dirs, &[]).unwrap();
+    let vip = json(&agent, &["vip", "show", "web"]);
+    assert_eq!(vip["status"], "down", "{vip}");
+    assert!(
+        agent.log().contains("backend starts DOWN"),
+        "{}",
+        agent.log()
+    );
+    assert!(!agent.log().contains("backend is UP"), "{}", agent.log());
 }

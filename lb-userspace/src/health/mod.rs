@@ -431,6 +431,26 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_dataplane_tells_which_backends_were_down() {
+        use crate::plan::Reconciler;
+        let mut config = config(
+            "kind = \"none\"\n",
+            &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+        );
+        config.vips[0].backends[2].state = AdminState::Maint;
+        let mut effective = config.clone();
+        effective.vips[0].backends[0].state = AdminState::Maint;
+        let (_, programmed) = Reconciler::new(1 << 20).plan(&effective).unwrap();
+        // Backend 1 was out for its health; backend 3 is in maint by the operator's will.
+        assert_eq!(
+            down_in_dataplane(&config, programmed.vips()),
+            BTreeSet::from([key("127.0.0.1")])
+        );
+        config.vips[0].name = "renamed".into();
+        assert!(down_in_dataplane(&config, programmed.vips()).is_empty());
+    }
+
+    #[test]
     fn jitter_stays_within_the_interval() {
         for n in 0..100 {
             let key = BackendKey {
