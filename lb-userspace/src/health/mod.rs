@@ -379,6 +379,39 @@ mod tests {
         }
     }
 
+    /// A thousand backends from one monitor: each is checked at its own pace, spread over
+    /// the interval, none waiting for another.
+    #[tokio::test]
+    async fn a_thousand_backends_are_checked_concurrently() {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let addresses: Vec<String> = (0..1000)
+            .map(|i| format!("127.1.{}.{}", i / 250, 1 + i % 250))
+            .collect();
+        let addresses: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        let mut config = config("interval = \"200ms\"\n", &addresses);
+        config.vips[0].health.port = Some(port);
+        let (mut monitor, mut reports) = HealthMonitor::new();
+        monitor.sync(&config, &BTreeSet::new(), true);
+        let mut checked = BTreeMap::new();
+        let started = Instant::now();
+        while checked.len() < addresses.len() || checked.values().any(|n| *n < 2) {
+            let report = reports.recv().await.expect("reports");
+            assert!(report.result.passed, "{:?}", report.result);
+            *checked.entry(report.key.address).or_insert(0) += 1;
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{} of 1000 checked twice",
+                checked.values().filter(|n| **n >= 2).count()
+            );
+        }
+    }
+
     #[test]
     fn backends_a_previous_agent_took_out_start_down() {
         let config = config("kind = \"none\"\n", &["127.0.0.1"]);
