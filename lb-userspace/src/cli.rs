@@ -162,6 +162,41 @@ pub struct VipAddArgs {
     /// 2001:db8::1, [2001:db8::1]:50. Repeat for each backend.
     #[arg(long = "backend", value_name = "ADDR[:WEIGHT]", value_parser = parse_backend_spec)]
     pub backends: Vec<BackendSpec>,
+    /// A key of the VIP's health check, as in the file's [vip.health]: kind=http,
+    /// path=/health, interval=500ms, rise=3, expect_status=[200,204],
+    /// 'command=["/usr/local/bin/check","{address}"]'. Repeat for each key.
+    #[arg(long = "health", value_name = "KEY=VALUE", value_parser = parse_health_setting)]
+    pub health: Vec<HealthSetting>,
+}
+
+/// One `--health KEY=VALUE` of `weir vip add`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSetting {
+    pub key: String,
+    pub value: serde_json::Value,
+}
+
+/// `KEY=VALUE`: the value is read as a TOML value (a number, a list, a quoted string),
+/// and taken as a plain string when it is not one (`kind=http`, `interval=2s`).
+pub fn parse_health_setting(text: &str) -> Result<HealthSetting, String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!("{text:?}: expected KEY=VALUE"));
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{text:?}: the key is empty"));
+    }
+    let value = value.trim();
+    let value = match format!("value = {value}").parse::<toml::Table>() {
+        Ok(mut table) => {
+            serde_json::to_value(table.remove("value")).map_err(|err| format!("{text:?}: {err}"))?
+        }
+        Err(_) => serde_json::Value::String(value.to_owned()),
+    };
+    Ok(HealthSetting {
+        key: key.to_owned(),
+        value,
+    })
 }
 
 /// A backend of `weir vip add`: its address and, optionally, its weight.
@@ -181,7 +216,12 @@ impl VipAddArgs {
             protocol: self.protocol,
             hash: self.hash,
             table_size: self.table_size,
-            health: None,
+            health: (!self.health.is_empty()).then(|| {
+                self.health
+                    .iter()
+                    .map(|s| (s.key.clone(), s.value.clone()))
+                    .collect()
+            }),
             backends: self
                 .backends
                 .iter()
@@ -1787,13 +1827,21 @@ mod tests {
             "--backend",
             "2001:db8::1",
             "--backend=[2001:db8::2]:50",
+            "--health",
+            "kind=exec",
+            "--health=rise=3",
+            "--health",
+            r#"command=["/bin/check", "{address}"]"#,
+            "--health=interval=500ms",
         ]) else {
             panic!("not parsed");
         };
         assert_eq!(
             serde_json::to_string(&args.request()).unwrap(),
-            r#"{"name":"dns 6","address":"2001:db8::53","port":53,"protocol":"udp","hash":"source-ip","table_size":251,"backends":[{"address":"2001:db8::1"},{"address":"2001:db8::2","weight":50}]}"#
+            r#"{"name":"dns 6","address":"2001:db8::53","port":53,"protocol":"udp","hash":"source-ip","table_size":251,"health":{"command":["/bin/check","{address}"],"interval":"500ms","kind":"exec","rise":3},"backends":[{"address":"2001:db8::1"},{"address":"2001:db8::2","weight":50}]}"#
         );
+        assert!(parse_health_setting("rise").is_err());
+        assert!(parse_health_setting("=3").is_err());
         // The agent's shape reads it back whole.
         let new: NewVip = serde_json::to_value(args.request())
             .and_then(serde_json::from_value)
@@ -2075,6 +2123,7 @@ mod tests {
             hash: None,
             table_size: Some(251),
             backends: vec![parse_backend_spec("198.18.0.11:50").unwrap()],
+            health: vec![],
         }));
         let out = run_against(&dir.path(), command, false).unwrap();
         assert_eq!(

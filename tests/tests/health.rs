@@ -372,3 +372,35 @@ fn a_vip_whose_backends_are_all_down_is_down_and_drops_new_flows() {
     );
     assert!(!agent.log().contains("backend is UP"), "{}", agent.log());
 }
+
+#[test]
+fn a_vip_added_at_runtime_is_checked_too() {
+    let topology = DsrTopology::with_servers(1).unwrap();
+    let agent = Agent::start(topology.lb_ns(), &config(&topology, &health(""))).unwrap();
+    let backend = IpAddr::from(backend_v4(1)).to_string();
+    ok(agent
+        .cli(&[
+            "vip",
+            "add",
+            "api",
+            "198.19.0.20",
+            "443",
+            "--backend",
+            &backend,
+            "--health",
+            "port=81",
+            "--health",
+            "interval=200ms",
+            "--health=fall=1",
+        ])
+        .unwrap());
+    wait_for_change(&agent, 1, "DOWN", Instant::now());
+    let api = json(&agent, &["vip", "show", "api"]);
+    assert_eq!(api["status"], "down", "{api}");
+    assert_eq!(
+        api["backends"][0]["health"]["last_check"]["reason"], "connection refused",
+        "{api}"
+    );
+    // The VIP of the file, same backend, other check: still up.
+    assert_eq!(json(&agent, &["vip", "show", "web"])["status"], "up");
+}
