@@ -627,6 +627,7 @@ mod tests {
             protocol: Protocol::Tcp,
             hash: HashMode::FiveTuple,
             table_size: 65537,
+            status: Default::default(),
             backends: vec![backend("10.0.0.1", 100), backend("10.0.0.2", 50)],
         };
         let dns = VipView {
@@ -636,6 +637,7 @@ mod tests {
             protocol: Protocol::Udp,
             hash: HashMode::SourceIp,
             table_size: 251,
+            status: Default::default(),
             backends: vec![backend("2001:db8::1", 100)],
         };
         let broken = VipView {
@@ -681,6 +683,7 @@ mod tests {
             weight,
             state: AdminState::Ready,
             flows: 0,
+            health: Default::default(),
         }
     }
 
@@ -888,7 +891,9 @@ mod tests {
         assert_eq!(r.status, 201, "{r:?}");
         assert_eq!(
             r.json(),
-            json!({"address": "10.0.0.3", "weight": 20, "state": "drain", "flows": 0})
+            json!({"address": "10.0.0.3", "weight": 20, "state": "drain", "flows": 0,
+                   "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
+                              "failed_checks": 0}})
         );
         // Defaults.
         let r = server
@@ -901,7 +906,9 @@ mod tests {
         assert_eq!(r.status, 201, "{r:?}");
         assert_eq!(
             r.json(),
-            json!({"address": "2001:db8::2", "weight": 100, "state": "ready", "flows": 0})
+            json!({"address": "2001:db8::2", "weight": 100, "state": "ready", "flows": 0,
+                   "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
+                              "failed_checks": 0}})
         );
 
         let r = server
@@ -914,7 +921,9 @@ mod tests {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(
             r.json(),
-            json!({"address": "10.0.0.3", "weight": 20, "state": "maint", "flows": 0})
+            json!({"address": "10.0.0.3", "weight": 20, "state": "maint", "flows": 0,
+                   "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
+                              "failed_checks": 0}})
         );
         // IPv6 in the path, and an empty change.
         let r = server

@@ -21,10 +21,10 @@ use std::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    config::{AdminState, DEFAULT_API_SOCKET, HashMode, Protocol},
+    config::{AdminState, CheckKind, DEFAULT_API_SOCKET, HashMode, Protocol},
     control::{
         BackendChange, BackendView, ErrorBody, FlowView, NewBackend, NewVip, ReloadOutcome, Status,
-        VipView,
+        VipStatus, VipView,
     },
     report::{StatsReport, Traffic},
 };
@@ -162,6 +162,41 @@ pub struct VipAddArgs {
     /// 2001:db8::1, [2001:db8::1]:50. Repeat for each backend.
     #[arg(long = "backend", value_name = "ADDR[:WEIGHT]", value_parser = parse_backend_spec)]
     pub backends: Vec<BackendSpec>,
+    /// A key of the VIP's health check, as in the file's [vip.health]: kind=http,
+    /// path=/health, interval=500ms, rise=3, expect_status=[200,204],
+    /// 'command=["/usr/local/bin/check","{address}"]'. Repeat for each key.
+    #[arg(long = "health", value_name = "KEY=VALUE", value_parser = parse_health_setting)]
+    pub health: Vec<HealthSetting>,
+}
+
+/// One `--health KEY=VALUE` of `weir vip add`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSetting {
+    pub key: String,
+    pub value: serde_json::Value,
+}
+
+/// `KEY=VALUE`: the value is read as a TOML value (a number, a list, a quoted string),
+/// and taken as a plain string when it is not one (`kind=http`, `interval=2s`).
+pub fn parse_health_setting(text: &str) -> Result<HealthSetting, String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!("{text:?}: expected KEY=VALUE"));
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{text:?}: the key is empty"));
+    }
+    let value = value.trim();
+    let value = match format!("value = {value}").parse::<toml::Table>() {
+        Ok(mut table) => {
+            serde_json::to_value(table.remove("value")).map_err(|err| format!("{text:?}: {err}"))?
+        }
+        Err(_) => serde_json::Value::String(value.to_owned()),
+    };
+    Ok(HealthSetting {
+        key: key.to_owned(),
+        value,
+    })
 }
 
 /// A backend of `weir vip add`: its address and, optionally, its weight.
@@ -181,6 +216,12 @@ impl VipAddArgs {
             protocol: self.protocol,
             hash: self.hash,
             table_size: self.table_size,
+            health: (!self.health.is_empty()).then(|| {
+                self.health
+                    .iter()
+                    .map(|s| (s.key.clone(), s.value.clone()))
+                    .collect()
+            }),
             backends: self
                 .backends
                 .iter()
@@ -1001,8 +1042,15 @@ pub fn render_status(status: &Status) -> String {
             ),
         ));
     }
-    rows.push(("vips", status.vips.to_string()));
-    rows.push(("backends", status.backends.to_string()));
+    let with_down = |total: usize, down: usize| {
+        if down == 0 {
+            total.to_string()
+        } else {
+            format!("{total} ({down} down)")
+        }
+    };
+    rows.push(("vips", with_down(status.vips, status.vips_down)));
+    rows.push(("backends", with_down(status.backends, status.backends_down)));
     if let Some(announce) = &status.announce {
         let addresses: Vec<String> = announce.addresses.iter().map(IpAddr::to_string).collect();
         rows.push((
@@ -1035,15 +1083,17 @@ pub fn render_vips(vips: &[VipView]) -> String {
         ("PROTO", Align::Left),
         ("HASH", Align::Left),
         ("TABLE", Align::Right),
+        ("STATUS", Align::Left),
         ("BACKENDS", Align::Right),
         ("READY", Align::Right),
         ("FLOWS", Align::Right),
     ]);
     for vip in vips {
+        // Ready means taking new flows: ready, weighted and up.
         let ready = vip
             .backends
             .iter()
-            .filter(|b| b.state == AdminState::Ready && b.weight > 0)
+            .filter(|b| b.state == AdminState::Ready && b.weight > 0 && b.health.state.is_up())
             .count();
         table.row(vec![
             vip.name.clone(),
@@ -1051,6 +1101,7 @@ pub fn render_vips(vips: &[VipView]) -> String {
             vip.protocol.to_string(),
             hash_name(vip.hash).to_owned(),
             vip.table_size.to_string(),
+            vip_status_name(vip.status).to_owned(),
             vip.backends.len().to_string(),
             ready.to_string(),
             vip.backends
@@ -1070,22 +1121,68 @@ pub fn render_vip(vip: &VipView) -> String {
         ("protocol", vip.protocol.to_string()),
         ("hash", hash_name(vip.hash).to_owned()),
         ("table size", vip.table_size.to_string()),
+        ("status", vip_status_name(vip.status).to_owned()),
+        ("health check", check_name(vip)),
     ]);
-    format!("{head}\n{}", render_backends(&vip.backends))
+    format!("{head}\n{}", render_backends(&vip.backends, unix_now_ms()))
 }
 
-pub fn render_backends(backends: &[BackendView]) -> String {
+fn vip_status_name(status: VipStatus) -> &'static str {
+    match status {
+        VipStatus::Up => "up",
+        VipStatus::Down => "down (no backend up: new flows are dropped)",
+    }
+}
+
+/// The VIP's check kind, as its backends report it.
+fn check_name(vip: &VipView) -> String {
+    vip.backends
+        .first()
+        .map_or("-".to_owned(), |b| b.health.check.to_string())
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Backends with their admin state, health (`up, going down` …), the last check's
+/// result and duration, and how long ago their health last changed (`now_ms`: Unix
+/// time in milliseconds).
+pub fn render_backends(backends: &[BackendView], now_ms: u64) -> String {
     let mut table = Table::new(&[
         ("ADDRESS", Align::Left),
         ("WEIGHT", Align::Right),
         ("STATE", Align::Left),
+        ("HEALTH", Align::Left),
+        ("SINCE", Align::Right),
+        ("LAST CHECK", Align::Left),
         ("FLOWS", Align::Right),
     ]);
     for backend in backends {
+        let health = &backend.health;
+        let last = match (&health.last_check, health.check) {
+            (_, CheckKind::None) => "-".to_owned(),
+            (None, _) => format!("{} (not yet)", health.check),
+            (Some(last), kind) => format!(
+                "{kind}: {} in {:.1}ms",
+                last.reason,
+                last.duration_us as f64 / 1000.0
+            ),
+        };
+        let since = if health.since_unix_ms == 0 {
+            "-".to_owned()
+        } else {
+            human_duration(now_ms.saturating_sub(health.since_unix_ms) / 1000)
+        };
         table.row(vec![
             backend.address.to_string(),
             backend.weight.to_string(),
             state_name(backend.state).to_owned(),
+            health.state.to_string(),
+            since,
+            last,
             backend.flows.to_string(),
         ]);
     }
@@ -1361,7 +1458,7 @@ fn backend(
         BackendCommand::List { vip } => {
             let a =
                 client.call::<Vec<BackendView>>("GET", &backends_path(&vip), None::<&()>, 200)?;
-            output.show(&a.raw, || render_backends(&a.value))
+            output.show(&a.raw, || render_backends(&a.value, unix_now_ms()))
         }
         BackendCommand::Add { port: Some(_), .. } => Err(CliError::Usage(
             "--port: backend ports apply to NAT forwarding, which is not available yet \
@@ -1533,7 +1630,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        control::{ControlError, fake::FakeControl},
+        control::{ControlError, HealthView, LastCheck, fake::FakeControl},
+        health::Operational,
         report::{BackendReport, VipReport},
     };
 
@@ -1585,19 +1683,33 @@ mod tests {
                 weight: 100,
                 state: AdminState::Ready,
                 flows: 12,
+                health: HealthView {
+                    check: CheckKind::Http,
+                    state: Operational::Falling,
+                    since_unix_ms: 1_000_000,
+                    checks: 10,
+                    failed_checks: 1,
+                    last_check: Some(LastCheck {
+                        passed: false,
+                        reason: "HTTP status 503".into(),
+                        duration_us: 1234,
+                        at_unix_ms: 1_299_000,
+                    }),
+                },
             },
             BackendView {
                 address: "198.18.0.13".parse().unwrap(),
                 weight: 10000,
                 state: AdminState::Drain,
                 flows: 0,
+                health: HealthView::default(),
             },
         ];
         assert_eq!(
-            render_backends(&backends),
-            "ADDRESS      WEIGHT  STATE  FLOWS\n\
-             198.18.0.11     100  ready     12\n\
-             198.18.0.13   10000  drain      0\n"
+            render_backends(&backends, 1_303_000),
+            "ADDRESS      WEIGHT  STATE  HEALTH          SINCE  LAST CHECK                      FLOWS\n\
+             198.18.0.11     100  ready  up, going down  5m 3s  http: HTTP status 503 in 1.2ms     12\n\
+             198.18.0.13   10000  drain  up                  -  -                                   0\n"
         );
         let vip = VipView {
             name: "web".into(),
@@ -1606,12 +1718,13 @@ mod tests {
             protocol: crate::config::Protocol::Tcp,
             hash: HashMode::SourceIp,
             table_size: 1021,
+            status: VipStatus::Up,
             backends,
         };
         assert_eq!(
             render_vips(&[vip]),
-            "NAME  ADDRESS           PROTO  HASH       TABLE  BACKENDS  READY  FLOWS\n\
-             web   [2001:db8::80]:*  tcp    source-ip   1021         2      1     12\n"
+            "NAME  ADDRESS           PROTO  HASH       TABLE  STATUS  BACKENDS  READY  FLOWS\n\
+             web   [2001:db8::80]:*  tcp    source-ip   1021  up             2      1     12\n"
         );
     }
 
@@ -1729,13 +1842,21 @@ mod tests {
             "--backend",
             "2001:db8::1",
             "--backend=[2001:db8::2]:50",
+            "--health",
+            "kind=exec",
+            "--health=rise=3",
+            "--health",
+            r#"command=["/bin/check", "{address}"]"#,
+            "--health=interval=500ms",
         ]) else {
             panic!("not parsed");
         };
         assert_eq!(
             serde_json::to_string(&args.request()).unwrap(),
-            r#"{"name":"dns 6","address":"2001:db8::53","port":53,"protocol":"udp","hash":"source-ip","table_size":251,"backends":[{"address":"2001:db8::1"},{"address":"2001:db8::2","weight":50}]}"#
+            r#"{"name":"dns 6","address":"2001:db8::53","port":53,"protocol":"udp","hash":"source-ip","table_size":251,"health":{"command":["/bin/check","{address}"],"interval":"500ms","kind":"exec","rise":3},"backends":[{"address":"2001:db8::1"},{"address":"2001:db8::2","weight":50}]}"#
         );
+        assert!(parse_health_setting("rise").is_err());
+        assert!(parse_health_setting("=3").is_err());
         // The agent's shape reads it back whole.
         let new: NewVip = serde_json::to_value(args.request())
             .and_then(serde_json::from_value)
@@ -1949,7 +2070,8 @@ mod tests {
         let out = run_against(&dir.path(), command.clone(), false).unwrap();
         assert_eq!(
             out,
-            "ADDRESS      WEIGHT  STATE  FLOWS\n198.18.0.11     100  ready      3\n"
+            "ADDRESS      WEIGHT  STATE  HEALTH  SINCE  LAST CHECK  FLOWS\n\
+             198.18.0.11     100  ready  up          -  -               3\n"
         );
         let request = server.join().unwrap();
         assert!(
@@ -2016,13 +2138,15 @@ mod tests {
             hash: None,
             table_size: Some(251),
             backends: vec![parse_backend_spec("198.18.0.11:50").unwrap()],
+            health: vec![],
         }));
         let out = run_against(&dir.path(), command, false).unwrap();
         assert_eq!(
             out,
-            "name        web\naddress     192.0.2.1:80\nprotocol    tcp\nhash        5-tuple\n\
-             table size  251\n\n\
-             ADDRESS      WEIGHT  STATE  FLOWS\n198.18.0.11      50  ready      0\n"
+            "name          web\naddress       192.0.2.1:80\nprotocol      tcp\nhash          5-tuple\n\
+             table size    251\nstatus        up\nhealth check  none\n\n\
+             ADDRESS      WEIGHT  STATE  HEALTH  SINCE  LAST CHECK  FLOWS\n\
+             198.18.0.11      50  ready  up          -  -               0\n"
         );
         let request = server.join().unwrap();
         assert!(
@@ -2163,11 +2287,13 @@ mod tests {
             protocol: crate::config::Protocol::Tcp,
             hash: HashMode::FiveTuple,
             table_size: 251,
+            status: VipStatus::Up,
             backends: vec![BackendView {
                 address: "2001:db8::1".parse().unwrap(),
                 weight: 100,
                 state: AdminState::Ready,
                 flows: 3,
+                health: HealthView::default(),
             }],
         }]);
         agent.uptime_seconds = 90_061;
@@ -2225,7 +2351,10 @@ mod tests {
         let list = run(false, AdminCommand::Vip(VipCommand::List)).unwrap();
         assert!(list.contains("web a  [2001:db8::80]:80  tcp"), "{list}");
         let show = run(false, AdminCommand::Vip(VipCommand::Show { name: vip() })).unwrap();
-        assert!(show.contains("2001:db8::1     100  ready      3"), "{show}");
+        assert!(
+            show.contains("2001:db8::1     100  ready  up          -  -               3"),
+            "{show}"
+        );
 
         let Ok(AdminCommand::Vip(VipCommand::Add(args))) = parse_args(&[
             "vip",
@@ -2244,13 +2373,15 @@ mod tests {
         let add = || AdminCommand::Vip(VipCommand::Add(args.clone()));
         let added = run(false, add()).unwrap();
         assert!(
-            added
-                .starts_with("name        dns/6\naddress     [2001:db8::53]:53\nprotocol    udp\n"),
+            added.starts_with(
+                "name          dns/6\naddress       [2001:db8::53]:53\nprotocol      udp\n"
+            ),
             "{added}"
         );
         assert!(
             added.ends_with(
-                "2001:db8::5      50  ready      0\n2001:db8::6     100  ready      0\n"
+                "2001:db8::5      50  ready  up          -  -               0\n\
+                 2001:db8::6     100  ready  up          -  -               0\n"
             ),
             "{added}"
         );

@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lb_common::{
     DEFAULT_CONNTRACK_ENTRIES, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, PROTO_TCP, PROTO_UDP,
@@ -98,8 +99,156 @@ pub struct VipConfig {
     pub hash: HashMode,
     /// Maglev table size: prime, greater than the number of backends.
     pub table_size: u32,
+    /// How its backends are checked (`[vip.health]`).
+    pub health: HealthConfig,
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// Default `health.interval`: the pace of checks while a backend is stable.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Default `health.timeout`.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Defaults of `health.rise` and `health.fall` (HAProxy's).
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+/// Bounds of `rise` and `fall`.
+pub const MAX_RISE_FALL: u32 = 1000;
+/// Bounds of every check duration.
+pub const MAX_CHECK_DURATION: Duration = Duration::from_secs(3600);
+/// Placeholders an exec check's command may use.
+pub const COMMAND_PLACEHOLDERS: [&str; 4] = ["{address}", "{port}", "{vip}", "{vip_port}"];
+
+/// How the backends of a VIP are checked, with every default filled in. Keys that only
+/// make sense for some kinds (`path`, `command`, …) are `Some` only for those kinds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct HealthConfig {
+    pub kind: CheckKind,
+    /// The port checked; `None`: the VIP's (which is the backend's in DSR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// http/https: the request path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// http/https: the Host header and TLS SNI; `None`: the backend's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// http/https: the statuses that count as healthy; `None`: 2xx and 3xx.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<Vec<u16>>,
+    /// While the backend is stable (fully up).
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// While it is rising or falling.
+    #[serde(with = "duration_text")]
+    pub fastinter: Duration,
+    /// While it is fully down.
+    #[serde(with = "duration_text")]
+    pub downinter: Duration,
+    /// Bound of one whole check (connect, request, answer; or the command's run).
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a DOWN backend UP.
+    pub rise: u32,
+    /// Consecutive failures that take an UP backend DOWN.
+    pub fall: u32,
+    /// exec: the program and its arguments; exit status 0 is healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+}
+
+/// What a health check does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP/1.1 GET is answered with an expected status.
+    Http,
+    /// The same over TLS.
+    Https,
+    /// A command exits with status 0.
+    Exec,
+    /// No check: the backend is always UP.
+    None,
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::Exec => "exec",
+            CheckKind::None => "none",
+        })
+    }
+}
+
+impl HealthConfig {
+    /// The defaults for a VIP of `protocol` on `port`: a TCP connect to the port for TCP;
+    /// nothing for UDP (a UDP port cannot be probed without knowing its protocol) nor
+    /// for a VIP on every port (there is no port to check).
+    pub fn default_for(protocol: Protocol, port: u16) -> Self {
+        HealthConfig {
+            kind: match protocol {
+                Protocol::Tcp if port != 0 => CheckKind::Tcp,
+                _ => CheckKind::None,
+            },
+            port: None,
+            path: None,
+            host: None,
+            expect_status: None,
+            interval: DEFAULT_CHECK_INTERVAL,
+            fastinter: DEFAULT_CHECK_INTERVAL,
+            downinter: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            command: None,
+        }
+    }
+
+    /// Whether an HTTP status counts as healthy.
+    pub fn status_ok(&self, status: u16) -> bool {
+        match &self.expect_status {
+            Some(list) => list.contains(&status),
+            None => (200..400).contains(&status),
+        }
+    }
+}
+
+/// Durations as the file writes them: an integer and a unit, `ms`, `s` or `m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(value)),
+        "s" => value.checked_mul(1000).map(Duration::from_millis),
+        "m" => value.checked_mul(60_000).map(Duration::from_millis),
+        _ => None,
+    }
+}
+
+/// The shortest text [`parse_duration`] reads back as `duration` (whole milliseconds).
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms != 0 && ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms != 0 && ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -290,8 +439,26 @@ struct RawVip {
     forwarding: Option<Spanned<RawForwarding>>,
     hash: Option<HashMode>,
     table_size: Option<Spanned<Integer>>,
+    health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Option<Spanned<CheckKind>>,
+    port: Option<Spanned<Integer>>,
+    path: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    expect_status: Option<Spanned<Vec<Spanned<Integer>>>>,
+    interval: Option<Spanned<String>>,
+    fastinter: Option<Spanned<String>>,
+    downinter: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<Integer>>,
+    fall: Option<Spanned<Integer>>,
+    command: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -696,17 +863,219 @@ impl RawVip {
             return Err(src.error(table_size_at, &table_size_key, message));
         }
 
+        let protocol = self.protocol.unwrap_or_default();
+        let health = match &self.health {
+            Some(raw) => raw.validate(src, i, protocol, port)?,
+            None => HealthConfig::default_for(protocol, port),
+        };
+        let needs_port = matches!(
+            health.kind,
+            CheckKind::Tcp | CheckKind::Http | CheckKind::Https
+        );
+        if port == 0 && health.port.is_none() && needs_port {
+            let message = "a VIP on every port (port = 0) has no port to check: set health.port";
+            let at = src.table(&[Step::Key("vip"), Step::Index(i), Step::Key("health")]);
+            return Err(src.error(at, &format!("{key}.health.port"), message));
+        }
+
         Ok(VipConfig {
             name: name.get_ref().clone(),
             address,
             port,
-            protocol: self.protocol.unwrap_or_default(),
+            protocol,
             forwarding,
             hash: self.hash.unwrap_or_default(),
             table_size,
+            health,
             backends,
         })
     }
+}
+
+impl RawHealth {
+    /// Validates `vip[i].health` of a VIP of `protocol` on `vip_port`.
+    fn validate(
+        &self,
+        src: &Source<'_>,
+        i: usize,
+        protocol: Protocol,
+        vip_port: u16,
+    ) -> Result<HealthConfig, ConfigError> {
+        let key = format!("vip[{i}].health");
+        let defaults = HealthConfig::default_for(protocol, vip_port);
+        let kind = self.kind.as_ref().map_or(defaults.kind, |k| *k.get_ref());
+        let is_http = matches!(kind, CheckKind::Http | CheckKind::Https);
+        // A key that the kind does not use is an error, not silently ignored.
+        let only_for =
+            |present: Option<usize>, name: &str, kinds: &str, applies: bool| match present {
+                Some(at) if !applies => Err(src.error(
+                    at,
+                    &format!("{key}.{name}"),
+                    format!("only used by kind {kinds}, not by kind = \"{kind}\""),
+                )),
+                _ => Ok(()),
+            };
+        let start = |v: Option<&Spanned<String>>| v.map(|v| v.span().start);
+        only_for(start(self.path.as_ref()), "path", "http or https", is_http)?;
+        only_for(start(self.host.as_ref()), "host", "http or https", is_http)?;
+        only_for(
+            self.expect_status.as_ref().map(|v| v.span().start),
+            "expect_status",
+            "http or https",
+            is_http,
+        )?;
+        only_for(
+            self.command.as_ref().map(|v| v.span().start),
+            "command",
+            "exec",
+            kind == CheckKind::Exec,
+        )?;
+
+        let port = match &self.port {
+            Some(p) => Some(src.integer(p, &format!("{key}.port"), 1, u16::MAX)?),
+            None => None,
+        };
+        let path = match &self.path {
+            Some(path) => {
+                let text = path.get_ref();
+                if !text.starts_with('/')
+                    || text.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    let message = format!(
+                        "{text:?} is not a request path (it starts with '/' and has no white space)"
+                    );
+                    return Err(src.error_at(path, &format!("{key}.path"), message));
+                }
+                Some(text.clone())
+            }
+            None if is_http => Some("/".to_owned()),
+            None => None,
+        };
+        let host = match &self.host {
+            Some(host) => {
+                let text = host.get_ref();
+                if text.is_empty()
+                    || text.len() > 255
+                    || text.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    let message = format!(
+                        "{text:?} is not a host name (1 to 255 characters, no white space)"
+                    );
+                    return Err(src.error_at(host, &format!("{key}.host"), message));
+                }
+                Some(text.clone())
+            }
+            None => None,
+        };
+        let expect_status = match &self.expect_status {
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    let message = "must list at least one status";
+                    return Err(src.error_at(list, &format!("{key}.expect_status"), message));
+                }
+                let mut statuses = Vec::with_capacity(list.get_ref().len());
+                for (j, status) in list.get_ref().iter().enumerate() {
+                    statuses.push(src.integer(
+                        status,
+                        &format!("{key}.expect_status[{j}]"),
+                        100u16,
+                        599,
+                    )?);
+                }
+                Some(statuses)
+            }
+            None => None,
+        };
+        let duration = |value: &Option<Spanned<String>>, name: &str, default: Duration| {
+            let Some(value) = value else {
+                return Ok(default);
+            };
+            match parse_duration(value.get_ref()) {
+                Some(d) if !d.is_zero() && d <= MAX_CHECK_DURATION => Ok(d),
+                Some(_) => Err(src.error_at(
+                    value,
+                    &format!("{key}.{name}"),
+                    "must be above 0 and at most 1h",
+                )),
+                None => Err(src.error_at(
+                    value,
+                    &format!("{key}.{name}"),
+                    format!(
+                        "{:?} is not a duration (an integer and ms, s or m: \"500ms\", \"2s\", \"1m\")",
+                        value.get_ref()
+                    ),
+                )),
+            }
+        };
+        // HAProxy's semantics: fastinter and downinter default to the interval.
+        let interval = duration(&self.interval, "interval", defaults.interval)?;
+        let fastinter = duration(&self.fastinter, "fastinter", interval)?;
+        let downinter = duration(&self.downinter, "downinter", interval)?;
+        let timeout = duration(&self.timeout, "timeout", defaults.timeout)?;
+        let count = |value: &Option<Spanned<Integer>>, name: &str, default: u32| match value {
+            Some(v) => src.integer(v, &format!("{key}.{name}"), 1, MAX_RISE_FALL),
+            None => Ok(default),
+        };
+        let rise = count(&self.rise, "rise", defaults.rise)?;
+        let fall = count(&self.fall, "fall", defaults.fall)?;
+        let command = match (&self.command, kind) {
+            (Some(list), _) => {
+                let words = list.get_ref();
+                if words.first().is_none_or(|w| w.get_ref().is_empty()) {
+                    let message = "needs a program to run (the first word)";
+                    return Err(src.error_at(list, &format!("{key}.command"), message));
+                }
+                for (j, word) in words.iter().enumerate() {
+                    if let Some(unknown) = unknown_placeholder(word.get_ref()) {
+                        let message = format!(
+                            "unknown placeholder {unknown}; use {}",
+                            COMMAND_PLACEHOLDERS.join(", ")
+                        );
+                        return Err(src.error_at(word, &format!("{key}.command[{j}]"), message));
+                    }
+                }
+                Some(words.iter().map(|w| w.get_ref().clone()).collect())
+            }
+            (None, CheckKind::Exec) => {
+                let at = src.table(&[Step::Key("vip"), Step::Index(i), Step::Key("health")]);
+                return Err(src.error(
+                    at,
+                    &format!("{key}.command"),
+                    "kind = \"exec\" needs a command",
+                ));
+            }
+            (None, _) => None,
+        };
+        Ok(HealthConfig {
+            kind,
+            port,
+            path,
+            host,
+            expect_status,
+            interval,
+            fastinter,
+            downinter,
+            timeout,
+            rise,
+            fall,
+            command,
+        })
+    }
+}
+
+/// The first `{…}` in `word` that is not one of [`COMMAND_PLACEHOLDERS`].
+fn unknown_placeholder(word: &str) -> Option<&str> {
+    let mut rest = word;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open..];
+        let close = after.find('}').map_or(after.len(), |c| c + 1);
+        let candidate = &after[..close];
+        if !COMMAND_PLACEHOLDERS.contains(&candidate) {
+            return Some(candidate);
+        }
+        rest = &after[close..];
+    }
+    None
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -909,6 +1278,7 @@ weight = 10000
                     forwarding: Forwarding::Dsr,
                     hash: HashMode::FiveTuple,
                     table_size: maglev::DEFAULT_TABLE_SIZE,
+                    health: HealthConfig::default_for(Protocol::Tcp, 80),
                     backends: vec![
                         BackendConfig {
                             address: ip("198.18.1.11"),
@@ -930,6 +1300,7 @@ weight = 10000
                     forwarding: Forwarding::Dsr,
                     hash: HashMode::SourceIp,
                     table_size: 251,
+                    health: HealthConfig::default_for(Protocol::Udp, 53),
                     backends: vec![BackendConfig {
                         address: ip("2001:db8::1:53"),
                         weight: 10_000,
@@ -1380,5 +1751,136 @@ vip = [
             "{AGENT}[announce]\ninterface = \"v\"\nasn = 65001\n"
         ));
         assert!(message.contains("unknown field `asn`"), "{message}");
+    }
+
+    #[test]
+    fn health_defaults_follow_haproxy() {
+        let config = parse(&web("port = 80\n")).expect("valid");
+        let health = &config.vips[0].health;
+        assert_eq!(health.kind, CheckKind::Tcp);
+        assert_eq!((health.rise, health.fall), (2, 3));
+        assert_eq!(health.interval, Duration::from_secs(2));
+        assert_eq!(
+            (health.fastinter, health.downinter),
+            (health.interval, health.interval)
+        );
+        assert_eq!(health.timeout, Duration::from_secs(1));
+        assert!(health.status_ok(200) && health.status_ok(302) && !health.status_ok(503));
+        // fastinter and downinter follow an explicit interval.
+        let config = parse(&web("port = 80\n[vip.health]\ninterval = \"500ms\"\n")).expect("valid");
+        assert_eq!(config.vips[0].health.downinter, Duration::from_millis(500));
+        let udp = parse(&web("port = 53\nprotocol = \"udp\"\n")).expect("valid");
+        assert_eq!(udp.vips[0].health.kind, CheckKind::None);
+    }
+
+    #[test]
+    fn a_full_health_table() {
+        let config = parse(&web(
+            "port = 80\n[vip.health]\nkind = \"http\"\nport = 8080\npath = \"/health\"\nhost = \"www.example\"\nexpect_status = [200, 204]\ninterval = \"2s\"\nfastinter = \"500ms\"\ndowninter = \"1m\"\ntimeout = \"1s\"\nrise = 1\nfall = 5\n",
+        ))
+        .expect("valid");
+        let health = &config.vips[0].health;
+        assert_eq!(health.port, Some(8080));
+        assert_eq!(health.path.as_deref(), Some("/health"));
+        assert_eq!(health.host.as_deref(), Some("www.example"));
+        assert_eq!(health.expect_status, Some(vec![200, 204]));
+        assert_eq!(health.downinter, Duration::from_secs(60));
+        assert!(health.status_ok(204) && !health.status_ok(301));
+        // It serializes back to the same configuration.
+        let text = toml::to_string(&config).expect("serializable");
+        assert_eq!(parse(&text).expect("reads back"), config);
+        let exec = parse(&web(
+            "port = 80\n[vip.health]\nkind = \"exec\"\ncommand = [\"/bin/check\", \"{address}:{port}\", \"{vip}\", \"{vip_port}\"]\n",
+        ))
+        .expect("valid");
+        let text = toml::to_string(&exec).expect("serializable");
+        assert_eq!(parse(&text).expect("reads back"), exec);
+    }
+
+    #[test]
+    fn health_errors_are_located() {
+        let health = |lines: &str| error(&web(&format!("port = 80\n[vip.health]\n{lines}")));
+        assert_eq!(
+            health("kind = \"icmp\"\n"),
+            "weir.toml:9:8: vip[0].health.kind: unknown variant `icmp`, expected one of `tcp`, `http`, `https`, `exec`, `none`"
+        );
+        assert_eq!(
+            health("interval = \"2 s\"\n"),
+            "weir.toml:9:12: vip[0].health.interval: \"2 s\" is not a duration (an integer and ms, s or m: \"500ms\", \"2s\", \"1m\")"
+        );
+        assert_eq!(
+            health("timeout = \"0ms\"\n"),
+            "weir.toml:9:11: vip[0].health.timeout: must be above 0 and at most 1h"
+        );
+        assert_eq!(
+            health("rise = 0\n"),
+            "weir.toml:9:8: vip[0].health.rise: must be in 1..=1000, got 0"
+        );
+        assert_eq!(
+            health("kind = \"http\"\nexpect_status = [200, 600]\n"),
+            "weir.toml:10:23: vip[0].health.expect_status[1]: must be in 100..=599, got 600"
+        );
+        assert_eq!(
+            health("kind = \"http\"\npath = \"health\"\n"),
+            "weir.toml:10:8: vip[0].health.path: \"health\" is not a request path (it starts with '/' and has no white space)"
+        );
+        assert_eq!(
+            health("path = \"/health\"\n"),
+            "weir.toml:9:8: vip[0].health.path: only used by kind http or https, not by kind = \"tcp\""
+        );
+        assert_eq!(
+            health("kind = \"exec\"\n"),
+            "weir.toml:8:1: vip[0].health.command: kind = \"exec\" needs a command"
+        );
+        assert_eq!(
+            health("kind = \"exec\"\ncommand = []\n"),
+            "weir.toml:10:11: vip[0].health.command: needs a program to run (the first word)"
+        );
+        assert_eq!(
+            health("kind = \"exec\"\ncommand = [\"/bin/check\", \"{addr}\"]\n"),
+            "weir.toml:10:26: vip[0].health.command[1]: unknown placeholder {addr}; use {address}, {port}, {vip}, {vip_port}"
+        );
+        assert_eq!(
+            health("port = 0\n"),
+            "weir.toml:9:8: vip[0].health.port: must be in 1..=65535, got 0"
+        );
+        assert!(
+            health("colour = \"red\"\n")
+                .starts_with("weir.toml:9:1: vip[0].health.colour: unknown field")
+        );
+        assert_eq!(
+            error(&web("port = 0\n[vip.health]\nkind = \"tcp\"\n")),
+            "weir.toml:8:1: vip[0].health.port: a VIP on every port (port = 0) has no port to check: set health.port"
+        );
+        assert_eq!(
+            parse(&web("port = 0\n")).expect("valid").vips[0]
+                .health
+                .kind,
+            CheckKind::None
+        );
+        assert!(parse(&web("port = 0\n[vip.health]\nkind = \"tcp\"\nport = 22\n")).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        for bad in [
+            "",
+            "2",
+            "s",
+            "1.5s",
+            "-1s",
+            "2h",
+            " 2s",
+            "99999999999999999999s",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        for d in [1, 999, 1000, 1500, 60_000, 90_000] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&format_duration(d)), Some(d));
+        }
     }
 }

@@ -10,7 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{AdminState, HashMode, Protocol},
+    config::{AdminState, CheckKind, HashMode, Protocol},
+    health::Operational,
     report::StatsReport,
 };
 
@@ -29,6 +30,12 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     pub vips: usize,
     pub backends: usize,
+    /// VIPs that cannot take new flows (no backend ready and UP).
+    #[serde(default)]
+    pub vips_down: usize,
+    /// Backends whose health checks say DOWN.
+    #[serde(default)]
+    pub backends_down: usize,
     /// Route announcement, when `[announce]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceStatus>,
@@ -59,7 +66,19 @@ pub struct VipView {
     pub protocol: Protocol,
     pub hash: HashMode,
     pub table_size: u32,
+    /// `down` when no backend can take new flows (none ready, weighted and UP): its new
+    /// flows are dropped and counted (`drop_no_backend`).
+    #[serde(default)]
+    pub status: VipStatus,
     pub backends: Vec<BackendView>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipStatus {
+    #[default]
+    Up,
+    Down,
 }
 
 /// A backend of a VIP (`GET /v1/vips/{name}/backends`).
@@ -67,9 +86,53 @@ pub struct VipView {
 pub struct BackendView {
     pub address: IpAddr,
     pub weight: u32,
+    /// The admin state (the operator's); `health` says what the checks find.
     pub state: AdminState,
     /// Live entries of the connection table on this backend.
     pub flows: u64,
+    #[serde(default)]
+    pub health: HealthView,
+}
+
+/// What the health checks say of a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// tcp, http, https, exec or none (always up).
+    pub check: CheckKind,
+    /// up, falling ("up, going down"), down or rising ("down, going up"); a backend
+    /// that is not up takes no traffic whatever its admin state.
+    pub state: Operational,
+    /// Unix time (milliseconds) of its last change between up and down, or of when the
+    /// agent started checking it.
+    pub since_unix_ms: u64,
+    pub checks: u64,
+    pub failed_checks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<LastCheck>,
+}
+
+impl Default for HealthView {
+    fn default() -> Self {
+        HealthView {
+            check: CheckKind::None,
+            state: Operational::Up,
+            since_unix_ms: 0,
+            checks: 0,
+            failed_checks: 0,
+            last_check: None,
+        }
+    }
+}
+
+/// The last health check of a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCheck {
+    pub passed: bool,
+    /// What happened: "connected", "HTTP status 503", "timeout at connect", …
+    pub reason: String,
+    pub duration_us: u64,
+    /// Unix time (milliseconds) it ended.
+    pub at_unix_ms: u64,
 }
 
 /// `POST /v1/vips/{name}/backends`
@@ -98,6 +161,10 @@ pub struct NewVip {
     pub hash: Option<HashMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// The keys of the file's `[vip.health]` table, same names, values and defaults
+    /// (`{"kind": "http", "path": "/health", "interval": "500ms"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<std::collections::BTreeMap<String, serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<NewBackend>,
 }
@@ -262,6 +329,8 @@ pub(crate) mod fake {
                     interface: "weir-vips".into(),
                     addresses: vec!["198.19.0.10".parse().unwrap()],
                 }),
+                vips_down: 0,
+                backends_down: 0,
             }
         }
 
@@ -291,6 +360,7 @@ pub(crate) mod fake {
                 protocol: new.protocol.unwrap_or_default(),
                 hash: new.hash.unwrap_or_default(),
                 table_size: new.table_size.unwrap_or(65_537),
+                status: Default::default(),
                 backends: new
                     .backends
                     .into_iter()
@@ -299,6 +369,7 @@ pub(crate) mod fake {
                         weight: b.weight.unwrap_or(100),
                         state: b.state.unwrap_or_default(),
                         flows: 0,
+                        health: Default::default(),
                     })
                     .collect(),
             };
@@ -329,6 +400,7 @@ pub(crate) mod fake {
                 weight: new.weight.unwrap_or(100),
                 state: new.state.unwrap_or_default(),
                 flows: 0,
+                health: Default::default(),
             };
             vip.backends.push(added.clone());
             Ok(added)

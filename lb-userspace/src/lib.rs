@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod flows;
+pub mod health;
 pub mod host;
 pub mod maglev;
 pub mod pins;

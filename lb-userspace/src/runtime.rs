@@ -212,6 +212,15 @@ pub fn validate_vip(new: &NewVip) -> Result<VipConfig, String> {
     if let Some(table_size) = new.table_size {
         text += &format!("table_size = {table_size}\n");
     }
+    if let Some(health) = &new.health {
+        text += "[vip.health]\n";
+        for (key, value) in health {
+            let Ok(value) = toml::Value::try_from(value) else {
+                return Err(format!("health.{key}: null is not a value"));
+            };
+            text += &format!("{} = {value}\n", toml_literal(key));
+        }
+    }
     for backend in &new.backends {
         text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend.address);
         if let Some(weight) = backend.weight {
@@ -337,6 +346,7 @@ mod tests {
             protocol: None,
             hash: None,
             table_size,
+            health: None,
             backends: vec![crate::control::NewBackend {
                 address: ip("198.18.1.21"),
                 weight: Some(7),
@@ -355,6 +365,17 @@ mod tests {
         assert_eq!(
             validate_vip(&new_vip(443, Some(100))).unwrap_err(),
             "table_size: 100 is not prime; Maglev needs a prime table size (e.g. 65537)"
+        );
+        let mut checked = new_vip(443, None);
+        let health = serde_json::json!({"kind": "http", "path": "/ready", "interval": "500ms"});
+        checked.health = serde_json::from_value(health).unwrap();
+        let vip = validate_vip(&checked).unwrap();
+        assert_eq!(vip.health.path.as_deref(), Some("/ready"));
+        assert_eq!(vip.health.fastinter, std::time::Duration::from_millis(500));
+        checked.health = serde_json::from_value(serde_json::json!({"rise": 0})).unwrap();
+        assert_eq!(
+            validate_vip(&checked).unwrap_err(),
+            "health.rise: must be in 1..=1000, got 0"
         );
     }
 

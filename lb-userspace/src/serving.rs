@@ -29,11 +29,16 @@ pub fn serving_vips(
         .map(|vip| VipServing {
             name: vip.name.clone(),
             address: vip.address,
-            serving: vip.backends.iter().any(|backend| {
-                backend.state == AdminState::Ready && backend.weight > 0 && is_up(vip, backend)
-            }),
+            serving: vip_serving(vip, |backend| is_up(vip, backend)),
         })
         .collect()
+}
+
+/// Whether one backend of `vip` takes new flows: ready, weight above 0, and up.
+pub fn vip_serving(vip: &VipConfig, is_up: impl Fn(&BackendConfig) -> bool) -> bool {
+    vip.backends
+        .iter()
+        .any(|backend| backend.state == AdminState::Ready && backend.weight > 0 && is_up(backend))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::{
     mem,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
     sync::Arc,
     thread,
     time::Duration,
@@ -34,14 +35,19 @@ pub struct ServerConfig {
     pub name: String,
     pub http: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    /// While this file exists, every HTTP request is answered `503 Service Unavailable`
+    /// (a backend failing its health check while still accepting connections).
+    pub unavailable_when: Option<PathBuf>,
 }
 
 pub const USAGE: &str = "\
 usage: weir-test-server --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]...
+                        [--unavailable-when FILE]
 
 Serves HTTP/1.1 (every GET gets 200 and body \"NAME\\n\") and UDP echo (each datagram is
 answered with \"NAME \" + the datagram) on every given address, e.g.
   weir-test-server --name b1 --http 0.0.0.0:80 --http [::]:80 --udp 0.0.0.0:5300
+While FILE exists, HTTP requests are answered 503 Service Unavailable.
 Prints \"weir-test-server ready\" once every socket is bound.";
 
 impl ServerConfig {
@@ -70,6 +76,7 @@ impl ServerConfig {
                 "--name" => config.name = value()?,
                 "--http" => config.http.push(parse_addr(&value()?)?),
                 "--udp" => config.udp.push(parse_addr(&value()?)?),
+                "--unavailable-when" => config.unavailable_when = Some(PathBuf::from(value()?)),
                 _ => bail!("unknown argument {arg:?}"),
             }
         }
@@ -90,6 +97,9 @@ impl ServerConfig {
         for addr in &self.udp {
             args.extend(["--udp".to_owned(), addr.to_string()]);
         }
+        if let Some(path) = &self.unavailable_when {
+            args.extend(["--unavailable-when".to_owned(), path.display().to_string()]);
+        }
         args
     }
 }
@@ -102,11 +112,15 @@ fn parse_addr(s: &str) -> Result<SocketAddr> {
 /// Binds every socket of `config`, prints [`READY`] and serves until the process ends.
 pub fn serve(config: &ServerConfig) -> Result<()> {
     let name: Arc<str> = Arc::from(config.name.as_str());
+    let unavailable_when: Arc<Option<PathBuf>> = Arc::new(config.unavailable_when.clone());
     let mut workers = Vec::new();
     for &addr in &config.http {
         let listener = bind_tcp(addr)?;
         let name = name.clone();
-        workers.push(thread::spawn(move || accept_loop(listener, name)));
+        let unavailable_when = unavailable_when.clone();
+        workers.push(thread::spawn(move || {
+            accept_loop(listener, name, unavailable_when)
+        }));
     }
     for &addr in &config.udp {
         let socket = bind_udp(addr)?;
@@ -251,13 +265,14 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn accept_loop(listener: TcpListener, name: Arc<str>) {
+fn accept_loop(listener: TcpListener, name: Arc<str>, unavailable_when: Arc<Option<PathBuf>>) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
                 let name = name.clone();
+                let unavailable_when = unavailable_when.clone();
                 thread::spawn(move || {
-                    let _ = serve_connection(stream, &name);
+                    let _ = serve_connection(stream, &name, unavailable_when.as_deref());
                 });
             }
             // Out of descriptors or similar: back off rather than spin.
@@ -273,7 +288,11 @@ struct Request {
     content_length: usize,
 }
 
-fn serve_connection(stream: TcpStream, name: &str) -> io::Result<()> {
+fn serve_connection(
+    stream: TcpStream,
+    name: &str,
+    unavailable_when: Option<&Path>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
@@ -312,9 +331,14 @@ fn serve_connection(stream: TcpStream, name: &str) -> io::Result<()> {
             &mut io::sink(),
         )?;
         let keep_alive = request.keep_alive;
+        let status = if unavailable_when.is_some_and(Path::exists) {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
         match request.method.as_str() {
-            "GET" => respond(&mut writer, "200 OK", &body, name, keep_alive, true)?,
-            "HEAD" => respond(&mut writer, "200 OK", &body, name, keep_alive, false)?,
+            "GET" => respond(&mut writer, status, &body, name, keep_alive, true)?,
+            "HEAD" => respond(&mut writer, status, &body, name, keep_alive, false)?,
             _ => {
                 respond(
                     &mut writer,

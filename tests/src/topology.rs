@@ -123,6 +123,18 @@ impl Backend {
     pub fn server(&mut self) -> Option<&mut Child> {
         self.server.as_mut()
     }
+
+    /// The file whose existence makes its test server answer 503 (see
+    /// [`DsrTopology::set_unavailable`]).
+    fn unavailable_file(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-unavailable", self.host.ns.name()))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.unavailable_file());
+    }
 }
 
 /// See the module documentation.
@@ -335,6 +347,7 @@ impl DsrTopology {
                 SocketAddr::new(any4, UDP_PORT),
                 SocketAddr::new(any6, UDP_PORT),
             ],
+            unavailable_when: Some(backend.unavailable_file()),
         };
         let mut argv = vec![bin.display().to_string()];
         argv.extend(config.to_args());
@@ -349,6 +362,23 @@ impl DsrTopology {
         match self.backend_mut(n)?.server.take() {
             Some(child) => child.stop(Duration::from_secs(2)).map(drop),
             None => bail!("backend {n} runs no server"),
+        }
+    }
+
+    /// Makes backend `n`'s test server answer every HTTP request with 503 (`true`) or
+    /// normally again (`false`): it keeps accepting connections, as an application
+    /// whose dependency failed does.
+    pub fn set_unavailable(&self, n: u8, unavailable: bool) -> Result<()> {
+        let path = self.backend(n)?.unavailable_file();
+        if unavailable {
+            std::fs::write(&path, "").with_context(|| format!("cannot create {}", path.display()))
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    Err(err).with_context(|| format!("cannot remove {}", path.display()))
+                }
+                _ => Ok(()),
+            }
         }
     }
 

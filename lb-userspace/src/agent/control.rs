@@ -13,13 +13,15 @@ use super::Agent;
 use crate::{
     config::{DEFAULT_WEIGHT, MAX_WEIGHT, Protocol, VipConfig},
     control::{
-        BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
-        NewVip, ReloadOutcome, Status, VipView,
+        BackendChange, BackendView, Control, ControlError, FlowView, HealthView, InterfaceStatus,
+        LastCheck, NewBackend, NewVip, ReloadOutcome, Status, VipStatus, VipView,
     },
     flows,
+    health::BackendHealth,
     plan::vip_key,
     report::StatsReport,
     runtime::{BackendOverride, RuntimeState, VipOverride, validate_vip},
+    serving::vip_serving,
 };
 
 fn internal(err: impl std::fmt::Display) -> ControlError {
@@ -43,7 +45,7 @@ impl Agent {
         let (config, _) = runtime.apply(&self.file_config);
         // Plan first: a change that cannot be applied is refused before it is saved.
         self.state
-            .plan(&config)
+            .plan(&self.health.effective(&config))
             .map_err(|err| ControlError::Invalid(err.to_string()))?;
         runtime
             .save(&self.config.agent.state_dir)
@@ -80,9 +82,15 @@ impl Agent {
                     weight: backend.weight,
                     state: backend.state,
                     flows: id.and_then(|id| flows.get(&id)).copied().unwrap_or(0),
+                    health: self
+                        .health
+                        .get(&vip.name, backend.address)
+                        .map(health_view)
+                        .unwrap_or_default(),
                 }
             })
             .collect();
+        let serving = vip_serving(vip, |backend| self.health.is_up(&vip.name, backend.address));
         VipView {
             name: vip.name.clone(),
             address: vip.address,
@@ -90,6 +98,11 @@ impl Agent {
             protocol: vip.protocol,
             hash: vip.hash,
             table_size: vip.table_size,
+            status: if serving {
+                VipStatus::Up
+            } else {
+                VipStatus::Down
+            },
             backends,
         }
     }
@@ -155,6 +168,19 @@ impl Control for Agent {
             vips: self.config.vips.len(),
             backends: self.config.vips.iter().map(|vip| vip.backends.len()).sum(),
             announce: self.announce.as_ref().map(|status| status.borrow().clone()),
+            vips_down: self
+                .config
+                .vips
+                .iter()
+                .filter(|vip| !vip_serving(vip, |b| self.health.is_up(&vip.name, b.address)))
+                .count(),
+            backends_down: self
+                .config
+                .vips
+                .iter()
+                .flat_map(|vip| vip.backends.iter().map(move |b| (vip, b)))
+                .filter(|(vip, b)| !self.health.is_up(&vip.name, b.address))
+                .count(),
         }
     }
 
@@ -298,6 +324,27 @@ impl Control for Agent {
         Agent::reload(self)
             .map(|writes| ReloadOutcome { writes })
             .map_err(|err| ControlError::Invalid(err.to_string()))
+    }
+}
+
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn health_view(health: &BackendHealth) -> HealthView {
+    HealthView {
+        check: health.kind,
+        state: health.state.operational(),
+        since_unix_ms: unix_ms(health.changed_at),
+        checks: health.checks,
+        failed_checks: health.failed_checks,
+        last_check: health.last.as_ref().map(|(result, at)| LastCheck {
+            passed: result.passed,
+            reason: result.reason.to_string(),
+            duration_us: result.duration.as_micros() as u64,
+            at_unix_ms: unix_ms(*at),
+        }),
     }
 }
 

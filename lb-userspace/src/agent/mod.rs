@@ -5,6 +5,7 @@
 mod control;
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -13,7 +14,7 @@ use std::{
 use lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{Mutex, watch},
+    sync::{Mutex, mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -23,6 +24,7 @@ use crate::{
     config::{Config, ConfigError},
     control::AnnounceStatus,
     dataplane::{Dataplane, DataplaneError, LoadOptions},
+    health::{self, HealthMonitor, Report, Transition},
     host::{self, HostSetup},
     pins::Pins,
     plan::{PlanError, Reconciler},
@@ -81,6 +83,10 @@ pub struct Agent {
     serving: watch::Sender<ServingVips>,
     /// What the announcer keeps on its interface, while it runs (`[announce]`).
     announce: Option<watch::Receiver<AnnounceStatus>>,
+    /// Backend health; DOWN backends are programmed as if in maint.
+    health: HealthMonitor,
+    /// Where the checks report, until `run` takes it.
+    health_reports: Option<mpsc::UnboundedReceiver<Report>>,
 }
 
 impl Agent {
@@ -109,7 +115,8 @@ impl Agent {
             pins: Some(pins.clone()),
         })?;
         let adopted = dataplane.adopted();
-        let started = Self::program(&mut dataplane, &config);
+        let (mut health, health_reports) = HealthMonitor::new();
+        let started = Self::program(&mut dataplane, &config, &mut health);
         let (state, host) = match started {
             Ok(started) => started,
             Err(err) => {
@@ -126,7 +133,9 @@ impl Agent {
             config = %options.config_path.display(),
             "dataplane programmed"
         );
-        let serving = watch::Sender::new(serving_vips(&config, |_, _| true));
+        let serving = watch::Sender::new(serving_vips(&config, |vip, backend| {
+            health.is_up(&vip.name, backend.address)
+        }));
         Ok(Agent {
             options,
             file_config,
@@ -138,25 +147,39 @@ impl Agent {
             started: Instant::now(),
             serving,
             announce: None,
+            health,
+            health_reports: Some(health_reports),
         })
     }
 
-    /// Brings the loaded dataplane to `config` and attaches it.
+    /// Brings the loaded dataplane to `config` and attaches it; starts the checks.
+    /// Backends that an adopted dataplane had taken out of rotation for their health
+    /// start DOWN, so that a restart does not put a dead backend back until its checks.
     fn program(
         dataplane: &mut Dataplane,
         config: &Config,
+        health: &mut HealthMonitor,
     ) -> Result<(Reconciler, HostSetup), AgentError> {
-        let current = if dataplane.adopted() {
+        let (current, down) = if dataplane.adopted() {
             let programmed = dataplane.programmed_state()?;
             info!(
                 vips = programmed.vips.len(),
                 "adopting the pinned dataplane of a previous agent"
             );
-            Reconciler::adopt(&programmed, DEFAULT_MAGLEV_RING_ENTRIES, config)?
+            let adopted = Reconciler::adopt(&programmed, DEFAULT_MAGLEV_RING_ENTRIES, config)?;
+            let down = health::down_in_dataplane(config, adopted.vips());
+            for key in &down {
+                info!(vip = %key.vip, backend = %key.address, "backend starts DOWN: the adopted dataplane had it out of rotation");
+            }
+            (adopted, down)
         } else {
-            Reconciler::new(DEFAULT_MAGLEV_RING_ENTRIES)
+            (
+                Reconciler::new(DEFAULT_MAGLEV_RING_ENTRIES),
+                BTreeSet::new(),
+            )
         };
-        let (writes, state) = current.plan(config)?;
+        health.sync(config, &down, true);
+        let (writes, state) = current.plan(&health.effective(config))?;
         dataplane.apply(&writes)?;
         let mut host = HostSetup::default();
         resolve_next_hops(&mut host, config);
@@ -187,19 +210,56 @@ impl Agent {
         Ok(writes)
     }
 
-    /// Plans and writes the difference between the running state and `config`.
+    /// Plans and writes the difference between the running state and `config` (with
+    /// DOWN backends out of rotation), then follows it with the checks.
     fn program_config(&mut self, config: &Config) -> Result<usize, AgentError> {
-        let (writes, state) = self.state.plan(config)?;
+        let writes = self.program_health(config)?;
+        self.health.sync(config, &BTreeSet::new(), false);
+        resolve_next_hops(&mut self.host, config);
+        Ok(writes)
+    }
+
+    /// Plans and writes `config` as backend health makes it, and publishes which VIPs
+    /// can serve.
+    fn program_health(&mut self, config: &Config) -> Result<usize, AgentError> {
+        let (writes, state) = self.state.plan(&self.health.effective(config))?;
         self.dataplane.apply(&writes)?;
         self.state = state;
-        resolve_next_hops(&mut self.host, config);
         self.publish_serving(config);
         Ok(writes.len())
     }
 
+    /// Takes check results into account; re-plans once if a backend changed between UP
+    /// and DOWN (each change logged once, with its reason).
+    fn apply_health(&mut self, reports: impl IntoIterator<Item = Report>) {
+        let mut changed = false;
+        for report in reports {
+            let Some(Transition { key, up, result }) = self.health.record(report) else {
+                continue;
+            };
+            changed = true;
+            let reason = result.reason.to_string();
+            let duration_ms = result.duration.as_millis() as u64;
+            if up {
+                info!(vip = %key.vip, backend = %key.address, %reason, duration_ms, "backend is UP");
+            } else {
+                warn!(vip = %key.vip, backend = %key.address, %reason, duration_ms, "backend is DOWN");
+            }
+        }
+        if changed {
+            let config = self.config.clone();
+            match self.program_health(&config) {
+                Ok(writes) => info!(writes, "dataplane follows backend health"),
+                Err(err) => error!(error = %err, "cannot apply a health change to the dataplane"),
+            }
+        }
+    }
+
     /// Publishes which VIPs of `config` can take new flows (only when that changed).
     fn publish_serving(&self, config: &Config) {
-        let serving = serving_vips(config, |_, _| true);
+        let serving = serving_vips(config, |vip, backend| {
+            self.health.is_up(&vip.name, backend.address)
+        });
         self.serving.send_if_modified(|current| {
             let changed = *current != serving;
             *current = serving;
@@ -252,6 +312,10 @@ impl Agent {
             self.announce = Some(announcer.status);
             announcer.task
         });
+        let mut health_reports = self
+            .health_reports
+            .take()
+            .expect("run takes the health reports once");
         let agent = Arc::new(Mutex::new(self));
         let control: SharedControl = agent.clone();
         let until_stopped = |mut stopped: watch::Receiver<()>| async move {
@@ -279,6 +343,14 @@ impl Agent {
                     if let Err(err) = agent.lock().await.reload() {
                         error!(error = %err, "reload refused; the running configuration is unchanged");
                     }
+                }
+                Some(report) = health_reports.recv() => {
+                    // Everything already waiting is applied with one re-plan.
+                    let mut reports = vec![report];
+                    while let Ok(more) = health_reports.try_recv() {
+                        reports.push(more);
+                    }
+                    agent.lock().await.apply_health(reports);
                 }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
