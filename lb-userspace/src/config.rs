@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lb_common::{
     DEFAULT_CONNTRACK_ENTRIES, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, PROTO_TCP, PROTO_UDP,
@@ -42,6 +43,9 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
+    /// VIP failover between LB nodes; absent: this node always holds nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vrrp: Option<VrrpConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -172,6 +176,48 @@ pub enum AdminState {
     Maint,
 }
 
+/// `[vrrp]`: VRRP version 3 (RFC 5798) on one interface. The node holds the addresses of
+/// every `[[vip]]` there while it is master; IPv4 and IPv6 VIPs each get an instance
+/// (same VRID, separate adverts), as keepalived needs one `vrrp_instance` per family.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VrrpConfig {
+    pub interface: String,
+    pub vrid: u8,
+    /// 1..=254; tracking lowers it.
+    pub priority: u8,
+    #[serde(serialize_with = "serialize_duration")]
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    #[serde(serialize_with = "serialize_duration")]
+    pub preempt_delay: Duration,
+    /// Empty: multicast (224.0.0.18, ff02::12).
+    pub unicast_peers: Vec<IpAddr>,
+    /// Each VIP that serves no new flow lowers the priority by `track_weight`.
+    pub track_vips: bool,
+    pub track_weight: u8,
+    /// Gratuitous ARPs / unsolicited NAs per address on becoming master.
+    pub garp_repeat: u32,
+    /// Repeated while master; zero: never.
+    #[serde(serialize_with = "serialize_duration")]
+    pub garp_refresh: Duration,
+    /// Run on every state change with the state, VRID and priority appended.
+    pub notify: Vec<String>,
+}
+
+/// Bounds and defaults of `[vrrp]`.
+pub const DEFAULT_VRRP_PRIORITY: u8 = 100;
+pub const DEFAULT_ADVERT_INTERVAL: Duration = Duration::from_secs(1);
+/// Max Adver Int is 12 bits of centiseconds.
+pub const MAX_ADVERT_INTERVAL: Duration = Duration::from_millis(40_950);
+pub const DEFAULT_TRACK_WEIGHT: u8 = 50;
+pub const DEFAULT_GARP_REPEAT: u32 = 5;
+pub const MAX_GARP_REPEAT: u32 = 100;
+pub const DEFAULT_GARP_REFRESH: Duration = Duration::from_secs(60);
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", .path.display())]
@@ -248,6 +294,24 @@ struct RawConfig {
     agent: Option<RawAgent>,
     #[serde(default)]
     vip: Vec<RawVip>,
+    vrrp: Option<RawVrrp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVrrp {
+    interface: Option<Spanned<String>>,
+    vrid: Option<Spanned<Integer>>,
+    priority: Option<Spanned<Integer>>,
+    advert_interval: Option<Spanned<String>>,
+    preempt: Option<bool>,
+    preempt_delay: Option<Spanned<String>>,
+    unicast_peers: Option<Vec<Spanned<String>>>,
+    track_vips: Option<bool>,
+    track_weight: Option<Spanned<Integer>>,
+    garp_repeat: Option<Spanned<Integer>>,
+    garp_refresh: Option<Spanned<String>>,
+    notify: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +469,16 @@ impl Source<'_> {
         }
     }
 
+    fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        parse_duration(value.get_ref()).ok_or_else(|| {
+            let message = format!(
+                "{:?} is not a duration such as \"100ms\", \"2s\" or \"1.5s\"",
+                value.get_ref()
+            );
+            self.error_at(value, key, message)
+        })
+    }
+
     fn address(&self, value: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
         value.get_ref().parse().map_err(|_| {
             let message = format!("{:?} is not an IPv4 or IPv6 address", value.get_ref());
@@ -446,7 +520,11 @@ impl RawConfig {
             }
             vips.push(vip);
         }
-        Ok(Config { agent, vips })
+        let vrrp = match &self.vrrp {
+            Some(vrrp) => Some(vrrp.validate(src, &vips)?),
+            None => None,
+        };
+        Ok(Config { agent, vips, vrrp })
     }
 }
 
@@ -651,6 +729,135 @@ impl RawVip {
             backends,
         })
     }
+}
+
+impl RawVrrp {
+    fn validate(&self, src: &Source<'_>, vips: &[VipConfig]) -> Result<VrrpConfig, ConfigError> {
+        let table = [Step::Key("vrrp")];
+        let interface = src.required(&self.interface, &table, "vrrp.interface")?;
+        if !valid_ifname(interface.get_ref()) {
+            let message = format!(
+                "{:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)",
+                interface.get_ref()
+            );
+            return Err(src.error_at(interface, "vrrp.interface", message));
+        }
+        let vrid = src.integer(
+            src.required(&self.vrid, &table, "vrrp.vrid")?,
+            "vrrp.vrid",
+            1u8,
+            255,
+        )?;
+        let priority = match &self.priority {
+            Some(v) if v.get_ref().0 == 255 => {
+                let message = "255 is the address owner's priority (a router whose own addresses are the virtual ones); weir holds the VIPs as a backup does: use 1..=254";
+                return Err(src.error_at(v, "vrrp.priority", message));
+            }
+            Some(v) => src.integer(v, "vrrp.priority", 1u8, 254)?,
+            None => DEFAULT_VRRP_PRIORITY,
+        };
+        let advert_interval = match &self.advert_interval {
+            Some(v) => {
+                let interval = src.duration(v, "vrrp.advert_interval")?;
+                if interval.as_millis() % 10 != 0
+                    || !(Duration::from_millis(10)..=MAX_ADVERT_INTERVAL).contains(&interval)
+                {
+                    let message = "must be 10ms..=40950ms in steps of 10ms (VRRPv3 carries centiseconds in 12 bits)";
+                    return Err(src.error_at(v, "vrrp.advert_interval", message));
+                }
+                interval
+            }
+            None => DEFAULT_ADVERT_INTERVAL,
+        };
+        let optional_duration = |value: &Option<Spanned<String>>, key: &str, default| match value {
+            Some(v) => src.duration(v, key),
+            None => Ok(default),
+        };
+        let preempt_delay =
+            optional_duration(&self.preempt_delay, "vrrp.preempt_delay", Duration::ZERO)?;
+        let garp_refresh = optional_duration(
+            &self.garp_refresh,
+            "vrrp.garp_refresh",
+            DEFAULT_GARP_REFRESH,
+        )?;
+        let mut unicast_peers: Vec<IpAddr> = Vec::new();
+        for (i, peer) in self.unicast_peers.iter().flatten().enumerate() {
+            let key = format!("vrrp.unicast_peers[{i}]");
+            let address = src.address(peer, &key)?;
+            if unicast_peers.contains(&address) {
+                return Err(src.error_at(peer, &key, format!("{address} is listed twice")));
+            }
+            unicast_peers.push(address);
+        }
+        // Unicast: every family that has VIPs (an instance) needs a peer of its family.
+        if let Some(first) = self.unicast_peers.as_ref().and_then(|peers| peers.first()) {
+            for (i, vip) in vips.iter().enumerate() {
+                if !unicast_peers
+                    .iter()
+                    .any(|p| p.is_ipv4() == vip.address.is_ipv4())
+                {
+                    let message = format!(
+                        "no {} peer, but vip[{i}] ({}) is {}: each family with VIPs runs its own instance and needs peers of that family",
+                        family(vip.address),
+                        vip.address,
+                        family(vip.address)
+                    );
+                    return Err(src.error_at(first, "vrrp.unicast_peers", message));
+                }
+            }
+        }
+        let track_weight = match &self.track_weight {
+            Some(v) => src.integer(v, "vrrp.track_weight", 0u8, 254)?,
+            None => DEFAULT_TRACK_WEIGHT,
+        };
+        let garp_repeat = match &self.garp_repeat {
+            Some(v) => src.integer(v, "vrrp.garp_repeat", 1u32, MAX_GARP_REPEAT)?,
+            None => DEFAULT_GARP_REPEAT,
+        };
+        let notify = match &self.notify {
+            Some(list) => {
+                if list
+                    .get_ref()
+                    .first()
+                    .is_some_and(|c| c.get_ref().is_empty())
+                {
+                    let message = "the command (first element) is empty";
+                    return Err(src.error_at(list, "vrrp.notify", message));
+                }
+                list.get_ref().iter().map(|a| a.get_ref().clone()).collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(VrrpConfig {
+            interface: interface.get_ref().clone(),
+            vrid,
+            priority,
+            advert_interval,
+            preempt: self.preempt.unwrap_or(true),
+            preempt_delay,
+            unicast_peers,
+            track_vips: self.track_vips.unwrap_or(true),
+            track_weight,
+            garp_repeat,
+            garp_refresh,
+            notify,
+        })
+    }
+}
+
+/// `"100ms"`, `"2s"` or `"1.5s"`, to the millisecond.
+fn parse_duration(text: &str) -> Option<Duration> {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    let seconds = text.strip_suffix('s')?;
+    let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let millis: u64 = format!("{fraction:0<3}").parse().ok()?;
+    Some(Duration::from_secs(whole).checked_add(Duration::from_millis(millis))?)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -881,6 +1088,7 @@ weight = 10000
                     }],
                 },
             ],
+            vrrp: None,
         };
         assert_eq!(config, expected);
         assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);
@@ -981,9 +1189,9 @@ vip = [
             error(&format!("{AGENT}xdp = \"native\"\n")),
             "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`, `bpf_pin_dir`, `state_dir`, `api_socket`, `api_listen`, `api_token_file`"
         );
-        assert_eq!(
-            error(&format!("{AGENT}[agnet]\n")),
-            "weir.toml:3:2: agnet: unknown field `agnet`, expected `agent` or `vip`"
+        assert!(
+            error(&format!("{AGENT}[agnet]\n"))
+                .starts_with("weir.toml:3:2: agnet: unknown field `agnet`, expected")
         );
         assert!(
             error(&web("port = 80\nweight = 3\n"))
@@ -1291,5 +1499,123 @@ vip = [
         );
         let ok = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"127.0.0.1:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap();
         assert_eq!(ok.agent.api_listen, Some("127.0.0.1:9900".parse().unwrap()));
+    }
+
+    const VRRP: &str = "[vrrp]\ninterface = \"eth0\"\nvrid = 51\n";
+
+    /// `AGENT`, one IPv4 VIP and `[vrrp]` with the given extra lines (from line 10 on).
+    fn vrrp(extra: &str) -> String {
+        format!("{}port = 80\n{VRRP}{extra}", web(""))
+    }
+
+    #[test]
+    fn vrrp_defaults_and_full_table() {
+        assert_eq!(parse(AGENT).expect("valid").vrrp, None);
+        let config = parse(&vrrp("")).expect("valid");
+        assert_eq!(
+            config.vrrp,
+            Some(VrrpConfig {
+                interface: "eth0".into(),
+                vrid: 51,
+                priority: DEFAULT_VRRP_PRIORITY,
+                advert_interval: Duration::from_secs(1),
+                preempt: true,
+                preempt_delay: Duration::ZERO,
+                unicast_peers: vec![],
+                track_vips: true,
+                track_weight: DEFAULT_TRACK_WEIGHT,
+                garp_repeat: DEFAULT_GARP_REPEAT,
+                garp_refresh: Duration::from_secs(60),
+                notify: vec![],
+            })
+        );
+        let config = parse(&vrrp(
+            "priority = 150\nadvert_interval = \"100ms\"\npreempt = false\npreempt_delay = \"1.5s\"\n\
+             unicast_peers = [\"198.18.0.3\"]\ntrack_vips = false\ntrack_weight = 20\n\
+             garp_repeat = 3\ngarp_refresh = \"0s\"\nnotify = [\"/usr/local/bin/vrrp-notify\", \"weir\"]\n",
+        ))
+        .expect("valid");
+        let vrrp = config.vrrp.as_ref().expect("vrrp");
+        assert_eq!(vrrp.advert_interval, Duration::from_millis(100));
+        assert_eq!(vrrp.preempt_delay, Duration::from_millis(1500));
+        assert_eq!(vrrp.garp_refresh, Duration::ZERO);
+        assert_eq!(vrrp.unicast_peers, [ip("198.18.0.3")]);
+        assert_eq!(vrrp.notify, ["/usr/local/bin/vrrp-notify", "weir"]);
+        assert!(!vrrp.preempt && !vrrp.track_vips);
+        // What the agent prints reads back the same.
+        let text = toml::to_string(&config).expect("serializable");
+        assert_eq!(parse(&text).expect("reads back"), config);
+    }
+
+    #[test]
+    fn vrrp_errors_name_key_and_position() {
+        let cases = [
+            (
+                "[vrrp]\nvrid = 1\n",
+                "vrrp.interface: required key is missing",
+            ),
+            (
+                "[vrrp]\ninterface = \"eth0\"\nvrid = 0\n",
+                "weir.toml:5:8: vrrp.vrid: must be in 1..=255, got 0",
+            ),
+            (
+                "priority = 255\n",
+                "vrrp.priority: 255 is the address owner's priority",
+            ),
+            ("priority = 0\n", "vrrp.priority: must be in 1..=254, got 0"),
+            (
+                "advert_interval = \"15ms\"\n",
+                "vrrp.advert_interval: must be 10ms..=40950ms in steps of 10ms",
+            ),
+            (
+                "advert_interval = \"41s\"\n",
+                "vrrp.advert_interval: must be 10ms..=40950ms",
+            ),
+            (
+                "advert_interval = \"1 s\"\n",
+                "vrrp.advert_interval: \"1 s\" is not a duration",
+            ),
+            (
+                "garp_refresh = \"1.0001s\"\n",
+                "vrrp.garp_refresh: \"1.0001s\" is not a duration",
+            ),
+            (
+                "unicast_peers = [\"2001:db8::3\"]\n",
+                "vrrp.unicast_peers: no IPv4 peer, but vip[0] (198.18.0.10) is IPv4",
+            ),
+            (
+                "unicast_peers = [\"198.18.0.3\", \"198.18.0.3\"]\n",
+                "vrrp.unicast_peers[1]: 198.18.0.3 is listed twice",
+            ),
+            (
+                "unicast_peers = [\"peer\"]\n",
+                "vrrp.unicast_peers[0]: \"peer\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "track_weight = 255\n",
+                "vrrp.track_weight: must be in 0..=254",
+            ),
+            ("garp_repeat = 0\n", "vrrp.garp_repeat: must be in 1..=100"),
+            (
+                "notify = [\"\"]\n",
+                "vrrp.notify: the command (first element) is empty",
+            ),
+            ("interval = \"1s\"\n", "unknown field `interval`"),
+        ];
+        for (extra, expected) in cases {
+            let text = if extra.starts_with("[vrrp]") {
+                format!("{AGENT}{extra}")
+            } else {
+                vrrp(extra)
+            };
+            let message = error(&text);
+            assert!(message.contains(expected), "{extra:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn vrrp_interface_must_be_a_valid_name() {
+        let text = format!("{AGENT}[vrrp]\ninterface = \"a/b\"\nvrid = 1\n");
+        assert!(error(&text).contains("vrrp.interface: \"a/b\" is not a valid interface name"));
     }
 }
