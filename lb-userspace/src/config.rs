@@ -857,7 +857,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
     }
     let whole: u64 = whole.parse().ok()?;
     let millis: u64 = format!("{fraction:0<3}").parse().ok()?;
-    Some(Duration::from_secs(whole).checked_add(Duration::from_millis(millis))?)
+    Duration::from_secs(whole).checked_add(Duration::from_millis(millis))
 }
 
 /// 1-based line and column (in characters) of a byte offset.

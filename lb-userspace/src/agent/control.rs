@@ -154,6 +154,10 @@ impl Control for Agent {
                 .collect(),
             vips: self.config.vips.len(),
             backends: self.config.vips.iter().map(|vip| vip.backends.len()).sum(),
+            vrrp: self
+                .vrrp_status
+                .as_ref()
+                .map(|status| status.borrow().clone()),
         }
     }
 

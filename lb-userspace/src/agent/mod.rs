@@ -27,6 +27,7 @@ use crate::{
     report::StatsReport,
     runtime::{RuntimeError, RuntimeState},
     serving::{ServingVips, serving_vips},
+    vrrp::{Vrrp, VrrpError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum AgentError {
     Token { path: PathBuf, message: String },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Vrrp(#[from] VrrpError),
 }
 
 /// How the agent starts and stops.
@@ -75,6 +78,8 @@ pub struct Agent {
     started: Instant,
     /// Which VIPs can take new flows, for failover and route announcement.
     serving: watch::Sender<ServingVips>,
+    /// The VRRP instances' state, while `[vrrp]` runs.
+    vrrp_status: Option<watch::Receiver<crate::control::VrrpStatus>>,
 }
 
 impl Agent {
@@ -88,6 +93,9 @@ impl Agent {
         let config = running_config(&file_config, &runtime);
         for interface in &config.agent.interfaces {
             crate::dataplane::ifindex(interface)?;
+        }
+        if let Some(vrrp) = &config.vrrp {
+            crate::dataplane::ifindex(&vrrp.interface)?;
         }
         let pins = Pins::new(&config.agent.bpf_pin_dir);
         if options.replace_dataplane {
@@ -128,6 +136,7 @@ impl Agent {
             host,
             started: Instant::now(),
             serving,
+            vrrp_status: None,
         })
     }
 
@@ -165,6 +174,11 @@ impl Agent {
         let file_config = Config::load(&self.options.config_path)?;
         if file_config.agent != self.file_config.agent {
             warn!("[agent] settings changed; they take effect at the next restart");
+        }
+        if file_config.vrrp != self.file_config.vrrp {
+            warn!(
+                "[vrrp] settings changed; they take effect at the next restart (the held addresses follow the VIPs now)"
+            );
         }
         let config = running_config(&file_config, &self.runtime);
         let writes = self.program_config(&config)?;
@@ -222,8 +236,20 @@ impl Agent {
             };
             Ok::<_, AgentError>((unix, tcp))
         };
-        let (unix, tcp) = match listeners.await {
-            Ok(listeners) => listeners,
+        let vrrp_config = self.config.vrrp.clone();
+        let serving = self.subscribe_serving();
+        let vrrp = async move {
+            match vrrp_config {
+                Some(config) => Ok(Some(Vrrp::start(config, serving).await?)),
+                None => Ok(None),
+            }
+        };
+        let started = match listeners.await {
+            Ok(listeners) => vrrp.await.map(|vrrp| (listeners, vrrp)),
+            Err(err) => Err(err),
+        };
+        let ((unix, tcp), vrrp) = match started {
+            Ok(started) => started,
             Err(err) => {
                 // As a failed start: a dataplane this agent created goes, an adopted one
                 // keeps forwarding.
@@ -233,6 +259,7 @@ impl Agent {
                 return Err(err);
             }
         };
+        self.vrrp_status = vrrp.as_ref().map(Vrrp::status);
         let agent = Arc::new(Mutex::new(self));
         let control: SharedControl = agent.clone();
         let (stop, stopped) = watch::channel(());
@@ -267,6 +294,10 @@ impl Agent {
             }
         }
         info!("shutting down");
+        // First, so that the peer takes over at once.
+        if let Some(vrrp) = vrrp {
+            vrrp.stop().await;
+        }
         let _ = stop.send(());
         for server in servers {
             match server.await {

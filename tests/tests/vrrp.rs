@@ -1,0 +1,285 @@
+//! End to end: VIP failover with VRRP version 3 between two weir nodes (LB1, LB2) on one
+//! segment with a client and two backends, and with keepalived 2.2.7 as the peer. The
+//! client reaches the VIPs on the segment (it asks ARP for them), so a VIP goes to
+//! whichever LB holds its address.
+//!
+//! Takeover times and failed client requests are printed (`--nocapture`); the assertions
+//! only check behaviour, with generous time bounds.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use weir_testbed::{
+    DsrTopology, MacAddr, Netns,
+    agent::Agent,
+    topology::{HTTP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
+};
+
+const VRID: u8 = 51;
+/// LB1's priority is the higher one: it is master when both run.
+const LB1_PRIORITY: u8 = 150;
+const LB2_PRIORITY: u8 = 100;
+/// 100 ms adverts: LB2's Master_Down_Interval is 300 ms + (256-100)*100 ms/256 ≈ 361 ms.
+const ADVERT_INTERVAL_MS: u64 = 100;
+
+/// The agent configuration of one LB: VIP "web" (and "web6" with `ipv6`) on backends 1
+/// and 2, and `[vrrp]` with `extra` lines.
+fn config(ifname: &str, priority: u8, ipv6: bool, extra: &str) -> String {
+    let mut text = format!("[agent]\ninterfaces = [\"{ifname}\"]\n");
+    let mut vips = vec![("web", IpAddr::V4(VIP_V4))];
+    if ipv6 {
+        vips.push(("web6", IpAddr::V6(VIP_V6)));
+    }
+    for (name, address) in vips {
+        text +=
+            &format!("[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {HTTP_PORT}\n");
+        for n in 1..=2 {
+            let backend = match address {
+                IpAddr::V4(_) => IpAddr::V4(backend_v4(n)),
+                IpAddr::V6(_) => IpAddr::V6(backend_v6(n)),
+            };
+            text += &format!("[[vip.backend]]\naddress = \"{backend}\"\n");
+        }
+    }
+    text += &format!(
+        "[vrrp]\ninterface = \"{ifname}\"\nvrid = {VRID}\npriority = {priority}\n\
+         advert_interval = \"{ADVERT_INTERVAL_MS}ms\"\ngarp_refresh = \"0s\"\n{extra}"
+    );
+    text
+}
+
+/// Two LBs, a client and two backends with their servers; the client routes the VIPs
+/// on the segment.
+fn topology() -> DsrTopology {
+    weir_testbed::require_root().expect("these tests need root");
+    let mut topology = DsrTopology::with_servers(2).expect("topology");
+    topology.add_peer_lb().expect("second LB");
+    topology.route_vips_on_link().expect("on-link VIP routes");
+    topology
+}
+
+fn lb1(topology: &DsrTopology, ipv6: bool, extra: &str) -> Agent {
+    let config = config(topology.lb_ifname(), LB1_PRIORITY, ipv6, extra);
+    Agent::start(topology.lb_ns(), &config).expect("LB1 agent")
+}
+
+fn lb2(topology: &DsrTopology, ipv6: bool, extra: &str) -> Agent {
+    let peer = topology.peer_lb().expect("second LB");
+    let config = config(&peer.ifname, LB2_PRIORITY, ipv6, extra);
+    Agent::start(&peer.ns, &config).expect("LB2 agent")
+}
+
+/// `weir status` as JSON.
+fn status(agent: &Agent) -> Value {
+    let output = agent.cli(&["--json", "status"]).expect("weir status");
+    assert!(output.status.success(), "weir status failed: {output:?}");
+    serde_json::from_slice(&output.stdout).expect("JSON status")
+}
+
+/// The state of the agent's instance of `family` ("ipv4", "ipv6").
+fn state_of(agent: &Agent, family: &str) -> String {
+    let status = status(agent);
+    let instances = status["vrrp"]["instances"]
+        .as_array()
+        .expect("VRRP instances");
+    let instance = instances
+        .iter()
+        .find(|i| i["family"] == family)
+        .unwrap_or_else(|| panic!("no {family} instance in {status}"));
+    instance["state"].as_str().expect("state").to_owned()
+}
+
+fn state(agent: &Agent) -> String {
+    state_of(agent, "ipv4")
+}
+
+/// Polls `check` every 10 ms until it holds; returns how long that took, or None after
+/// `timeout`.
+fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// The MAC address the client's neighbour entry for `vip` points at, if any.
+fn client_neighbour(topology: &DsrTopology, vip: IpAddr) -> Option<MacAddr> {
+    let client = topology.client();
+    let json = client
+        .ns
+        .ip(&[
+            "-j",
+            "neigh",
+            "show",
+            &vip.to_string(),
+            "dev",
+            &client.ifname,
+        ])
+        .ok()?;
+    let entries: Value = serde_json::from_str(&json).ok()?;
+    entries.as_array()?.first()?["lladdr"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// Whether `vip` is on the interface `ifname` inside `ns`.
+fn holds(ns: &Netns, ifname: &str, vip: IpAddr) -> bool {
+    ns.ip(&["-o", "addr", "show", "dev", ifname])
+        .is_ok_and(|out| out.contains(&format!(" {vip}/")))
+}
+
+/// One HTTP request to `vip` with short timeouts, from the current thread's namespace;
+/// true if answered.
+fn request(vip: IpAddr) -> bool {
+    let addr = SocketAddr::new(vip, HTTP_PORT);
+    let exchange = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300))?;
+        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        Ok(answer.starts_with(b"HTTP/1.1 200"))
+    };
+    exchange().unwrap_or(false)
+}
+
+/// One request from the client.
+fn client_request(topology: &DsrTopology, vip: IpAddr) -> bool {
+    topology.client().ns.enter(|| request(vip)).unwrap_or(false)
+}
+
+/// A client sending one request to the VIP every 20 ms in the background.
+struct Prober {
+    running: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Vec<(Instant, bool)>>>,
+}
+
+impl Prober {
+    fn start(topology: &DsrTopology, vip: IpAddr) -> Prober {
+        let namespace = std::fs::File::open(topology.client().ns.path()).expect("client netns");
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = running.clone();
+        let thread = thread::spawn(move || {
+            // This thread lives in the client's namespace until it ends.
+            // SAFETY: setns on a namespace file this thread holds open.
+            let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "cannot enter the client's namespace");
+            let mut results = Vec::new();
+            while flag.load(Ordering::Relaxed) {
+                results.push((Instant::now(), request(vip)));
+                thread::sleep(Duration::from_millis(20));
+            }
+            results
+        });
+        Prober {
+            running,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; returns (requests, failed requests, the first success after `since`).
+    fn finish(mut self, since: Instant) -> (usize, usize, Option<Duration>) {
+        self.running.store(false, Ordering::Relaxed);
+        let results = self.thread.take().expect("running").join().expect("prober");
+        let failed = results.iter().filter(|(_, ok)| !ok).count();
+        let last_failure = results
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(at, _)| *at)
+            .max();
+        let recovered = results
+            .iter()
+            .find(|(at, ok)| *ok && *at > last_failure.unwrap_or(since).max(since))
+            .map(|(at, _)| at.duration_since(since));
+        (results.len(), failed, recovered)
+    }
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Both nodes up: LB1 (higher priority) is master and holds the VIP, LB2 is backup.
+fn settle(topology: &DsrTopology, lb1: &Agent, lb2: &Agent) {
+    let peer = topology.peer_lb().expect("second LB");
+    let settled = wait_for(Duration::from_secs(10), || {
+        state(lb1) == "master" && state(lb2) == "backup"
+    });
+    assert!(
+        settled.is_some(),
+        "LB1 {} / LB2 {}:\n{}\n{}",
+        state(lb1),
+        state(lb2),
+        lb1.log(),
+        lb2.log()
+    );
+    assert!(holds(
+        topology.lb_ns(),
+        topology.lb_ifname(),
+        IpAddr::V4(VIP_V4)
+    ));
+    assert!(!holds(&peer.ns, &peer.ifname, IpAddr::V4(VIP_V4)));
+    assert!(
+        wait_for(Duration::from_secs(5), || client_request(
+            topology,
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some(),
+        "the client cannot reach the VIP through LB1"
+    );
+    assert_eq!(
+        client_neighbour(topology, IpAddr::V4(VIP_V4)),
+        Some(topology.lb().mac)
+    );
+}
+
+#[test]
+fn kill_9_of_the_master_hands_the_vip_to_the_backup() {
+    let topology = topology();
+    let lb2 = lb2(&topology, false, "");
+    let lb1 = lb1(&topology, false, "");
+    settle(&topology, &lb1, &lb2);
+    let peer_mac = topology.peer_lb().expect("second LB").mac;
+
+    let prober = Prober::start(&topology, IpAddr::V4(VIP_V4));
+    thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    lb1.kill().expect("kill -9 LB1");
+    let master = wait_for(Duration::from_secs(5), || state(&lb2) == "master")
+        .expect("LB2 did not become master");
+    let neighbour = wait_for(Duration::from_secs(5), || {
+        client_neighbour(&topology, IpAddr::V4(VIP_V4)) == Some(peer_mac)
+    })
+    .expect("the client's neighbour entry for the VIP did not move to LB2");
+    thread::sleep(Duration::from_millis(500));
+    let (requests, failed, recovered) = prober.finish(killed);
+    println!(
+        "kill -9: LB2 master after {} ms (master-down interval ~361 ms), client ARP entry moved after {} ms, \
+         client served again after {:?} ms; {failed} of {requests} requests failed",
+        ms(master),
+        ms(master + neighbour),
+        recovered.map(ms)
+    );
+    // Generous: the master-down interval is ~361 ms.
+    assert!(master < Duration::from_secs(2), "takeover took {master:?}");
+    assert!(
+        recovered.is_some(),
+        "the client was not served after the takeover"
+    );
+    assert!(client_request(&topology, IpAddr::V4(VIP_V4)));
+}
