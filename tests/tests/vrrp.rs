@@ -260,8 +260,9 @@ fn kill_9_of_the_master_hands_the_vip_to_the_backup() {
     thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     lb1.kill().expect("kill -9 LB1");
-    let master = wait_for(Duration::from_secs(5), || state(&lb2) == "master")
+    wait_for(Duration::from_secs(5), || state(&lb2) == "master")
         .expect("LB2 did not become master");
+    let master = killed.elapsed();
     let neighbour = wait_for(Duration::from_secs(5), || {
         client_neighbour(&topology, IpAddr::V4(VIP_V4)) == Some(peer_mac)
     })
@@ -282,4 +283,211 @@ fn kill_9_of_the_master_hands_the_vip_to_the_backup() {
         "the client was not served after the takeover"
     );
     assert!(client_request(&topology, IpAddr::V4(VIP_V4)));
+}
+
+/// How many state changes the agent's instance of `family` has gone through so far.
+fn transitions(agent: &Agent, family: &str) -> usize {
+    let status = status(agent);
+    status["vrrp"]["instances"]
+        .as_array()
+        .expect("VRRP instances")
+        .iter()
+        .find(|i| i["family"] == family)
+        .and_then(|i| i["transitions"].as_array())
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn graceful_stop_hands_over_at_once_and_preempt_brings_the_master_back_without_flapping() {
+    let topology = topology();
+    let lb2 = lb2(&topology, true, "");
+    let lb1 = lb1(&topology, true, "");
+    settle(&topology, &lb1, &lb2);
+    let peer = topology.peer_lb().expect("second LB");
+    for family in ["ipv4", "ipv6"] {
+        assert_eq!(state_of(&lb1, family), "master");
+        assert_eq!(state_of(&lb2, family), "backup");
+    }
+    assert!(holds(
+        topology.lb_ns(),
+        topology.lb_ifname(),
+        IpAddr::V6(VIP_V6)
+    ));
+
+    // Graceful stop: priority 0, LB2 takes over after its Skew_Time (~61 ms).
+    let prober = Prober::start(&topology, IpAddr::V4(VIP_V4));
+    thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    lb1.stop().expect("graceful stop of LB1");
+    wait_for(Duration::from_secs(5), || state(&lb2) == "master")
+        .expect("LB2 did not become master");
+    let master = stopped.elapsed();
+    thread::sleep(Duration::from_millis(500));
+    let (requests, failed, recovered) = prober.finish(stopped);
+    println!(
+        "graceful stop: LB2 master {} ms after SIGTERM (advert interval {ADVERT_INTERVAL_MS} ms); \
+         client served again after {:?} ms; {failed} of {requests} requests failed",
+        ms(master),
+        recovered.map(ms)
+    );
+    assert!(master < Duration::from_secs(1), "takeover took {master:?}");
+    assert!(
+        !holds(topology.lb_ns(), topology.lb_ifname(), IpAddr::V4(VIP_V4)),
+        "LB1 left the VIP behind"
+    );
+    assert!(holds(&peer.ns, &peer.ifname, IpAddr::V4(VIP_V4)));
+    assert!(holds(&peer.ns, &peer.ifname, IpAddr::V6(VIP_V6)));
+    assert!(client_request(&topology, IpAddr::V4(VIP_V4)));
+    assert!(client_request(&topology, IpAddr::V6(VIP_V6)));
+
+    // LB1 comes back: it preempts, LB2 gives way, and then nothing moves.
+    let restarted = Instant::now();
+    let lb1 = self::lb1(&topology, true, "");
+    let back = wait_for(Duration::from_secs(5), || {
+        state(&lb1) == "master" && state(&lb2) == "backup"
+    })
+    .expect("LB1 did not take the VIP back");
+    println!(
+        "preempt: LB1 master again {} ms after its restart",
+        ms(back)
+    );
+    assert!(restarted.elapsed() < Duration::from_secs(10));
+    let before = (transitions(&lb1, "ipv4"), transitions(&lb2, "ipv4"));
+    for _ in 0..30 {
+        assert_eq!(
+            (state(&lb1).as_str(), state(&lb2).as_str()),
+            ("master", "backup")
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (transitions(&lb1, "ipv4"), transitions(&lb2, "ipv4")),
+        before,
+        "a node changed state while both were up"
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            client_neighbour(&topology, IpAddr::V4(VIP_V4)) == Some(topology.lb().mac)
+        })
+        .is_some()
+    );
+    assert!(client_request(&topology, IpAddr::V4(VIP_V4)));
+    assert!(client_request(&topology, IpAddr::V6(VIP_V6)));
+}
+
+/// An nftables table in `ns` that drops VRRP (IP protocol 112) both ways.
+fn cut_vrrp(ns: &Netns) {
+    for command in [
+        "add table inet weir_vrrp_cut",
+        "add chain inet weir_vrrp_cut input { type filter hook input priority 0 ; }",
+        "add chain inet weir_vrrp_cut output { type filter hook output priority 0 ; }",
+        "add rule inet weir_vrrp_cut input meta l4proto 112 drop",
+        "add rule inet weir_vrrp_cut output meta l4proto 112 drop",
+    ] {
+        let mut argv = vec!["nft"];
+        argv.extend(command.split(' '));
+        ns.run(&argv).expect("nft");
+    }
+}
+
+#[test]
+fn split_brain_heals_to_one_master_that_re_announces() {
+    let topology = topology();
+    let lb2 = lb2(&topology, false, "");
+    let lb1 = lb1(&topology, false, "");
+    settle(&topology, &lb1, &lb2);
+    let peer = topology.peer_lb().expect("second LB");
+    // The client's entry must be older than its locktime (1 s) for a GARP to move it.
+    thread::sleep(Duration::from_millis(1200));
+
+    cut_vrrp(&peer.ns);
+    let split = wait_for(Duration::from_secs(5), || state(&lb2) == "master")
+        .expect("LB2 did not become master without adverts");
+    assert_eq!(state(&lb1), "master", "split brain: both are masters");
+    let stolen = wait_for(Duration::from_secs(3), || {
+        client_neighbour(&topology, IpAddr::V4(VIP_V4)) == Some(peer.mac)
+    });
+    println!(
+        "split brain after {} ms; LB2's gratuitous ARP moved the client after {:?} ms",
+        ms(split),
+        stolen.map(ms)
+    );
+    assert!(
+        stolen.is_some(),
+        "the client never saw LB2's gratuitous ARP"
+    );
+
+    thread::sleep(Duration::from_millis(1200));
+    peer.ns
+        .run(&["nft", "delete", "table", "inet", "weir_vrrp_cut"])
+        .expect("restore VRRP");
+    let healed = wait_for(Duration::from_secs(5), || {
+        state(&lb1) == "master" && state(&lb2) == "backup"
+    })
+    .expect("no single master after the split brain");
+    let announced = wait_for(Duration::from_secs(3), || {
+        client_neighbour(&topology, IpAddr::V4(VIP_V4)) == Some(topology.lb().mac)
+    });
+    println!(
+        "healed: one master after {} ms, the client back on LB1 after {:?} ms",
+        ms(healed),
+        announced.map(|d| ms(healed + d))
+    );
+    assert!(
+        announced.is_some(),
+        "the client never saw LB1's re-announcement"
+    );
+    assert!(!holds(&peer.ns, &peer.ifname, IpAddr::V4(VIP_V4)));
+    for _ in 0..10 {
+        assert_eq!(
+            (state(&lb1).as_str(), state(&lb2).as_str()),
+            ("master", "backup")
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(client_request(&topology, IpAddr::V4(VIP_V4)));
+}
+
+#[test]
+fn a_node_whose_vips_cannot_serve_gives_way_to_its_peer() {
+    let topology = topology();
+    // 150 - 60 = 90 < 100: LB2 preempts.
+    let lb2 = lb2(&topology, false, "track_weight = 60\n");
+    let lb1 = lb1(&topology, false, "track_weight = 60\n");
+    settle(&topology, &lb1, &lb2);
+    assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 150);
+
+    let started = Instant::now();
+    for n in 1..=2 {
+        let backend = IpAddr::V4(backend_v4(n)).to_string();
+        let output = lb1
+            .cli(&["backend", "maint", "web", &backend])
+            .expect("weir backend maint");
+        assert!(output.status.success(), "{output:?}");
+    }
+    let gave_way = wait_for(Duration::from_secs(5), || {
+        state(&lb2) == "master" && state(&lb1) == "backup"
+    })
+    .expect("LB1 did not give way");
+    println!(
+        "tracking: LB2 master {} ms after the last backend of LB1 went to maint",
+        ms(gave_way)
+    );
+    assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 90);
+    assert!(client_request(&topology, IpAddr::V4(VIP_V4)));
+
+    // Back in service: LB1 preempts again.
+    for n in 1..=2 {
+        let backend = IpAddr::V4(backend_v4(n)).to_string();
+        assert!(
+            lb1.cli(&["backend", "ready", "web", &backend])
+                .expect("weir")
+                .status
+                .success()
+        );
+    }
+    wait_for(Duration::from_secs(5), || {
+        state(&lb1) == "master" && state(&lb2) == "backup"
+    })
+    .expect("LB1 did not take the VIP back");
 }

@@ -3,8 +3,11 @@
 //!
 //! Beyond the RFC: a Fault state while the interface is down (as keepalived has), a
 //! preemption delay, priority changes from tracking, a periodic gratuitous ARP refresh
-//! while master, and a re-announcement when a master hears a lower-priority master (the
-//! end of a split brain: the other one may have taken the clients' ARP caches).
+//! while master, and the end of a split brain handled on both sides: a master that gives
+//! way sends one last advert (with its own, lower priority), and a master that hears a
+//! lower-priority master re-announces its addresses, since the other one may have taken
+//! the clients' ARP caches (keepalived's `higher_prio_send_advert` and
+//! `garp_lower_prio_repeat`).
 
 use std::{fmt, net::IpAddr, time::Duration};
 
@@ -275,6 +278,10 @@ impl Machine {
         }
         if priority > self.priority || (priority == self.priority && from > self.settings.primary) {
             self.master_adver_interval = Duration::from_millis(u64::from(centis) * 10);
+            // Heard by the new master, this makes it re-announce (see the module doc).
+            actions.push(Action::SendAdvert {
+                priority: self.priority,
+            });
             actions.push(Action::ReleaseAddresses);
             self.become_backup(now, Some(from), "higher priority master", actions);
             return;
@@ -494,6 +501,7 @@ mod tests {
         assert_eq!(
             actions,
             [
+                Action::SendAdvert { priority: 150 },
                 Action::ReleaseAddresses,
                 transition(State::Master, State::Backup, "higher priority master")
             ]
