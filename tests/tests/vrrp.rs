@@ -10,6 +10,7 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,9 +21,9 @@ use std::{
 
 use serde_json::Value;
 use weir_testbed::{
-    DsrTopology, MacAddr, Netns,
+    Child, DsrTopology, MacAddr, Netns,
     agent::Agent,
-    topology::{HTTP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
+    topology::{HTTP_PORT, LB_V4, LB2_V4, VIP_V4, VIP_V6, backend_v4, backend_v6},
 };
 
 const VRID: u8 = 51;
@@ -35,6 +36,16 @@ const ADVERT_INTERVAL_MS: u64 = 100;
 /// The agent configuration of one LB: VIP "web" (and "web6" with `ipv6`) on backends 1
 /// and 2, and `[vrrp]` with `extra` lines.
 fn config(ifname: &str, priority: u8, ipv6: bool, extra: &str) -> String {
+    let mut text = dataplane_config(ifname, ipv6);
+    text += &format!(
+        "[vrrp]\ninterface = \"{ifname}\"\nvrid = {VRID}\npriority = {priority}\n\
+         advert_interval = \"{ADVERT_INTERVAL_MS}ms\"\ngarp_refresh = \"0s\"\n{extra}"
+    );
+    text
+}
+
+/// The agent configuration without `[vrrp]` (a node whose VIPs keepalived moves).
+fn dataplane_config(ifname: &str, ipv6: bool) -> String {
     let mut text = format!("[agent]\ninterfaces = [\"{ifname}\"]\n");
     let mut vips = vec![("web", IpAddr::V4(VIP_V4))];
     if ipv6 {
@@ -51,10 +62,6 @@ fn config(ifname: &str, priority: u8, ipv6: bool, extra: &str) -> String {
             text += &format!("[[vip.backend]]\naddress = \"{backend}\"\n");
         }
     }
-    text += &format!(
-        "[vrrp]\ninterface = \"{ifname}\"\nvrid = {VRID}\npriority = {priority}\n\
-         advert_interval = \"{ADVERT_INTERVAL_MS}ms\"\ngarp_refresh = \"0s\"\n{extra}"
-    );
     text
 }
 
@@ -465,12 +472,13 @@ fn a_node_whose_vips_cannot_serve_gives_way_to_its_peer() {
             .expect("weir backend maint");
         assert!(output.status.success(), "{output:?}");
     }
-    let gave_way = wait_for(Duration::from_secs(5), || {
+    wait_for(Duration::from_secs(5), || {
         state(&lb2) == "master" && state(&lb1) == "backup"
     })
     .expect("LB1 did not give way");
+    let gave_way = started.elapsed();
     println!(
-        "tracking: LB2 master {} ms after the last backend of LB1 went to maint",
+        "tracking: LB2 master {} ms after `weir backend maint` of both backends on LB1 started",
         ms(gave_way)
     );
     assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 90);
@@ -490,4 +498,202 @@ fn a_node_whose_vips_cannot_serve_gives_way_to_its_peer() {
         state(&lb1) == "master" && state(&lb2) == "backup"
     })
     .expect("LB1 did not take the VIP back");
+}
+
+/// keepalived 2.2.7 running one VRRPv3 instance (VRID 51, 100 ms adverts, the IPv4 VIP)
+/// inside a namespace, with its configuration and pid files in a private directory.
+struct Keepalived {
+    // Declared first: stopped before its directory goes.
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Keepalived {
+    fn start(ns: &Netns, ifname: &str, priority: u8) -> Keepalived {
+        let dir = std::env::temp_dir().join(format!(
+            "weir-keepalived-{}-{}",
+            std::process::id(),
+            ns.name()
+        ));
+        std::fs::create_dir_all(&dir).expect("keepalived directory");
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  router_id weir_test\n  vrrp_version 3\n}}\n\
+                 vrrp_instance weir_test {{\n  state BACKUP\n  interface {ifname}\n  \
+                 virtual_router_id {VRID}\n  priority {priority}\n  advert_int 0.1\n  \
+                 virtual_ipaddress {{\n    {VIP_V4}/32 dev {ifname}\n  }}\n}}\n"
+            ),
+        )
+        .expect("keepalived.conf");
+        let path = |name: &str| dir.join(name).display().to_string();
+        let child = ns
+            .spawn(&[
+                "keepalived".to_owned(),
+                "--dont-fork".into(),
+                "--log-console".into(),
+                "--log-detail".into(),
+                "--no-syslog".into(),
+                "--vrrp".into(),
+                "--use-file".into(),
+                path("keepalived.conf"),
+                "--pid".into(),
+                path("keepalived.pid"),
+                "--vrrp_pid".into(),
+                path("vrrp.pid"),
+            ])
+            .expect("keepalived (installed by `cargo xtask setup`)");
+        Keepalived { child, dir }
+    }
+
+    /// "MASTER", "BACKUP" or "FAULT", from its log; None before its first state.
+    fn state(&self) -> Option<&'static str> {
+        let log = self.child.log();
+        ["MASTER", "BACKUP", "FAULT"]
+            .into_iter()
+            .filter_map(|state| {
+                log.rfind(&format!("Entering {state} STATE"))
+                    .map(|at| (at, state))
+            })
+            .max()
+            .map(|(_, state)| state)
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        let _ = self.child.signal(libc::SIGTERM);
+        let _ = self.child.wait_timeout(Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn interop_weir_master_with_a_keepalived_backup() {
+    let topology = topology();
+    let peer = topology.peer_lb().expect("second LB");
+    // LB2: weir as the dataplane, keepalived moving the VIP.
+    let _dataplane =
+        Agent::start(&peer.ns, &dataplane_config(&peer.ifname, false)).expect("LB2 agent");
+    let keepalived = Keepalived::start(&peer.ns, &peer.ifname, LB2_PRIORITY);
+    let lb1 = lb1(&topology, false, "");
+    let settled = wait_for(Duration::from_secs(10), || {
+        state(&lb1) == "master" && keepalived.state() == Some("BACKUP")
+    });
+    assert!(
+        settled.is_some(),
+        "weir {} / keepalived {:?}:\n{}",
+        state(&lb1),
+        keepalived.state(),
+        keepalived.child.log()
+    );
+    // keepalived accepts weir's adverts: it stays backup.
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        keepalived.state(),
+        Some("BACKUP"),
+        "{}",
+        keepalived.child.log()
+    );
+    assert!(!holds(&peer.ns, &peer.ifname, IpAddr::V4(VIP_V4)));
+    assert!(
+        wait_for(Duration::from_secs(3), || client_request(
+            &topology,
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some()
+    );
+
+    let stopped = Instant::now();
+    lb1.stop().expect("graceful stop of weir");
+    wait_for(Duration::from_secs(5), || {
+        keepalived.state() == Some("MASTER")
+    })
+    .expect("keepalived did not take over");
+    println!(
+        "interop: keepalived master {} ms after weir's graceful stop",
+        ms(stopped.elapsed())
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || holds(
+            &peer.ns,
+            &peer.ifname,
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || client_request(
+            &topology,
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some(),
+        "the client cannot reach the VIP through keepalived's node"
+    );
+}
+
+#[test]
+fn interop_keepalived_master_with_a_weir_backup() {
+    let topology = topology();
+    let peer = topology.peer_lb().expect("second LB");
+    let _dataplane =
+        Agent::start(&peer.ns, &dataplane_config(&peer.ifname, false)).expect("LB2 agent");
+    // keepalived has the higher priority this time.
+    let keepalived = Keepalived::start(&peer.ns, &peer.ifname, 200);
+    wait_for(Duration::from_secs(10), || {
+        keepalived.state() == Some("MASTER")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "keepalived did not become master:\n{}",
+            keepalived.child.log()
+        )
+    });
+    let lb1 = lb1(&topology, false, "");
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        state(&lb1),
+        "backup",
+        "weir does not accept keepalived's adverts:\n{}",
+        lb1.log()
+    );
+    let vrrp = &status(&lb1)["vrrp"]["instances"][0];
+    assert_eq!(vrrp["master"], LB2_V4.to_string());
+    assert_eq!(vrrp["master_advert_interval_ms"], 100);
+    assert_eq!(keepalived.state(), Some("MASTER"));
+    assert!(!holds(
+        topology.lb_ns(),
+        topology.lb_ifname(),
+        IpAddr::V4(VIP_V4)
+    ));
+
+    // keepalived leaves (priority 0): weir takes over at once.
+    let mut keepalived = keepalived;
+    let stopped = Instant::now();
+    keepalived
+        .child
+        .signal(libc::SIGTERM)
+        .expect("SIGTERM to keepalived");
+    wait_for(Duration::from_secs(5), || state(&lb1) == "master").expect("weir did not take over");
+    println!(
+        "interop: weir master {} ms after keepalived's stop",
+        ms(stopped.elapsed())
+    );
+    assert!(holds(
+        topology.lb_ns(),
+        topology.lb_ifname(),
+        IpAddr::V4(VIP_V4)
+    ));
+    assert!(
+        wait_for(Duration::from_secs(5), || client_request(
+            &topology,
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some()
+    );
+    assert_eq!(
+        status(&lb1)["vrrp"]["instances"][0]["master"],
+        LB_V4.to_string()
+    );
 }
