@@ -1003,7 +1003,66 @@ pub fn render_status(status: &Status) -> String {
     }
     rows.push(("vips", status.vips.to_string()));
     rows.push(("backends", status.backends.to_string()));
+    let vrrp = status.vrrp.as_ref().map(|vrrp| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        vrrp_rows(vrrp, now)
+    });
+    rows.extend(
+        vrrp.iter()
+            .flatten()
+            .map(|(key, value)| (key.as_str(), value.clone())),
+    );
     key_values(&rows)
+}
+
+/// The `[vrrp]` lines of `weir status`: the instance, each family's state and master,
+/// and the latest state changes (at most 3 per family), `now` in Unix milliseconds.
+fn vrrp_rows(vrrp: &crate::control::VrrpStatus, now: u64) -> Vec<(String, String)> {
+    let priority = if vrrp.effective_priority == vrrp.priority {
+        vrrp.priority.to_string()
+    } else {
+        format!("{} (configured {})", vrrp.effective_priority, vrrp.priority)
+    };
+    let mut rows = vec![(
+        "vrrp".to_owned(),
+        format!(
+            "vrid {} on {}, priority {priority}",
+            vrrp.vrid, vrrp.interface
+        ),
+    )];
+    for instance in &vrrp.instances {
+        let master = match instance.master {
+            Some(master) if master == instance.address => "this node".to_owned(),
+            Some(master) => master.to_string(),
+            None => "-".to_owned(),
+        };
+        rows.push((
+            format!("  {}", instance.family),
+            format!(
+                "{}, master {master}, {} address{}",
+                instance.state,
+                instance.addresses.len(),
+                if instance.addresses.len() == 1 {
+                    ""
+                } else {
+                    "es"
+                }
+            ),
+        ));
+        for (i, change) in instance.transitions.iter().rev().take(3).enumerate() {
+            let ago = human_duration(now.saturating_sub(change.unix_ms) / 1000);
+            rows.push((
+                if i == 0 { "    changes" } else { "" }.to_owned(),
+                format!(
+                    "{ago} ago {} -> {} ({})",
+                    change.from, change.to, change.reason
+                ),
+            ));
+        }
+    }
+    rows
 }
 
 fn key_values(rows: &[(&str, String)]) -> String {
@@ -1522,6 +1581,41 @@ mod tests {
         report::{BackendReport, VipReport},
     };
 
+    #[test]
+    fn vrrp_status_lines() {
+        use crate::control::{VrrpInstanceStatus, VrrpStatus, VrrpTransition};
+        use crate::vrrp::state::State;
+        let vrrp = VrrpStatus {
+            interface: "eth0".into(),
+            vrid: 51,
+            priority: 150,
+            effective_priority: 100,
+            instances: vec![VrrpInstanceStatus {
+                family: "ipv4".into(),
+                state: State::Master,
+                address: "198.18.0.2".parse().unwrap(),
+                master: Some("198.18.0.2".parse().unwrap()),
+                master_advert_interval_ms: 100,
+                addresses: vec!["198.19.0.10".parse().unwrap()],
+                transitions: vec![VrrpTransition {
+                    unix_ms: 10_000,
+                    from: State::Backup,
+                    to: State::Master,
+                    reason: "master down".into(),
+                }],
+            }],
+        };
+        let rows = vrrp_rows(&vrrp, 75_000);
+        let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}|{v}")).collect();
+        assert_eq!(
+            text,
+            [
+                "vrrp|vrid 51 on eth0, priority 100 (configured 150)",
+                "  ipv4|master, master this node, 1 address",
+                "    changes|1m 5s ago backup -> master (master down)",
+            ]
+        );
+    }
     #[test]
     fn escapes_names_and_addresses() {
         assert_eq!(escape("web-1_a.b~c"), "web-1_a.b~c");
