@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd::Cmd, is_root, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and benchmarks
-/// use, and xz for the rust-src fallback.
+/// use (keepalived: the VRRP interop tests run it in namespaces), and xz for the
+/// rust-src fallback.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,8 +28,14 @@ pub const APT_PACKAGES: &[&str] = &[
     "wrk",
     "ethtool",
     "tcpdump",
+    "keepalived",
     "xz-utils",
 ];
+
+/// Packages whose service must not run on the host: the tests start their own.
+const NO_SERVICE: &[&str] = &["keepalived"];
+/// Debian's hook that lets package scripts start services; exit 101 forbids it.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -89,12 +96,46 @@ fn apt_packages(installed: &mut Vec<String>) -> Result<()> {
         .args(["update", "-q"])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()?;
-    Cmd::new("apt-get")
+    // Keep the installed services (keepalived) from starting with the host's
+    // configuration while they install: a policy-rc.d for the duration, unless one exists.
+    let own_policy = !Path::new(POLICY_RC_D).exists();
+    if own_policy {
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# weir setup: no service starts\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+        })
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+    }
+    let install = Cmd::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
+        .run();
+    if own_policy {
+        std::fs::remove_file(POLICY_RC_D)
+            .with_context(|| format!("cannot remove {POLICY_RC_D}"))?;
+    }
+    install?;
+    disable_services(&missing)?;
     installed.extend(missing.iter().map(|p| p.to_string()));
+    Ok(())
+}
+
+/// Disables (and stops) the services of [`NO_SERVICE`] packages just installed, so they
+/// do not start at boot either (systemd hosts; elsewhere policy-rc.d kept them off).
+fn disable_services(installed: &[&str]) -> Result<()> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Ok(());
+    }
+    for service in NO_SERVICE.iter().filter(|s| installed.contains(s)) {
+        Cmd::new("systemctl")
+            .args(["disable", "--now", service])
+            .run()?;
+    }
     Ok(())
 }
 
