@@ -127,7 +127,8 @@ struct Route {
     kind: Option<String>,
 }
 
-fn ip(args: &[&str]) -> Result<String, HostError> {
+/// Runs `ip ARGS…` and returns its output; a failure carries its error message.
+pub(crate) fn ip(args: &[&str]) -> Result<String, HostError> {
     let command = format!("ip {}", args.join(" "));
     let output = Command::new("ip")
         .args(args)

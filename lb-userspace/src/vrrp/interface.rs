@@ -1,11 +1,12 @@
 //! The VRRP interface as iproute2 shows it, and the VIP addresses held on it. Like the
-//! rest of the agent's host changes (`host.rs`), this goes through `ip`.
+//! rest of the agent's host changes, this goes through `ip` (`host.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
 use super::VrrpError;
+use crate::host::{self, HostError};
 
 /// What the instances need to know about their interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,23 +107,21 @@ pub async fn release(interface: &str, addresses: &[IpAddr]) -> Result<(), VrrpEr
     Ok(())
 }
 
+/// `ip ARGS…` (`host.rs`) on the blocking pool: the VRRP task keeps its timers.
 async fn ip(args: &[&str]) -> Result<String, VrrpError> {
-    let command = format!("ip {}", args.join(" "));
-    let output = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
-        .await
-        .map_err(|err| VrrpError::Command {
-            command: command.clone(),
-            message: err.to_string(),
-        })?;
-    if !output.status.success() {
-        return Err(VrrpError::Command {
-            command,
-            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        host::ip(&args)
+    })
+    .await
+    .unwrap_or_else(|err| {
+        Err(HostError::Spawn {
+            command: "ip".into(),
+            source: std::io::Error::other(err),
+        })
+    })?;
+    Ok(output)
 }
 
 #[cfg(test)]

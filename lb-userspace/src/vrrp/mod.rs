@@ -52,8 +52,8 @@ pub enum VrrpError {
         interface: String,
         source: std::io::Error,
     },
-    #[error("`{command}` failed: {message}")]
-    Command { command: String, message: String },
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
 }
 
 /// The running VRRP task.
