@@ -214,8 +214,12 @@ pub const DEFAULT_GARP_REPEAT: u32 = 5;
 pub const MAX_GARP_REPEAT: u32 = 100;
 pub const DEFAULT_GARP_REFRESH: Duration = Duration::from_secs(60);
 
+/// As the file writes it: whole seconds as `"60s"`, anything else in milliseconds.
 fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{}ms", d.as_millis()))
+    match d.as_millis() {
+        ms if ms % 1000 == 0 => s.serialize_str(&format!("{}s", ms / 1000)),
+        ms => s.serialize_str(&format!("{ms}ms")),
+    }
 }
 
 #[derive(Debug, Error)]

@@ -697,3 +697,50 @@ fn interop_keepalived_master_with_a_weir_backup() {
         LB_V4.to_string()
     );
 }
+
+#[test]
+fn a_master_whose_link_goes_down_is_in_fault_and_releases_the_vip() {
+    let topology = topology();
+    let lb2 = lb2(&topology, false, "");
+    let lb1 = lb1(&topology, false, "");
+    settle(&topology, &lb1, &lb2);
+
+    topology
+        .lb_ns()
+        .link_down(topology.lb_ifname())
+        .expect("link down");
+    let fault = wait_for(Duration::from_secs(5), || {
+        state(&lb1) == "fault" && state(&lb2) == "master"
+    });
+    assert!(fault.is_some(), "LB1 {} / LB2 {}", state(&lb1), state(&lb2));
+    assert!(!holds(
+        topology.lb_ns(),
+        topology.lb_ifname(),
+        IpAddr::V4(VIP_V4)
+    ));
+    assert!(
+        wait_for(Duration::from_secs(3), || client_request(
+            &topology,
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some()
+    );
+
+    // Link back: backup first, then it preempts.
+    topology
+        .lb_ns()
+        .link_up(topology.lb_ifname())
+        .expect("link up");
+    wait_for(Duration::from_secs(5), || {
+        state(&lb1) == "master" && state(&lb2) == "backup"
+    })
+    .expect("LB1 did not come back as master");
+    let status = status(&lb1);
+    let changes: Vec<&str> = status["vrrp"]["instances"][0]["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter_map(|t| t["to"].as_str())
+        .collect();
+    assert_eq!(changes, ["backup", "master", "fault", "backup", "master"]);
+}
