@@ -290,6 +290,29 @@ fn kill_9_of_the_master_hands_the_vip_to_the_backup() {
         "the client was not served after the takeover"
     );
     assert!(client_request(&topology, IpAddr::V4(VIP_V4)));
+
+    // The killed agent left the VIP on its interface; the next one removes it as it
+    // enters BACKUP (without preempt, it stays there).
+    assert!(holds(
+        topology.lb_ns(),
+        topology.lb_ifname(),
+        IpAddr::V4(VIP_V4)
+    ));
+    let lb1 = self::lb1(&topology, false, "preempt = false\n");
+    assert!(
+        wait_for(Duration::from_secs(3), || !holds(
+            topology.lb_ns(),
+            topology.lb_ifname(),
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some(),
+        "the restarted agent did not clean the left-over VIP"
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (state(&lb1).as_str(), state(&lb2).as_str()),
+        ("backup", "master")
+    );
 }
 
 /// How many state changes the agent's instance of `family` has gone through so far.
@@ -743,4 +766,49 @@ fn a_master_whose_link_goes_down_is_in_fault_and_releases_the_vip() {
         .filter_map(|t| t["to"].as_str())
         .collect();
     assert_eq!(changes, ["backup", "master", "fault", "backup", "master"]);
+}
+
+#[test]
+fn unicast_peers_fail_over_and_notify_runs_on_each_change() {
+    let topology = topology();
+    let dir = std::env::temp_dir().join(format!("weir-vrrp-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("notify directory");
+    let log = |name: &str| dir.join(name).display().to_string();
+    let extra = |peer: std::net::Ipv4Addr, name: &str| {
+        format!(
+            "unicast_peers = [\"{peer}\"]\nnotify = [\"/bin/sh\", \"-c\", \"echo \\\"$* $WEIR_VRRP_FAMILY\\\" >> {}\", \"notify\"]\n",
+            log(name)
+        )
+    };
+    let lb2 = lb2(&topology, false, &extra(LB_V4, "lb2"));
+    let lb1 = lb1(&topology, false, &extra(LB2_V4, "lb1"));
+    settle(&topology, &lb1, &lb2);
+
+    let killed = Instant::now();
+    lb1.kill().expect("kill -9 LB1");
+    wait_for(Duration::from_secs(5), || state(&lb2) == "master").expect("LB2 did not take over");
+    println!(
+        "unicast: LB2 master {} ms after kill -9",
+        ms(killed.elapsed())
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || client_request(
+            &topology,
+            IpAddr::V4(VIP_V4)
+        ))
+        .is_some()
+    );
+
+    let notified = wait_for(Duration::from_secs(3), || {
+        std::fs::read_to_string(log("lb2")).is_ok_and(|text| text.lines().count() >= 4)
+    });
+    let text = std::fs::read_to_string(log("lb2")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(notified.is_some(), "notify ran: {text:?}");
+    // Alone first, then LB1 came, then LB1 died; no tracking penalty (backends ready).
+    let expected: Vec<String> = ["backup", "master", "backup", "master"]
+        .iter()
+        .map(|state| format!("{state} {VRID} {LB2_PRIORITY} ipv4"))
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), expected);
 }
