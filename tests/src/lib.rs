@@ -14,6 +14,7 @@ pub mod agent;
 pub mod bins;
 pub mod client;
 pub mod cmd;
+pub mod keepalived;
 pub mod link;
 pub mod load;
 pub mod netns;

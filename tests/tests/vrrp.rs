@@ -10,7 +10,6 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,8 +20,9 @@ use std::{
 
 use serde_json::Value;
 use weir_testbed::{
-    Child, DsrTopology, MacAddr, Netns,
+    DsrTopology, MacAddr, Netns,
     agent::Agent,
+    keepalived::{self, Keepalived},
     topology::{HTTP_PORT, LB_V4, LB2_V4, VIP_V4, VIP_V6, backend_v4, backend_v6},
 };
 
@@ -523,73 +523,17 @@ fn a_node_whose_vips_cannot_serve_gives_way_to_its_peer() {
     .expect("LB1 did not take the VIP back");
 }
 
-/// keepalived 2.2.7 running one VRRPv3 instance (VRID 51, 100 ms adverts, the IPv4 VIP)
-/// inside a namespace, with its configuration and pid files in a private directory.
-struct Keepalived {
-    // Declared first: stopped before its directory goes.
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Keepalived {
-    fn start(ns: &Netns, ifname: &str, priority: u8) -> Keepalived {
-        let dir = std::env::temp_dir().join(format!(
-            "weir-keepalived-{}-{}",
-            std::process::id(),
-            ns.name()
-        ));
-        std::fs::create_dir_all(&dir).expect("keepalived directory");
-        let conf = dir.join("keepalived.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "global_defs {{\n  router_id weir_test\n  vrrp_version 3\n}}\n\
-                 vrrp_instance weir_test {{\n  state BACKUP\n  interface {ifname}\n  \
-                 virtual_router_id {VRID}\n  priority {priority}\n  advert_int 0.1\n  \
-                 virtual_ipaddress {{\n    {VIP_V4}/32 dev {ifname}\n  }}\n}}\n"
-            ),
-        )
-        .expect("keepalived.conf");
-        let path = |name: &str| dir.join(name).display().to_string();
-        let child = ns
-            .spawn(&[
-                "keepalived".to_owned(),
-                "--dont-fork".into(),
-                "--log-console".into(),
-                "--log-detail".into(),
-                "--no-syslog".into(),
-                "--vrrp".into(),
-                "--use-file".into(),
-                path("keepalived.conf"),
-                "--pid".into(),
-                path("keepalived.pid"),
-                "--vrrp_pid".into(),
-                path("vrrp.pid"),
-            ])
-            .expect("keepalived (installed by `cargo xtask setup`)");
-        Keepalived { child, dir }
-    }
-
-    /// "MASTER", "BACKUP" or "FAULT", from its log; None before its first state.
-    fn state(&self) -> Option<&'static str> {
-        let log = self.child.log();
-        ["MASTER", "BACKUP", "FAULT"]
-            .into_iter()
-            .filter_map(|state| {
-                log.rfind(&format!("Entering {state} STATE"))
-                    .map(|at| (at, state))
-            })
-            .max()
-            .map(|(_, state)| state)
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        let _ = self.child.signal(libc::SIGTERM);
-        let _ = self.child.wait_timeout(Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// keepalived on LB2 with the IPv4 VIP, VRID 51 and 100 ms adverts.
+fn keepalived(topology: &DsrTopology, priority: u8) -> Keepalived {
+    let peer = topology.peer_lb().expect("second LB");
+    let instance = keepalived::Instance {
+        interface: &peer.ifname,
+        vrid: VRID,
+        priority,
+        advert_centis: (ADVERT_INTERVAL_MS / 10) as u16,
+        addresses: &[IpAddr::V4(VIP_V4)],
+    };
+    Keepalived::start(&peer.ns, &instance).expect("keepalived")
 }
 
 #[test]
@@ -599,7 +543,7 @@ fn interop_weir_master_with_a_keepalived_backup() {
     // LB2: weir as the dataplane, keepalived moving the VIP.
     let _dataplane =
         Agent::start(&peer.ns, &dataplane_config(&peer.ifname, false)).expect("LB2 agent");
-    let keepalived = Keepalived::start(&peer.ns, &peer.ifname, LB2_PRIORITY);
+    let keepalived = keepalived(&topology, LB2_PRIORITY);
     let lb1 = lb1(&topology, false, "");
     let settled = wait_for(Duration::from_secs(10), || {
         state(&lb1) == "master" && keepalived.state() == Some("BACKUP")
@@ -609,16 +553,11 @@ fn interop_weir_master_with_a_keepalived_backup() {
         "weir {} / keepalived {:?}:\n{}",
         state(&lb1),
         keepalived.state(),
-        keepalived.child.log()
+        keepalived.log()
     );
     // keepalived accepts weir's adverts: it stays backup.
     thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        keepalived.state(),
-        Some("BACKUP"),
-        "{}",
-        keepalived.child.log()
-    );
+    assert_eq!(keepalived.state(), Some("BACKUP"), "{}", keepalived.log());
     assert!(!holds(&peer.ns, &peer.ifname, IpAddr::V4(VIP_V4)));
     assert!(
         wait_for(Duration::from_secs(3), || client_request(
@@ -663,16 +602,11 @@ fn interop_keepalived_master_with_a_weir_backup() {
     let _dataplane =
         Agent::start(&peer.ns, &dataplane_config(&peer.ifname, false)).expect("LB2 agent");
     // keepalived has the higher priority this time.
-    let keepalived = Keepalived::start(&peer.ns, &peer.ifname, 200);
+    let mut keepalived = keepalived(&topology, 200);
     wait_for(Duration::from_secs(10), || {
         keepalived.state() == Some("MASTER")
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "keepalived did not become master:\n{}",
-            keepalived.child.log()
-        )
-    });
+    .unwrap_or_else(|| panic!("keepalived did not become master:\n{}", keepalived.log()));
     let lb1 = lb1(&topology, false, "");
     thread::sleep(Duration::from_secs(1));
     assert_eq!(
@@ -692,12 +626,8 @@ fn interop_keepalived_master_with_a_weir_backup() {
     ));
 
     // keepalived leaves (priority 0): weir takes over at once.
-    let mut keepalived = keepalived;
     let stopped = Instant::now();
-    keepalived
-        .child
-        .signal(libc::SIGTERM)
-        .expect("SIGTERM to keepalived");
+    keepalived.terminate().expect("SIGTERM to keepalived");
     wait_for(Duration::from_secs(5), || state(&lb1) == "master").expect("weir did not take over");
     println!(
         "interop: weir master {} ms after keepalived's stop",
