@@ -742,3 +742,62 @@ fn unicast_peers_fail_over_and_notify_runs_on_each_change() {
         .collect();
     assert_eq!(text.lines().collect::<Vec<_>>(), expected);
 }
+
+#[test]
+fn the_master_holds_the_vips_added_and_releases_those_removed_at_runtime() {
+    let topology = topology();
+    let lb2 = lb2(&topology, false, "");
+    let lb1 = lb1(&topology, false, "");
+    settle(&topology, &lb1, &lb2);
+    let extra: IpAddr = "198.19.0.20".parse().expect("address");
+    let backend = IpAddr::V4(backend_v4(1)).to_string();
+
+    let added = lb1
+        .cli(&[
+            "vip",
+            "add",
+            "extra",
+            &extra.to_string(),
+            "80",
+            "--backend",
+            &backend,
+        ])
+        .expect("weir vip add");
+    assert!(added.status.success(), "{added:?}");
+    assert!(
+        wait_for(Duration::from_secs(3), || holds(
+            topology.lb_ns(),
+            topology.lb_ifname(),
+            extra
+        ))
+        .is_some(),
+        "the master does not hold the new VIP"
+    );
+    let addresses = &status(&lb1)["vrrp"]["instances"][0]["addresses"];
+    assert_eq!(
+        addresses,
+        &serde_json::json!([VIP_V4.to_string(), extra.to_string()])
+    );
+    // A VIP that serves does not lower the priority.
+    assert_eq!(status(&lb1)["vrrp"]["effective_priority"], LB1_PRIORITY);
+
+    let removed = lb1
+        .cli(&["vip", "remove", "extra"])
+        .expect("weir vip remove");
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(
+        wait_for(Duration::from_secs(3), || !holds(
+            topology.lb_ns(),
+            topology.lb_ifname(),
+            extra
+        ))
+        .is_some(),
+        "the master still holds the removed VIP"
+    );
+    assert!(holds(
+        topology.lb_ns(),
+        topology.lb_ifname(),
+        IpAddr::V4(VIP_V4)
+    ));
+    assert_eq!(state(&lb1), "master");
+}
