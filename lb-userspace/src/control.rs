@@ -36,7 +36,7 @@ pub struct Status {
 }
 
 /// VIP failover (`[vrrp]`): one instance per address family of the VIPs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VrrpStatus {
     pub interface: String,
     pub vrid: u8,

@@ -112,13 +112,7 @@ impl Vrrp {
             addresses,
             priority,
             origin,
-            status: watch::Sender::new(VrrpStatus {
-                interface: String::new(),
-                vrid: 0,
-                priority: 0,
-                effective_priority: 0,
-                instances: Vec::new(),
-            }),
+            status: watch::Sender::new(VrrpStatus::default()),
         };
         runner.publish();
         let status = runner.status.subscribe();
@@ -176,7 +170,6 @@ struct Instance {
 impl Instance {
     fn new(config: &VrrpConfig, socket: AdvertSocket, source: IpAddr, priority: u8) -> Instance {
         let mut machine = Machine::new(Settings {
-            vrid: config.vrid,
             priority: config.priority,
             advert_interval: config.advert_interval,
             preempt: config.preempt,

@@ -37,7 +37,6 @@ impl fmt::Display for State {
 /// What an instance is configured with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    pub vrid: u8,
     /// The configured priority (tracking lowers the effective one).
     pub priority: u8,
     /// Advertisement_Interval; a multiple of 10 ms.
@@ -378,7 +377,6 @@ mod tests {
 
     fn settings(priority: u8, preempt: bool) -> Settings {
         Settings {
-            vrid: 51,
             priority,
             advert_interval: ms(100),
             preempt,
