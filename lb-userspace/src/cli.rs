@@ -407,24 +407,17 @@ fn parse_state(text: &str) -> Result<AdminState, String> {
     }
 }
 
-/// A duration: a number with a unit (`ms`, `s`, `m`, `h`); a bare number is seconds.
+/// A duration as in the configuration file (`500ms`, `1.5s`, `5m`, `1h`); a bare number
+/// is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
+    let with_unit = if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        format!("{text}s")
+    } else {
+        text.to_owned()
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))
+    crate::config::parse_duration(&with_unit)
+        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 500ms, 1.5s, 5m, 1h)"))
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -1066,7 +1059,66 @@ pub fn render_status(status: &Status) -> String {
             ),
         ));
     }
+    let vrrp = status.vrrp.as_ref().map(|vrrp| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        vrrp_rows(vrrp, now)
+    });
+    rows.extend(
+        vrrp.iter()
+            .flatten()
+            .map(|(key, value)| (key.as_str(), value.clone())),
+    );
     key_values(&rows)
+}
+
+/// The `[vrrp]` lines of `weir status`: the instance, each family's state and master,
+/// and the latest state changes (at most 3 per family), `now` in Unix milliseconds.
+fn vrrp_rows(vrrp: &crate::control::VrrpStatus, now: u64) -> Vec<(String, String)> {
+    let priority = if vrrp.effective_priority == vrrp.priority {
+        vrrp.priority.to_string()
+    } else {
+        format!("{} (configured {})", vrrp.effective_priority, vrrp.priority)
+    };
+    let mut rows = vec![(
+        "vrrp".to_owned(),
+        format!(
+            "vrid {} on {}, priority {priority}",
+            vrrp.vrid, vrrp.interface
+        ),
+    )];
+    for instance in &vrrp.instances {
+        let master = match instance.master {
+            Some(master) if master == instance.address => "this node".to_owned(),
+            Some(master) => master.to_string(),
+            None => "-".to_owned(),
+        };
+        rows.push((
+            format!("  {}", instance.family),
+            format!(
+                "{}, master {master}, {} address{}",
+                instance.state,
+                instance.addresses.len(),
+                if instance.addresses.len() == 1 {
+                    ""
+                } else {
+                    "es"
+                }
+            ),
+        ));
+        for (i, change) in instance.transitions.iter().rev().take(3).enumerate() {
+            let ago = human_duration(now.saturating_sub(change.unix_ms) / 1000);
+            rows.push((
+                if i == 0 { "    changes" } else { "" }.to_owned(),
+                format!(
+                    "{ago} ago {} -> {} ({})",
+                    change.from, change.to, change.reason
+                ),
+            ));
+        }
+    }
+    rows
 }
 
 fn key_values(rows: &[(&str, String)]) -> String {
@@ -1635,6 +1687,41 @@ mod tests {
         report::{BackendReport, VipReport},
     };
 
+    #[test]
+    fn vrrp_status_lines() {
+        use crate::control::{VrrpInstanceStatus, VrrpStatus, VrrpTransition};
+        use crate::vrrp::state::State;
+        let vrrp = VrrpStatus {
+            interface: "eth0".into(),
+            vrid: 51,
+            priority: 150,
+            effective_priority: 100,
+            instances: vec![VrrpInstanceStatus {
+                family: "ipv4".into(),
+                state: State::Master,
+                address: "198.18.0.2".parse().unwrap(),
+                master: Some("198.18.0.2".parse().unwrap()),
+                master_advert_interval_ms: 100,
+                addresses: vec!["198.19.0.10".parse().unwrap()],
+                transitions: vec![VrrpTransition {
+                    unix_ms: 10_000,
+                    from: State::Backup,
+                    to: State::Master,
+                    reason: "master down".into(),
+                }],
+            }],
+        };
+        let rows = vrrp_rows(&vrrp, 75_000);
+        let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}|{v}")).collect();
+        assert_eq!(
+            text,
+            [
+                "vrrp|vrid 51 on eth0, priority 100 (configured 150)",
+                "  ipv4|master, master this node, 1 address",
+                "    changes|1m 5s ago backup -> master (master down)",
+            ]
+        );
+    }
     #[test]
     fn escapes_names_and_addresses() {
         assert_eq!(escape("web-1_a.b~c"), "web-1_a.b~c");

@@ -47,6 +47,9 @@ pub struct Config {
     /// routing daemon to announce.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceConfig>,
+    /// VIP failover between LB nodes; absent: this node always holds nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vrrp: Option<VrrpConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -218,20 +221,41 @@ impl HealthConfig {
     }
 }
 
-/// Durations as the file writes them: an integer and a unit, `ms`, `s` or `m`.
+/// Durations as the file writes them: a number and a unit, `ms`, `s`, `m` or `h`
+/// ("500ms", "2s", "1.5s", "1m"), to the millisecond.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(value)),
-        "s" => value.checked_mul(1000).map(Duration::from_millis),
-        "m" => value.checked_mul(60_000).map(Duration::from_millis),
-        _ => None,
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
+    let whole: u64 = whole.parse().ok()?;
+    // The fraction, in thousandths of the unit; finer than a millisecond is refused.
+    let thousandths: u64 = if fraction.is_empty() {
+        0
+    } else if fraction.len() <= 3 {
+        format!("{fraction:0<3}").parse().ok()?
+    } else {
+        return None;
+    };
+    let fraction_ms = thousandths * unit_ms;
+    if !fraction_ms.is_multiple_of(1000) {
+        return None;
+    }
+    whole
+        .checked_mul(unit_ms)?
+        .checked_add(fraction_ms / 1000)
+        .map(Duration::from_millis)
 }
 
-/// The shortest text [`parse_duration`] reads back as `duration` (whole milliseconds).
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
     if ms != 0 && ms.is_multiple_of(60_000) {
@@ -331,6 +355,52 @@ pub enum AdminState {
     Maint,
 }
 
+/// `[vrrp]`: VRRP version 3 (RFC 5798) on one interface. The node holds the addresses of
+/// every `[[vip]]` there while it is master; IPv4 and IPv6 VIPs each get an instance
+/// (same VRID, separate adverts), as keepalived needs one `vrrp_instance` per family.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VrrpConfig {
+    pub interface: String,
+    pub vrid: u8,
+    /// 1..=254; tracking lowers it.
+    pub priority: u8,
+    #[serde(serialize_with = "serialize_duration")]
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    #[serde(serialize_with = "serialize_duration")]
+    pub preempt_delay: Duration,
+    /// Empty: multicast (224.0.0.18, ff02::12).
+    pub unicast_peers: Vec<IpAddr>,
+    /// Each VIP that serves no new flow lowers the priority by `track_weight`.
+    pub track_vips: bool,
+    pub track_weight: u8,
+    /// Gratuitous ARPs / unsolicited NAs per address on becoming master.
+    pub garp_repeat: u32,
+    /// Repeated while master; zero: never.
+    #[serde(serialize_with = "serialize_duration")]
+    pub garp_refresh: Duration,
+    /// Run on every state change with the state, VRID and priority appended.
+    pub notify: Vec<String>,
+}
+
+/// Bounds and defaults of `[vrrp]`.
+pub const DEFAULT_VRRP_PRIORITY: u8 = 100;
+pub const DEFAULT_ADVERT_INTERVAL: Duration = Duration::from_secs(1);
+/// Max Adver Int is 12 bits of centiseconds.
+pub const MAX_ADVERT_INTERVAL: Duration = Duration::from_millis(40_950);
+pub const DEFAULT_TRACK_WEIGHT: u8 = 50;
+pub const DEFAULT_GARP_REPEAT: u32 = 5;
+pub const MAX_GARP_REPEAT: u32 = 100;
+pub const DEFAULT_GARP_REFRESH: Duration = Duration::from_secs(60);
+
+/// As the file writes it: whole seconds as `"60s"`, anything else in milliseconds.
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    match d.as_millis() {
+        ms if ms % 1000 == 0 => s.serialize_str(&format!("{}s", ms / 1000)),
+        ms => s.serialize_str(&format!("{ms}ms")),
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", .path.display())]
@@ -408,12 +478,30 @@ struct RawConfig {
     #[serde(default)]
     vip: Vec<RawVip>,
     announce: Option<RawAnnounce>,
+    vrrp: Option<RawVrrp>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAnnounce {
     interface: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVrrp {
+    interface: Option<Spanned<String>>,
+    vrid: Option<Spanned<Integer>>,
+    priority: Option<Spanned<Integer>>,
+    advert_interval: Option<Spanned<String>>,
+    preempt: Option<bool>,
+    preempt_delay: Option<Spanned<String>>,
+    unicast_peers: Option<Vec<Spanned<String>>>,
+    track_vips: Option<bool>,
+    track_weight: Option<Spanned<Integer>>,
+    garp_repeat: Option<Spanned<Integer>>,
+    garp_refresh: Option<Spanned<String>>,
+    notify: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -604,6 +692,16 @@ impl Source<'_> {
         Ok(name)
     }
 
+    fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        parse_duration(value.get_ref()).ok_or_else(|| {
+            let message = format!(
+                "{:?} is not a duration (a number and ms, s, m or h: \"500ms\", \"1.5s\", \"1m\")",
+                value.get_ref()
+            );
+            self.error_at(value, key, message)
+        })
+    }
+
     fn address(&self, value: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
         value.get_ref().parse().map_err(|_| {
             let message = format!("{:?} is not an IPv4 or IPv6 address", value.get_ref());
@@ -649,10 +747,15 @@ impl RawConfig {
             Some(announce) => Some(announce.validate(src, &agent)?),
             None => None,
         };
+        let vrrp = match &self.vrrp {
+            Some(vrrp) => Some(vrrp.validate(src, &vips)?),
+            None => None,
+        };
         Ok(Config {
             agent,
             vips,
             announce,
+            vrrp,
         })
     }
 }
@@ -990,20 +1093,12 @@ impl RawHealth {
             let Some(value) = value else {
                 return Ok(default);
             };
-            match parse_duration(value.get_ref()) {
-                Some(d) if !d.is_zero() && d <= MAX_CHECK_DURATION => Ok(d),
-                Some(_) => Err(src.error_at(
+            match src.duration(value, &format!("{key}.{name}"))? {
+                d if !d.is_zero() && d <= MAX_CHECK_DURATION => Ok(d),
+                _ => Err(src.error_at(
                     value,
                     &format!("{key}.{name}"),
                     "must be above 0 and at most 1h",
-                )),
-                None => Err(src.error_at(
-                    value,
-                    &format!("{key}.{name}"),
-                    format!(
-                        "{:?} is not a duration (an integer and ms, s or m: \"500ms\", \"2s\", \"1m\")",
-                        value.get_ref()
-                    ),
                 )),
             }
         };
@@ -1059,6 +1154,120 @@ impl RawHealth {
             rise,
             fall,
             command,
+        })
+    }
+}
+
+impl RawVrrp {
+    fn validate(&self, src: &Source<'_>, vips: &[VipConfig]) -> Result<VrrpConfig, ConfigError> {
+        let table = [Step::Key("vrrp")];
+        let interface = src.required(&self.interface, &table, "vrrp.interface")?;
+        if !valid_ifname(interface.get_ref()) {
+            let message = format!(
+                "{:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)",
+                interface.get_ref()
+            );
+            return Err(src.error_at(interface, "vrrp.interface", message));
+        }
+        let vrid = src.integer(
+            src.required(&self.vrid, &table, "vrrp.vrid")?,
+            "vrrp.vrid",
+            1u8,
+            255,
+        )?;
+        let priority = match &self.priority {
+            Some(v) if v.get_ref().0 == 255 => {
+                let message = "255 is the address owner's priority (a router whose own addresses are the virtual ones); weir holds the VIPs as a backup does: use 1..=254";
+                return Err(src.error_at(v, "vrrp.priority", message));
+            }
+            Some(v) => src.integer(v, "vrrp.priority", 1u8, 254)?,
+            None => DEFAULT_VRRP_PRIORITY,
+        };
+        let advert_interval = match &self.advert_interval {
+            Some(v) => {
+                let interval = src.duration(v, "vrrp.advert_interval")?;
+                if interval.as_millis() % 10 != 0
+                    || !(Duration::from_millis(10)..=MAX_ADVERT_INTERVAL).contains(&interval)
+                {
+                    let message = "must be 10ms..=40950ms in steps of 10ms (VRRPv3 carries centiseconds in 12 bits)";
+                    return Err(src.error_at(v, "vrrp.advert_interval", message));
+                }
+                interval
+            }
+            None => DEFAULT_ADVERT_INTERVAL,
+        };
+        let optional_duration = |value: &Option<Spanned<String>>, key: &str, default| match value {
+            Some(v) => src.duration(v, key),
+            None => Ok(default),
+        };
+        let preempt_delay =
+            optional_duration(&self.preempt_delay, "vrrp.preempt_delay", Duration::ZERO)?;
+        let garp_refresh = optional_duration(
+            &self.garp_refresh,
+            "vrrp.garp_refresh",
+            DEFAULT_GARP_REFRESH,
+        )?;
+        let mut unicast_peers: Vec<IpAddr> = Vec::new();
+        for (i, peer) in self.unicast_peers.iter().flatten().enumerate() {
+            let key = format!("vrrp.unicast_peers[{i}]");
+            let address = src.address(peer, &key)?;
+            if unicast_peers.contains(&address) {
+                return Err(src.error_at(peer, &key, format!("{address} is listed twice")));
+            }
+            unicast_peers.push(address);
+        }
+        // Unicast: every family that has VIPs (an instance) needs a peer of its family.
+        if let Some(first) = self.unicast_peers.as_ref().and_then(|peers| peers.first()) {
+            for (i, vip) in vips.iter().enumerate() {
+                if !unicast_peers
+                    .iter()
+                    .any(|p| p.is_ipv4() == vip.address.is_ipv4())
+                {
+                    let message = format!(
+                        "no {} peer, but vip[{i}] ({}) is {}: each family with VIPs runs its own instance and needs peers of that family",
+                        family(vip.address),
+                        vip.address,
+                        family(vip.address)
+                    );
+                    return Err(src.error_at(first, "vrrp.unicast_peers", message));
+                }
+            }
+        }
+        let track_weight = match &self.track_weight {
+            Some(v) => src.integer(v, "vrrp.track_weight", 0u8, 254)?,
+            None => DEFAULT_TRACK_WEIGHT,
+        };
+        let garp_repeat = match &self.garp_repeat {
+            Some(v) => src.integer(v, "vrrp.garp_repeat", 1u32, MAX_GARP_REPEAT)?,
+            None => DEFAULT_GARP_REPEAT,
+        };
+        let notify = match &self.notify {
+            Some(list) => {
+                if list
+                    .get_ref()
+                    .first()
+                    .is_some_and(|c| c.get_ref().is_empty())
+                {
+                    let message = "the command (first element) is empty";
+                    return Err(src.error_at(list, "vrrp.notify", message));
+                }
+                list.get_ref().iter().map(|a| a.get_ref().clone()).collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(VrrpConfig {
+            interface: interface.get_ref().clone(),
+            vrid,
+            priority,
+            advert_interval,
+            preempt: self.preempt.unwrap_or(true),
+            preempt_delay,
+            unicast_peers,
+            track_vips: self.track_vips.unwrap_or(true),
+            track_weight,
+            garp_repeat,
+            garp_refresh,
+            notify,
         })
     }
 }
@@ -1309,6 +1518,7 @@ weight = 10000
                 },
             ],
             announce: None,
+            vrrp: None,
         };
         assert_eq!(config, expected);
         assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);
@@ -1409,9 +1619,9 @@ vip = [
             error(&format!("{AGENT}xdp = \"native\"\n")),
             "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`, `bpf_pin_dir`, `state_dir`, `api_socket`, `api_listen`, `api_token_file`"
         );
-        assert_eq!(
-            error(&format!("{AGENT}[agnet]\n")),
-            "weir.toml:3:2: agnet: unknown field `agnet`, expected one of `agent`, `vip`, `announce`"
+        assert!(
+            error(&format!("{AGENT}[agnet]\n"))
+                .starts_with("weir.toml:3:2: agnet: unknown field `agnet`, expected")
         );
         assert!(
             error(&web("port = 80\nweight = 3\n"))
@@ -1806,7 +2016,7 @@ vip = [
         );
         assert_eq!(
             health("interval = \"2 s\"\n"),
-            "weir.toml:9:12: vip[0].health.interval: \"2 s\" is not a duration (an integer and ms, s or m: \"500ms\", \"2s\", \"1m\")"
+            "weir.toml:9:12: vip[0].health.interval: \"2 s\" is not a duration (a number and ms, s, m or h: \"500ms\", \"1.5s\", \"1m\")"
         );
         assert_eq!(
             health("timeout = \"0ms\"\n"),
@@ -1866,13 +2076,19 @@ vip = [
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.1s"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
         for bad in [
             "",
             "2",
             "s",
-            "1.5s",
+            ".5s",
+            "1.5ms",
+            "1.0001s",
+            "1..5s",
             "-1s",
-            "2h",
+            "2d",
             " 2s",
             "99999999999999999999s",
         ] {
@@ -1882,5 +2098,123 @@ vip = [
             let d = Duration::from_millis(d);
             assert_eq!(parse_duration(&format_duration(d)), Some(d));
         }
+    }
+
+    const VRRP: &str = "[vrrp]\ninterface = \"eth0\"\nvrid = 51\n";
+
+    /// `AGENT`, one IPv4 VIP and `[vrrp]` with the given extra lines (from line 10 on).
+    fn vrrp(extra: &str) -> String {
+        format!("{}port = 80\n{VRRP}{extra}", web(""))
+    }
+
+    #[test]
+    fn vrrp_defaults_and_full_table() {
+        assert_eq!(parse(AGENT).expect("valid").vrrp, None);
+        let config = parse(&vrrp("")).expect("valid");
+        assert_eq!(
+            config.vrrp,
+            Some(VrrpConfig {
+                interface: "eth0".into(),
+                vrid: 51,
+                priority: DEFAULT_VRRP_PRIORITY,
+                advert_interval: Duration::from_secs(1),
+                preempt: true,
+                preempt_delay: Duration::ZERO,
+                unicast_peers: vec![],
+                track_vips: true,
+                track_weight: DEFAULT_TRACK_WEIGHT,
+                garp_repeat: DEFAULT_GARP_REPEAT,
+                garp_refresh: Duration::from_secs(60),
+                notify: vec![],
+            })
+        );
+        let config = parse(&vrrp(
+            "priority = 150\nadvert_interval = \"100ms\"\npreempt = false\npreempt_delay = \"1.5s\"\n\
+             unicast_peers = [\"198.18.0.3\"]\ntrack_vips = false\ntrack_weight = 20\n\
+             garp_repeat = 3\ngarp_refresh = \"0s\"\nnotify = [\"/usr/local/bin/vrrp-notify\", \"weir\"]\n",
+        ))
+        .expect("valid");
+        let vrrp = config.vrrp.as_ref().expect("vrrp");
+        assert_eq!(vrrp.advert_interval, Duration::from_millis(100));
+        assert_eq!(vrrp.preempt_delay, Duration::from_millis(1500));
+        assert_eq!(vrrp.garp_refresh, Duration::ZERO);
+        assert_eq!(vrrp.unicast_peers, [ip("198.18.0.3")]);
+        assert_eq!(vrrp.notify, ["/usr/local/bin/vrrp-notify", "weir"]);
+        assert!(!vrrp.preempt && !vrrp.track_vips);
+        // What the agent prints reads back the same.
+        let text = toml::to_string(&config).expect("serializable");
+        assert_eq!(parse(&text).expect("reads back"), config);
+    }
+
+    #[test]
+    fn vrrp_errors_name_key_and_position() {
+        let cases = [
+            (
+                "[vrrp]\nvrid = 1\n",
+                "vrrp.interface: required key is missing",
+            ),
+            (
+                "[vrrp]\ninterface = \"eth0\"\nvrid = 0\n",
+                "weir.toml:5:8: vrrp.vrid: must be in 1..=255, got 0",
+            ),
+            (
+                "priority = 255\n",
+                "vrrp.priority: 255 is the address owner's priority",
+            ),
+            ("priority = 0\n", "vrrp.priority: must be in 1..=254, got 0"),
+            (
+                "advert_interval = \"15ms\"\n",
+                "vrrp.advert_interval: must be 10ms..=40950ms in steps of 10ms",
+            ),
+            (
+                "advert_interval = \"41s\"\n",
+                "vrrp.advert_interval: must be 10ms..=40950ms",
+            ),
+            (
+                "advert_interval = \"1 s\"\n",
+                "vrrp.advert_interval: \"1 s\" is not a duration",
+            ),
+            (
+                "garp_refresh = \"1.0001s\"\n",
+                "vrrp.garp_refresh: \"1.0001s\" is not a duration",
+            ),
+            (
+                "unicast_peers = [\"2001:db8::3\"]\n",
+                "vrrp.unicast_peers: no IPv4 peer, but vip[0] (198.18.0.10) is IPv4",
+            ),
+            (
+                "unicast_peers = [\"198.18.0.3\", \"198.18.0.3\"]\n",
+                "vrrp.unicast_peers[1]: 198.18.0.3 is listed twice",
+            ),
+            (
+                "unicast_peers = [\"peer\"]\n",
+                "vrrp.unicast_peers[0]: \"peer\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "track_weight = 255\n",
+                "vrrp.track_weight: must be in 0..=254",
+            ),
+            ("garp_repeat = 0\n", "vrrp.garp_repeat: must be in 1..=100"),
+            (
+                "notify = [\"\"]\n",
+                "vrrp.notify: the command (first element) is empty",
+            ),
+            ("interval = \"1s\"\n", "unknown field `interval`"),
+        ];
+        for (extra, expected) in cases {
+            let text = if extra.starts_with("[vrrp]") {
+                format!("{AGENT}{extra}")
+            } else {
+                vrrp(extra)
+            };
+            let message = error(&text);
+            assert!(message.contains(expected), "{extra:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn vrrp_interface_must_be_a_valid_name() {
+        let text = format!("{AGENT}[vrrp]\ninterface = \"a/b\"\nvrid = 1\n");
+        assert!(error(&text).contains("vrrp.interface: \"a/b\" is not a valid interface name"));
     }
 }

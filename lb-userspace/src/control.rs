@@ -13,6 +13,7 @@ use crate::{
     config::{AdminState, CheckKind, HashMode, Protocol},
     health::Operational,
     report::StatsReport,
+    vrrp::state::State as VrrpState,
 };
 
 /// The API's version, the first segment of every path.
@@ -39,6 +40,47 @@ pub struct Status {
     /// Route announcement, when `[announce]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceStatus>,
+    /// Present when `[vrrp]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp: Option<VrrpStatus>,
+}
+
+/// VIP failover (`[vrrp]`): one instance per address family of the VIPs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpStatus {
+    pub interface: String,
+    pub vrid: u8,
+    /// As configured.
+    pub priority: u8,
+    /// After tracking: what the adverts carry.
+    pub effective_priority: u8,
+    pub instances: Vec<VrrpInstanceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpInstanceStatus {
+    /// "ipv4" or "ipv6".
+    pub family: String,
+    pub state: VrrpState,
+    /// This node's address in the adverts.
+    pub address: IpAddr,
+    /// The current master (this node's address when master), if known.
+    pub master: Option<IpAddr>,
+    /// Master_Adver_Interval: the master's advert interval, as learned.
+    pub master_advert_interval_ms: u64,
+    /// The VIP addresses this instance holds while master.
+    pub addresses: Vec<IpAddr>,
+    /// The latest state changes, oldest first.
+    pub transitions: Vec<VrrpTransition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpTransition {
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub from: VrrpState,
+    pub to: VrrpState,
+    pub reason: String,
 }
 
 /// The VIP addresses the agent keeps on its announce interface (for the routing daemon).
@@ -331,6 +373,7 @@ pub(crate) mod fake {
                 }),
                 vips_down: 0,
                 backends_down: 0,
+                vrrp: None,
             }
         }
 

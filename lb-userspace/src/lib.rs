@@ -17,3 +17,4 @@ pub mod plan;
 pub mod report;
 pub mod runtime;
 pub mod serving;
+pub mod vrrp;

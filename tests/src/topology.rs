@@ -46,6 +46,9 @@ pub const SEGMENT_V6_PREFIX: u8 = 64;
 
 pub const LB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x2);
+/// The second load balancer of failover tests ([`DsrTopology::add_peer_lb`]).
+pub const LB2_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+pub const LB2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x3);
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x100);
 
@@ -145,6 +148,8 @@ pub struct DsrTopology {
     client: Host,
     lb: Host,
     lb_port_xdp: XdpLink,
+    /// A second LB and the XDP_PASS program on its bridge port (failover tests).
+    peer_lb: Option<(Host, XdpLink)>,
     switch: Netns,
     bridge: String,
     vips: Vec<IpAddr>,
@@ -184,6 +189,7 @@ impl DsrTopology {
             client,
             lb,
             lb_port_xdp,
+            peer_lb: None,
             switch,
             bridge,
             vips: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)],
@@ -295,6 +301,10 @@ impl DsrTopology {
         add_neighbours(&host, &self.lb)?;
         add_neighbours(&self.client, &host)?;
         add_neighbours(&self.lb, &host)?;
+        if let Some((peer, _)) = &self.peer_lb {
+            add_neighbours(&host, peer)?;
+            add_neighbours(peer, &host)?;
+        }
         let backend = Backend {
             server: None,
             number: n,
@@ -302,6 +312,42 @@ impl DsrTopology {
         };
         let at = self.backends.partition_point(|b| b.number < n);
         self.backends.insert(at, backend);
+        Ok(())
+    }
+
+    /// Adds a second load balancer at [`LB2_V4`] / [`LB2_V6`] on the segment, wired as the
+    /// first one (static neighbours with the client and every backend, XDP_PASS on its
+    /// bridge port), for failover tests.
+    pub fn add_peer_lb(&mut self) -> Result<&Host> {
+        ensure!(self.peer_lb.is_none(), "there is a second LB already");
+        let lb = attach_host(&self.switch, &self.bridge, "lb2", LB2_V4, LB2_V6)?;
+        let port_xdp = self
+            .switch
+            .enable_veth_xdp_receive(&lb.switch_port)
+            .context("cannot attach XDP_PASS (for NAPI) to the second LB's bridge port")?;
+        add_neighbours(&self.client, &lb)?;
+        add_neighbours(&lb, &self.client)?;
+        for backend in &self.backends {
+            add_neighbours(&lb, &backend.host)?;
+            add_neighbours(&backend.host, &lb)?;
+        }
+        Ok(&self.peer_lb.insert((lb, port_xdp)).0)
+    }
+
+    /// The second LB, once added.
+    pub fn peer_lb(&self) -> Option<&Host> {
+        self.peer_lb.as_ref().map(|(host, _)| host)
+    }
+
+    /// Makes the client reach the VIP ranges on the segment itself (it asks ARP / ND for
+    /// a VIP) rather than via the LB's address: a VIP then goes to whichever LB holds
+    /// its address, as with VRRP.
+    pub fn route_vips_on_link(&self) -> Result<()> {
+        for net in [VIP_NET_V4, VIP_NET_V6] {
+            self.client
+                .ns
+                .ip(&["route", "replace", net, "dev", &self.client.ifname])?;
+        }
         Ok(())
     }
 
@@ -314,7 +360,8 @@ impl DsrTopology {
             .position(|b| b.number == n)
             .with_context(|| format!("no backend {n}"))?;
         let backend = self.backends.remove(at);
-        for other in [&self.lb, &self.client] {
+        let peer = self.peer_lb.as_ref().map(|(host, _)| host);
+        for other in [&self.lb, &self.client].into_iter().chain(peer) {
             other
                 .ns
                 .del_neigh(&other.ifname, IpAddr::V4(backend.host.ipv4))?;

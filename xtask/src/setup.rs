@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd::Cmd, is_root, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and benchmarks
-/// use (BIRD 2 for the route announcement test), and xz for the rust-src fallback.
+/// use (BIRD 2 for the route announcement tests, keepalived for the VRRP interop tests:
+/// both run in namespaces), and xz for the rust-src fallback.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -28,8 +29,15 @@ pub const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "tcpdump",
     "bird2",
+    "keepalived",
     "xz-utils",
 ];
+
+/// (package, service) pairs whose service must not run on the host: the tests start
+/// their own daemons in namespaces.
+const NO_SERVICE: &[(&str, &str)] = &[("keepalived", "keepalived"), ("bird2", "bird")];
+/// Debian's hook that lets package scripts start services; exit 101 forbids it.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -90,31 +98,50 @@ fn apt_packages(installed: &mut Vec<String>) -> Result<()> {
         .args(["update", "-q"])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()?;
-    Cmd::new("apt-get")
+    // Keep the installed services (keepalived) from starting with the host's
+    // configuration while they install: a policy-rc.d for the duration, unless one exists.
+    let own_policy = !Path::new(POLICY_RC_D).exists();
+    if own_policy {
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# weir setup: no service starts\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+        })
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+    }
+    let install = Cmd::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
-    installed.extend(missing.iter().map(|p| p.to_string()));
-    if missing.contains(&"bird2") {
-        stop_system_bird()?;
+        .run();
+    if own_policy {
+        std::fs::remove_file(POLICY_RC_D)
+            .with_context(|| format!("cannot remove {POLICY_RC_D}"))?;
     }
+    install?;
+    disable_services(&missing)?;
+    installed.extend(missing.iter().map(|p| p.to_string()));
     Ok(())
 }
 
-/// The bird2 package enables and starts a BIRD service in the host's namespace (with
-/// Debian's example configuration, which exports its routes to the kernel). The tests
-/// run their own BIRD processes, each in its namespace with its own control socket; a
-/// routing daemon on a build machine is not wanted, so a freshly installed one is
-/// stopped and disabled. (Containers without systemd never start it.)
-fn stop_system_bird() -> Result<()> {
-    if !Path::new("/run/systemd/system").is_dir() {
+/// Disables (and stops) the services of [`NO_SERVICE`] packages just installed, so they
+/// do not start at boot either (systemd hosts; elsewhere policy-rc.d kept them off).
+fn disable_services(installed: &[&str]) -> Result<()> {
+    if !Path::new("/run/systemd/system").exists() {
         return Ok(());
     }
-    eprintln!("setup: disabling the bird service the bird2 package started");
-    Cmd::new("systemctl")
-        .args(["disable", "--now", "bird.service"])
-        .run()
+    for (_, service) in NO_SERVICE
+        .iter()
+        .filter(|(package, _)| installed.contains(package))
+    {
+        Cmd::new("systemctl")
+            .args(["disable", "--now", service])
+            .run()?;
+    }
+    Ok(())
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

@@ -181,6 +181,10 @@ impl Control for Agent {
                 .flat_map(|vip| vip.backends.iter().map(move |b| (vip, b)))
                 .filter(|(vip, b)| !self.health.is_up(&vip.name, b.address))
                 .count(),
+            vrrp: self
+                .vrrp_status
+                .as_ref()
+                .map(|status| status.borrow().clone()),
         }
     }
 

@@ -31,6 +31,7 @@ use crate::{
     report::StatsReport,
     runtime::{RuntimeError, RuntimeState},
     serving::{ServingVips, serving_vips},
+    vrrp::{Vrrp, VrrpError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,8 @@ pub enum AgentError {
     Announce(#[from] AnnounceError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Vrrp(#[from] VrrpError),
 }
 
 /// How the agent starts and stops.
@@ -87,6 +90,8 @@ pub struct Agent {
     health: HealthMonitor,
     /// Where the checks report, until `run` takes it.
     health_reports: Option<mpsc::UnboundedReceiver<Report>>,
+    /// The VRRP instances' state, while `[vrrp]` runs.
+    vrrp_status: Option<watch::Receiver<crate::control::VrrpStatus>>,
 }
 
 impl Agent {
@@ -103,6 +108,9 @@ impl Agent {
         }
         if let Some(settings) = &config.announce {
             announce::check_link(&settings.interface)?;
+        }
+        if let Some(vrrp) = &config.vrrp {
+            crate::dataplane::ifindex(&vrrp.interface)?;
         }
         let pins = Pins::new(&config.agent.bpf_pin_dir);
         if options.replace_dataplane {
@@ -149,6 +157,7 @@ impl Agent {
             announce: None,
             health,
             health_reports: Some(health_reports),
+            vrrp_status: None,
         })
     }
 
@@ -201,6 +210,11 @@ impl Agent {
         }
         if file_config.announce != self.file_config.announce {
             warn!("[announce] settings changed; they take effect at the next restart");
+        }
+        if file_config.vrrp != self.file_config.vrrp {
+            warn!(
+                "[vrrp] settings changed; they take effect at the next restart (the held addresses follow the VIPs now)"
+            );
         }
         let config = running_config(&file_config, &self.runtime);
         let writes = self.program_config(&config)?;
@@ -295,8 +309,20 @@ impl Agent {
             };
             Ok::<_, AgentError>((unix, tcp))
         };
-        let (unix, tcp) = match listeners.await {
-            Ok(listeners) => listeners,
+        let vrrp_config = self.config.vrrp.clone();
+        let serving = self.subscribe_serving();
+        let vrrp = async move {
+            match vrrp_config {
+                Some(config) => Ok(Some(Vrrp::start(config, serving).await?)),
+                None => Ok(None),
+            }
+        };
+        let started = match listeners.await {
+            Ok(listeners) => vrrp.await.map(|vrrp| (listeners, vrrp)),
+            Err(err) => Err(err),
+        };
+        let ((unix, tcp), vrrp) = match started {
+            Ok(started) => started,
             Err(err) => {
                 // As a failed start: a dataplane this agent created goes, an adopted one
                 // keeps forwarding.
@@ -316,6 +342,7 @@ impl Agent {
             .health_reports
             .take()
             .expect("run takes the health reports once");
+        self.vrrp_status = vrrp.as_ref().map(Vrrp::status);
         let agent = Arc::new(Mutex::new(self));
         let control: SharedControl = agent.clone();
         let until_stopped = |mut stopped: watch::Receiver<()>| async move {
@@ -357,6 +384,10 @@ impl Agent {
             }
         }
         info!("shutting down");
+        // First, so that the peer takes over at once.
+        if let Some(vrrp) = vrrp {
+            vrrp.stop().await;
+        }
         let _ = stop.send(());
         for server in servers {
             match server.await {
