@@ -1,7 +1,10 @@
 //! The XDP program and its maps: loading, attaching, applying [`MapWrite`]s and reading
 //! counters. The only module that talks to the kernel's BPF side.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -13,13 +16,14 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, NextHop, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey,
-    VipMeta, map_names,
+    Backend, Counter, Flow, FlowKey, FlowTimeouts, NextHop, PROGRAM_NAME, TrafficCounters,
+    VipAddressKey, VipKey, VipMeta, map_names,
 };
 use tracing::warn;
 
 use crate::{
     config::XdpMode,
+    flows::{Sweep, sweep_decision},
     pins::{PinError, Pins, map_specs},
     plan::MapWrite,
 };
@@ -72,6 +76,8 @@ pub enum DataplaneError {
 pub struct LoadOptions {
     pub conntrack_entries: u32,
     pub maglev_ring_entries: u32,
+    /// Capacity of each NAT table (`NAT_FLOWS`, `NAT_REVERSE`).
+    pub nat_entries: u32,
     /// `None`: nothing is pinned and everything goes away with the `Dataplane` (tests).
     pub pins: Option<Pins>,
 }
@@ -98,8 +104,8 @@ pub struct ProgrammedVip {
 #[derive(Clone, Debug, Default)]
 pub struct ProgrammedState {
     pub vips: Vec<ProgrammedVip>,
-    /// Backends in use, by id.
     pub backends: Vec<(u32, Backend)>,
+    pub timeouts: FlowTimeouts,
 }
 
 /// An attachment and what keeps it alive: a pin, which outlives the agent, or (pinning
@@ -123,6 +129,9 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     next_hops: PerCpuArray<MapData, NextHop>,
+    nat_flows: HashMap<MapData, FlowKey, Flow>,
+    nat_reverse: HashMap<MapData, FlowKey, FlowKey>,
+    nat_config: Array<MapData, FlowTimeouts>,
     links: Vec<AttachedLink>,
     pins: Option<Pins>,
     /// The maps were pinned by a previous agent and adopted, not created.
@@ -150,11 +159,17 @@ impl Dataplane {
     /// pins, maps a previous agent pinned are adopted (after checking their layout) and
     /// missing ones are created and pinned.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
-        let specs = map_specs(options.conntrack_entries, options.maglev_ring_entries);
+        let specs = map_specs(
+            options.conntrack_entries,
+            options.maglev_ring_entries,
+            options.nat_entries,
+        );
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::CONNTRACK, options.conntrack_entries)
-            .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries);
+            .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries)
+            .map_max_entries(map_names::NAT_FLOWS, options.nat_entries)
+            .map_max_entries(map_names::NAT_REVERSE, options.nat_entries);
         let mut adopted = false;
         if let Some(pins) = &options.pins {
             pins.create_dirs()?;
@@ -182,6 +197,9 @@ impl Dataplane {
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
             next_hops: take(&mut ebpf, map_names::NEXT_HOPS)?,
+            nat_flows: take(&mut ebpf, map_names::NAT_FLOWS)?,
+            nat_reverse: take(&mut ebpf, map_names::NAT_REVERSE)?,
+            nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
             links: Vec::new(),
             pins: options.pins,
             adopted,
@@ -346,6 +364,10 @@ impl Dataplane {
                 .vip_addresses
                 .remove(key)
                 .map_err(map_err(map_names::VIP_ADDRESSES)),
+            MapWrite::SetFlowTimeouts { timeouts } => self
+                .nat_config
+                .set(0, timeouts, 0)
+                .map_err(map_err(map_names::NAT_CONFIG)),
         }
     }
 
@@ -396,15 +418,93 @@ impl Dataplane {
                 backends.push((id, backend));
             }
         }
-        Ok(ProgrammedState { vips, backends })
+        let timeouts = self
+            .nat_config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NAT_CONFIG))?;
+        Ok(ProgrammedState {
+            vips,
+            backends,
+            timeouts,
+        })
     }
 
-    /// Live entries of the connection table.
+    /// Entries of the connection table and the NAT flows.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
-        self.conntrack
+        let mut flows: Vec<(FlowKey, Flow)> = self
+            .conntrack
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::CONNTRACK))
+            .map_err(map_err(map_names::CONNTRACK))?;
+        for entry in self.nat_flows.iter() {
+            flows.push(entry.map_err(map_err(map_names::NAT_FLOWS))?);
+        }
+        Ok(flows)
+    }
+
+    /// The NAT reply entries: reply key → client flow key.
+    pub fn nat_replies(&self) -> Result<Vec<(FlowKey, FlowKey)>, DataplaneError> {
+        self.nat_reverse
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::NAT_REVERSE))
+    }
+
+    /// The flow timeouts the program uses (`NAT_CONFIG`).
+    pub fn flow_timeouts(&self) -> Result<FlowTimeouts, DataplaneError> {
+        self.nat_config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NAT_CONFIG))
+    }
+
+    /// Removes the NAT entries of flows that have ended at `now_ns`: reply entries first
+    /// (see [`crate::flows::sweep_decision`]), then the flows. A reply entry without a
+    /// flow may be a flow being created this very instant (the program writes the reply
+    /// entry first), so it goes only when `suspects`, carried from one sweep to the next,
+    /// already held it. Returns how many flows were removed.
+    pub fn sweep_nat(
+        &mut self,
+        now_ns: u64,
+        suspects: &mut HashSet<FlowKey>,
+    ) -> Result<usize, DataplaneError> {
+        let timeouts = self.flow_timeouts()?;
+        let mut orphans = HashSet::new();
+        for (reply, client) in self.nat_replies()? {
+            let flow = self.nat_flows.get(&client, 0).ok();
+            let remove = match sweep_decision(&reply, flow.as_ref(), &timeouts, now_ns) {
+                Sweep::Keep => false,
+                Sweep::Orphan => {
+                    orphans.insert(reply);
+                    suspects.contains(&reply)
+                }
+                Sweep::Ended => true,
+            };
+            // Re-read right before deleting: the program may have handed the port to a
+            // new flow since.
+            if remove && self.nat_reverse.get(&reply, 0).ok() == Some(client) {
+                let _ = self.nat_reverse.remove(&reply);
+            }
+        }
+        *suspects = orphans;
+        let flows: Vec<(FlowKey, Flow)> = self
+            .nat_flows
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::NAT_FLOWS))?;
+        let mut removed = 0;
+        for (client, flow) in flows {
+            let still_expired = |flow: &Flow| timeouts.expired(flow, client.protocol, now_ns);
+            if still_expired(&flow)
+                && self
+                    .nat_flows
+                    .get(&client, 0)
+                    .is_ok_and(|current| still_expired(&current))
+            {
+                let _ = self.nat_flows.remove(&client);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// One backend entry as the program sees it.

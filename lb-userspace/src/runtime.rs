@@ -176,7 +176,7 @@ impl RuntimeState {
                         vip.backends[i].state = *state;
                     }
                     (BackendOverride::Added { weight, state }, None) => {
-                        vip.backends.push(BackendConfig { address: *address, weight: *weight, state: *state });
+                        vip.backends.push(BackendConfig { address: *address, port: None, weight: *weight, state: *state });
                     }
                     (BackendOverride::Changed { weight, state }, Some(i)) => {
                         let backend = &mut vip.backends[i];

@@ -490,6 +490,7 @@ fn load_weir(config: &Config, redirect_dev: &str) -> Result<Dataplane> {
     let mut dataplane = Dataplane::load(LoadOptions {
         conntrack_entries: config.agent.conntrack_entries,
         maglev_ring_entries: DEFAULT_MAGLEV_RING_ENTRIES,
+        nat_entries: lb_common::DEFAULT_NAT_ENTRIES,
         pins: None,
     })?;
     dataplane.add_tx_port(dataplane::ifindex(redirect_dev)?)?;

@@ -57,9 +57,10 @@ impl Agent {
     /// Live connections per backend id.
     fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ControlError> {
         let now = flows::now_ns();
+        let timeouts = self.config.flows.timeouts(false);
         let mut counts = HashMap::new();
         for (key, flow) in self.dataplane.flows().map_err(internal)? {
-            if flows::is_live(&flow, key.protocol, now) {
+            if flows::is_live(&flow, key.protocol, now, &timeouts) {
                 *counts.entry(flow.backend_id).or_insert(0) += 1;
             }
         }
@@ -254,9 +255,10 @@ impl Control for Agent {
             self.vip_config(name)?;
         }
         let now = flows::now_ns();
+        let timeouts = self.config.flows.timeouts(false);
         let mut views = Vec::new();
         for (key, flow) in self.dataplane.flows().map_err(internal)? {
-            if !flows::is_live(&flow, key.protocol, now) {
+            if !flows::is_live(&flow, key.protocol, now, &timeouts) {
                 continue;
             }
             let Some(state) = self.vip_of(&key) else {

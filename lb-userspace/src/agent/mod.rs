@@ -5,9 +5,11 @@
 mod control;
 
 use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
@@ -15,12 +17,13 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{Mutex, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api::{self, SharedControl},
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, Forwarding},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
+    flows,
     host::{self, HostSetup},
     pins::Pins,
     plan::{PlanError, Reconciler},
@@ -28,6 +31,10 @@ use crate::{
     runtime::{RuntimeError, RuntimeState},
     serving::{ServingVips, serving_vips},
 };
+
+/// How often ended NAT flows are removed from the NAT tables (the program also takes
+/// over the port of an ended flow it meets, so this only bounds how full they get).
+const NAT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -97,6 +104,7 @@ impl Agent {
         let mut dataplane = Dataplane::load(LoadOptions {
             conntrack_entries: config.agent.conntrack_entries,
             maglev_ring_entries: DEFAULT_MAGLEV_RING_ENTRIES,
+            nat_entries: config.agent.nat_entries,
             pins: Some(pins.clone()),
         })?;
         let adopted = dataplane.adopted();
@@ -146,6 +154,8 @@ impl Agent {
         } else {
             Reconciler::new(DEFAULT_MAGLEV_RING_ENTRIES)
         };
+        let mut current = current;
+        current.set_nat_sources(resolve_nat_sources(config));
         let (writes, state) = current.plan(config)?;
         dataplane.apply(&writes)?;
         let mut host = HostSetup::default();
@@ -176,6 +186,7 @@ impl Agent {
 
     /// Plans and writes the difference between the running state and `config`.
     fn program_config(&mut self, config: &Config) -> Result<usize, AgentError> {
+        self.state.set_nat_sources(resolve_nat_sources(config));
         let (writes, state) = self.state.plan(config)?;
         self.dataplane.apply(&writes)?;
         self.state = state;
@@ -255,8 +266,18 @@ impl Agent {
         }
         info!(api = %settings.api_socket.display(), tcp = ?settings.api_listen, "weir agent ready");
 
+        let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
+        let mut suspects = HashSet::new();
         loop {
             tokio::select! {
+                _ = sweep.tick() => {
+                    let mut agent = agent.lock().await;
+                    match agent.dataplane.sweep_nat(flows::now_ns(), &mut suspects) {
+                        Ok(0) => {}
+                        Ok(removed) => debug!(removed, "ended NAT flows swept"),
+                        Err(err) => warn!(error = %err, "sweeping the NAT tables failed"),
+                    }
+                }
                 _ = hangup.recv() => {
                     if let Err(err) = agent.lock().await.reload() {
                         error!(error = %err, "reload refused; the running configuration is unchanged");
@@ -322,6 +343,30 @@ fn running_config(file: &Config, runtime: &RuntimeState) -> Config {
         warn!("{warning}");
     }
     config
+}
+
+/// The NAT source of every backend of a NAT VIP that sets none: the address the host
+/// reaches it from, as the kernel's routes say now. Resolved whenever a configuration is
+/// applied (start, reload, API change); a backend without one makes the plan fail.
+fn resolve_nat_sources(config: &Config) -> BTreeMap<IpAddr, IpAddr> {
+    let mut sources = BTreeMap::new();
+    let backends = config
+        .vips
+        .iter()
+        .filter(|vip| vip.forwarding == Forwarding::Nat && vip.nat_source.is_none())
+        .flat_map(|vip| &vip.backends);
+    for backend in backends {
+        if sources.contains_key(&backend.address) {
+            continue;
+        }
+        match HostSetup::source_address(backend.address) {
+            Ok(source) => {
+                sources.insert(backend.address, source);
+            }
+            Err(err) => warn!(backend = %backend.address, error = %err, "no NAT source address"),
+        }
+    }
+    sources
 }
 
 fn resolve_next_hops(host: &mut HostSetup, config: &Config) {

@@ -52,6 +52,9 @@ pub const VIP6: [u8; 16] = [
 ];
 pub const NOT_A_VIP4: [u8; 4] = [198, 18, 0, 1];
 
+/// Capacity of the NAT tables in the bed: small, so that a test can fill them.
+pub const NAT_ENTRIES: u32 = 64;
+
 /// Backends and the MACs their permanent neighbour entries give them.
 pub const NEIGHBOURS: &[(&str, &str, [u8; 6])] = &[
     ("lb0", "198.18.0.11", [0x02, 0, 0, 0, 0x01, 0x11]),
@@ -227,6 +230,7 @@ impl Bed {
                 let mut dataplane = Dataplane::load(LoadOptions {
                     conntrack_entries: 65536,
                     maglev_ring_entries: 1 << 16,
+                    nat_entries: NAT_ENTRIES,
                     pins: None,
                 })
                 .expect("the XDP program loads and passes the verifier");
