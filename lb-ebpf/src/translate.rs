@@ -62,9 +62,9 @@ pub fn rewrite_icmp(
     client: &FlowKey,
 ) -> Option<()> {
     let ipv6 = client.family == FAMILY_IPV6;
-    // The quoted packet, as it was sent and as the client would have received it.
+    // The quoted packet: as the load balancer sent it, and as the client sent it.
     let old_quoted = packet.key.reversed();
-    let new_quoted = client.reversed();
+    let new_quoted = *client;
     let (quoted_l3, quoted_l4_at) = (error.quoted_l3 as usize, error.quoted_l4 as usize);
     let (quoted_addresses, quoted_header) =
         set_addresses(ctx, ipv6, quoted_l3, &old_quoted, &new_quoted)?;

@@ -442,6 +442,18 @@ impl Dataplane {
         Ok(flows)
     }
 
+    /// The NAT flow of a client flow key.
+    pub fn nat_flow(&self, client: &FlowKey) -> Option<Flow> {
+        self.nat_flows.get(client, 0).ok()
+    }
+
+    /// Overwrites a NAT flow (operators' and tests' tool: age a flow, mark it closing).
+    pub fn set_nat_flow(&mut self, client: &FlowKey, flow: &Flow) -> Result<(), DataplaneError> {
+        self.nat_flows
+            .insert(client, flow, 0)
+            .map_err(map_err(map_names::NAT_FLOWS))
+    }
+
     /// The NAT reply entries: reply key → client flow key.
     pub fn nat_replies(&self) -> Result<Vec<(FlowKey, FlowKey)>, DataplaneError> {
         self.nat_reverse

@@ -66,6 +66,9 @@ pub const NEIGHBOURS: &[(&str, &str, [u8; 6])] = &[
     ("lb0", "2001:db8:0:1::13", [0x02, 0, 0, 0, 0x01, 0x13]),
     ("lb1", "198.18.2.21", [0x02, 0, 0, 0, 0x02, 0x21]),
     ("lb2", "198.18.3.31", [0x02, 0, 0, 0, 0x03, 0x31]),
+    // The client, for NAT replies.
+    ("lb0", "198.18.0.100", CLIENT_MAC),
+    ("lb0", "2001:db8:0:1::100", CLIENT_MAC),
 ];
 
 pub const BASE_CONFIG: &str = r#"
@@ -182,6 +185,7 @@ pub struct Bed {
     pub dataplane: Dataplane,
     pub state: Reconciler,
     pub lb0: u32,
+    pub lb1: u32,
 }
 
 impl Bed {
@@ -221,7 +225,7 @@ impl Bed {
             ])
             .unwrap();
         }
-        let (dataplane, lb0) = ns
+        let (dataplane, lb0, lb1) = ns
             .enter(|| {
                 let mut host = HostSetup::default();
                 for dev in ["lb0", "lb1", "lb2"] {
@@ -238,7 +242,7 @@ impl Bed {
                 let lb1 = weir::dataplane::ifindex("lb1").unwrap();
                 dataplane.add_tx_port(lb0).unwrap();
                 dataplane.add_tx_port(lb1).unwrap();
-                (dataplane, lb0)
+                (dataplane, lb0, lb1)
             })
             .unwrap();
         let mut bed = Bed {
@@ -246,6 +250,7 @@ impl Bed {
             dataplane,
             state: Reconciler::new(1 << 16),
             lb0,
+            lb1,
         };
         bed.apply(BASE_CONFIG);
         bed
@@ -293,6 +298,14 @@ impl Bed {
         self.run_on(lb0, frame)
     }
 
+    pub fn counters_moved(&self, before: &BTreeMap<Counter, u64>) -> BTreeMap<Counter, u64> {
+        self.counters()
+            .iter()
+            .map(|(c, v)| (*c, v - before[c]))
+            .filter(|(_, d)| *d != 0)
+            .collect()
+    }
+
     pub fn counters(&self) -> BTreeMap<Counter, u64> {
         self.dataplane.global_counters().unwrap()
     }
@@ -307,18 +320,30 @@ impl Bed {
         output: &[u8],
         counters: &[(Counter, u64)],
     ) {
+        let lb0 = self.lb0;
+        self.expect_on(lb0, name, frame, verdict, output, counters);
+    }
+
+    /// [`Bed::expect`] for a frame arriving on `ifindex`.
+    pub fn expect_on(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        frame: &[u8],
+        verdict: Verdict,
+        output: &[u8],
+        counters: &[(Counter, u64)],
+    ) {
         let before = self.counters();
-        let (action, out) = self.run(frame);
+        let (action, out) = self.run_on(ifindex, frame);
         assert_eq!(action, verdict as u32, "{name}: verdict");
         assert_eq!(hex(&out), hex(output), "{name}: output frame");
-        let after = self.counters();
-        let moved: BTreeMap<Counter, u64> = after
-            .iter()
-            .map(|(c, v)| (*c, v - before[c]))
-            .filter(|(_, d)| *d != 0)
-            .collect();
         let wanted: BTreeMap<Counter, u64> = counters.iter().copied().collect();
-        assert_eq!(moved, wanted, "{name}: counter changes");
+        assert_eq!(
+            self.counters_moved(&before),
+            wanted,
+            "{name}: counter changes"
+        );
     }
 
     /// The backend the VIP's Maglev table picks for `key`.
