@@ -1,0 +1,275 @@
+//! End to end, full NAT: the real `weir` agent in front of *plain* backends — no VIP on
+//! their loopback, no ARP settings, no route to the client. Each backend sees the load
+//! balancer as its peer and answers it; the XDP program translates the answers back.
+//!
+//! One arm: client, LB and backends on one segment (`DsrTopology::with_plain_servers`).
+//! Two arms: clients on one interface of the LB, backends behind another.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use weir_testbed::{
+    Child, DsrTopology, Netns, VethPair, XdpAction, XdpLink,
+    agent::Agent,
+    curl, http_get,
+    load::{Load, LoadSpec},
+    test_server_bin,
+    topology::{HTTP_PORT, UDP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
+    udp_request, veth_pair,
+};
+
+/// The VIPs' ports: not the backends' own, so the NAT translates ports too.
+const VIP_HTTP_PORT: u16 = 8080;
+const VIP_UDP_PORT: u16 = 53;
+
+fn nat_vip(name: &str, address: IpAddr, port: u16, protocol: &str, backends: &[IpAddr]) -> String {
+    let backend_port = if protocol == "tcp" {
+        HTTP_PORT
+    } else {
+        UDP_PORT
+    };
+    let mut text = format!(
+        "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\n\
+         protocol = \"{protocol}\"\nforwarding = \"nat\"\ntable_size = 1021\n"
+    );
+    for backend in backends {
+        text += &format!("[[vip.backend]]\naddress = \"{backend}\"\nport = {backend_port}\n");
+    }
+    text
+}
+
+fn one_arm_config(topology: &DsrTopology, backends: &[u8]) -> String {
+    let v4: Vec<IpAddr> = backends.iter().map(|n| backend_v4(*n).into()).collect();
+    let v6: Vec<IpAddr> = backends.iter().map(|n| backend_v6(*n).into()).collect();
+    format!("[agent]\ninterfaces = [\"{}\"]\n", topology.lb_ifname())
+        + &nat_vip("web", VIP_V4.into(), VIP_HTTP_PORT, "tcp", &v4)
+        + &nat_vip("echo", VIP_V4.into(), VIP_UDP_PORT, "udp", &v4)
+        + &nat_vip("web6", VIP_V6.into(), VIP_HTTP_PORT, "tcp", &v6)
+        + &nat_vip("echo6", VIP_V6.into(), VIP_UDP_PORT, "udp", &v6)
+}
+
+fn url(vip: IpAddr) -> String {
+    format!("http://{}/", SocketAddr::new(vip, VIP_HTTP_PORT))
+}
+
+/// The value of `name` in one of the agent's summary lines (`verdicts:`, `counters:`).
+fn summary(log: &str, prefix: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("the agent prints its {prefix} line:\n{log}"));
+    line.trim_start_matches(prefix)
+        .split(',')
+        .filter_map(|part| part.trim().split_once(' '))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_arm_http_and_udp_reach_plain_backends() {
+    let topology = DsrTopology::with_plain_servers(2)
+        .expect("the NAT test bed needs root and network namespaces");
+    let agent = Agent::start(topology.lb_ns(), &one_arm_config(&topology, &[1, 2]))
+        .expect("the agent starts");
+    let client = &topology.client().ns;
+
+    for vip in [IpAddr::from(VIP_V4), IpAddr::from(VIP_V6)] {
+        let mut answers = BTreeMap::new();
+        for _ in 0..40 {
+            let response = http_get(client, &url(vip)).expect("GET through the NAT VIP");
+            let backend = response.header("X-Weir-Backend").unwrap_or("?").to_owned();
+            *answers.entry(backend).or_insert(0) += 1;
+        }
+        assert_eq!(answers.len(), 2, "{vip}: both backends answer: {answers:?}");
+        let body = curl(client, &url(vip)).expect("curl through the NAT VIP");
+        assert!(body.contains("backend"), "{vip}: {body}");
+
+        let echo = udp_request(client, SocketAddr::new(vip, VIP_UDP_PORT), b"ping")
+            .expect("UDP through the NAT VIP");
+        let echo = String::from_utf8_lossy(&echo);
+        assert!(
+            echo.starts_with("backend") && echo.ends_with(" ping"),
+            "{vip}: {echo}"
+        );
+    }
+
+    let log = agent.stop().unwrap();
+    assert!(summary(&log, "counters:", "nat_reply") > 0, "{log}");
+    assert_eq!(summary(&log, "verdicts:", "drop"), 0, "{log}");
+}
+
+/// Many concurrent connections, long-lived ones among them, while a backend is added:
+/// every request answered, no connection broken or moved.
+#[test]
+fn concurrent_and_long_lived_connections_survive_a_backend_addition() {
+    let mut topology = DsrTopology::with_plain_servers(3)
+        .expect("the NAT test bed needs root and network namespaces");
+    let mut agent = Agent::start(topology.lb_ns(), &one_arm_config(&topology, &[1, 2]))
+        .expect("the agent starts");
+    let spec = |vip: IpAddr| LoadSpec {
+        target: SocketAddr::new(vip, VIP_HTTP_PORT),
+        streams: 16,
+        stream_interval: Duration::from_millis(20),
+        short_workers: 4,
+    };
+    let client = &topology.client().ns;
+    let v4 = Load::start(client, spec(VIP_V4.into())).unwrap();
+    let v6 = Load::start(client, spec(VIP_V6.into())).unwrap();
+    let wait_for = |load: &Load, more: u64| {
+        let (start, _) = load.progress();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while load.progress().0 < start + more {
+            assert!(Instant::now() < deadline, "no traffic: {load:?}");
+            sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(&v4, 200);
+    wait_for(&v6, 200);
+
+    agent
+        .reload(&one_arm_config(&topology, &[1, 2, 3]))
+        .expect("the reload adds backend 3");
+    wait_for(&v4, 300);
+    wait_for(&v6, 300);
+    let v4 = v4.stop();
+    let v6 = v6.stop();
+    for report in [&v4, &v6] {
+        eprintln!("{report}");
+        report.assert_clean();
+        assert!(
+            report.backends.contains_key("backend3"),
+            "new connections reach the new backend: {report}"
+        );
+    }
+    topology.stop_server(3).unwrap();
+    let log = agent.stop().unwrap();
+    assert_eq!(summary(&log, "verdicts:", "drop"), 0, "{log}");
+}
+
+/// The two-arm network; every piece is a guard, dropped in reverse order of creation.
+///
+/// ```text
+///  client 198.18.20.100 ── 198.18.20.1 [lb] 198.18.21.1 ── bridge ── backend1 198.18.21.11
+///                                                                └── backend2 198.18.21.12
+/// ```
+struct TwoArm {
+    lb_front: String,
+    lb_back: String,
+    _servers: Vec<Child>,
+    _backends: Vec<Netns>,
+    _bridge_port_xdp: XdpLink,
+    _client_xdp: XdpLink,
+    _switch: Netns,
+    lb: Netns,
+    client: Netns,
+}
+
+/// Brings `dev` up in `ns` with `cidr`, sending full checksums.
+fn configure(ns: &Netns, dev: &str, cidr: &str) {
+    ns.ip(&["addr", "add", cidr, "dev", dev]).unwrap();
+    ns.ip(&["link", "set", dev, "up"]).unwrap();
+    ns.run(&["ethtool", "-K", dev, "tx", "off"]).unwrap();
+}
+
+fn two_arm() -> TwoArm {
+    let client = Netns::new("client").expect("the two-arm test needs root and network namespaces");
+    let lb = Netns::new("lb").unwrap();
+    let switch = Netns::new("switch").unwrap();
+
+    let front: VethPair = veth_pair(&client, &lb).unwrap();
+    configure(&client, &front.a, "198.18.20.100/24");
+    configure(&lb, &front.b, "198.18.20.1/24");
+    client
+        .ip(&["route", "add", "198.19.0.0/24", "via", "198.18.20.1"])
+        .unwrap();
+    // Replies are redirected into the client's veth: its end needs XDP (NAPI) too.
+    let client_xdp = client.attach_xdp(&front.a, XdpAction::Pass).unwrap();
+
+    let back = veth_pair(&lb, &switch).unwrap();
+    configure(&lb, &back.a, "198.18.21.1/24");
+    let bridge = weir_testbed::unique_ifname('s');
+    switch.add_bridge(&bridge).unwrap();
+    switch.set_master(&back.b, &bridge).unwrap();
+    switch.link_up(&back.b).unwrap();
+    // Frames redirected into a veth are only delivered if its peer runs XDP (NAPI).
+    let bridge_port_xdp = switch.attach_xdp(&back.b, XdpAction::Pass).unwrap();
+
+    let server = test_server_bin().unwrap();
+    let mut backends = Vec::new();
+    let mut servers = Vec::new();
+    for n in 1..=2 {
+        // A plain server: its address on its segment, nothing else.
+        let ns = Netns::new(&format!("b{n}")).unwrap();
+        let link = veth_pair(&ns, &switch).unwrap();
+        configure(&ns, &link.a, &format!("198.18.21.1{n}/24"));
+        switch.set_master(&link.b, &bridge).unwrap();
+        switch.link_up(&link.b).unwrap();
+        let name = format!("backend{n}");
+        servers.push(
+            ns.spawn(&[
+                server.to_str().unwrap(),
+                "--name",
+                &name,
+                "--http",
+                "0.0.0.0:80",
+                "--udp",
+                &format!("0.0.0.0:{UDP_PORT}"),
+            ])
+            .unwrap(),
+        );
+        backends.push(ns);
+    }
+    TwoArm {
+        lb_front: front.b,
+        lb_back: back.a,
+        _servers: servers,
+        _backends: backends,
+        _bridge_port_xdp: bridge_port_xdp,
+        _client_xdp: client_xdp,
+        _switch: switch,
+        lb,
+        client,
+    }
+}
+
+#[test]
+fn two_arms_translate_through_both_interfaces() {
+    let net = two_arm();
+    let backends: Vec<IpAddr> = ["198.18.21.11", "198.18.21.12"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let config = format!(
+        "[agent]\ninterfaces = [\"{}\", \"{}\"]\n",
+        net.lb_front, net.lb_back
+    ) + &nat_vip("web", VIP_V4.into(), VIP_HTTP_PORT, "tcp", &backends)
+        + &nat_vip("echo", VIP_V4.into(), VIP_UDP_PORT, "udp", &backends);
+    let agent = Agent::start(&net.lb, &config).expect("the agent starts");
+
+    let mut answers = BTreeMap::new();
+    for _ in 0..40 {
+        let response = http_get(&net.client, &url(VIP_V4.into())).expect("GET through the VIP");
+        let backend = response.header("X-Weir-Backend").unwrap_or("?").to_owned();
+        *answers.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(answers.len(), 2, "both backends answer: {answers:?}");
+    let echo = udp_request(
+        &net.client,
+        SocketAddr::new(VIP_V4.into(), VIP_UDP_PORT),
+        b"ping",
+    )
+    .expect("UDP through the VIP");
+    assert!(String::from_utf8_lossy(&echo).ends_with(" ping"));
+
+    let log = agent.stop().unwrap();
+    assert!(
+        summary(&log, "verdicts:", "redirect") >= 80,
+        "requests and replies were redirected between the arms:\n{log}"
+    );
+    assert_eq!(summary(&log, "verdicts:", "drop"), 0, "{log}");
+}
