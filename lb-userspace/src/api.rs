@@ -625,6 +625,7 @@ mod tests {
             address: ip("192.0.2.10"),
             port: 80,
             protocol: Protocol::Tcp,
+            forwarding: Default::default(),
             hash: HashMode::FiveTuple,
             table_size: 65537,
             backends: vec![backend("10.0.0.1", 100), backend("10.0.0.2", 50)],
@@ -634,6 +635,7 @@ mod tests {
             address: ip("2001:db8::53"),
             port: 53,
             protocol: Protocol::Udp,
+            forwarding: Default::default(),
             hash: HashMode::SourceIp,
             table_size: 251,
             backends: vec![backend("2001:db8::1", 100)],
@@ -680,6 +682,8 @@ mod tests {
             address: ip(address),
             weight,
             state: AdminState::Ready,
+            port: None,
+            nat_source: None,
             flows: 0,
         }
     }

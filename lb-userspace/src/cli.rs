@@ -1054,25 +1054,45 @@ pub fn render_vip(vip: &VipView) -> String {
         ("address", vip_address(vip.address, vip.port)),
         ("protocol", vip.protocol.to_string()),
         ("hash", hash_name(vip.hash).to_owned()),
+        ("forwarding", vip.forwarding.to_string()),
         ("table size", vip.table_size.to_string()),
     ]);
     format!("{head}\n{}", render_backends(&vip.backends))
 }
 
+/// The backends; NAT VIPs' show the port and source address the NAT uses too.
 pub fn render_backends(backends: &[BackendView]) -> String {
-    let mut table = Table::new(&[
+    let nat = backends.iter().any(|b| b.nat_source.is_some());
+    let mut columns = vec![
         ("ADDRESS", Align::Left),
         ("WEIGHT", Align::Right),
         ("STATE", Align::Left),
         ("FLOWS", Align::Right),
-    ]);
+    ];
+    if nat {
+        columns.extend([("PORT", Align::Right), ("NAT SOURCE", Align::Left)]);
+    }
+    let mut table = Table::new(&columns);
     for backend in backends {
-        table.row(vec![
+        let mut row = vec![
             backend.address.to_string(),
             backend.weight.to_string(),
             state_name(backend.state).to_owned(),
             backend.flows.to_string(),
-        ]);
+        ];
+        if nat {
+            row.push(
+                backend
+                    .port
+                    .map_or_else(|| "*".to_owned(), |p| p.to_string()),
+            );
+            row.push(
+                backend
+                    .nat_source
+                    .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            );
+        }
+        table.row(row);
     }
     table.render()
 }
@@ -1569,12 +1589,16 @@ mod tests {
                 address: "198.18.0.11".parse().unwrap(),
                 weight: 100,
                 state: AdminState::Ready,
+                port: None,
+                nat_source: None,
                 flows: 12,
             },
             BackendView {
                 address: "198.18.0.13".parse().unwrap(),
                 weight: 10000,
                 state: AdminState::Drain,
+                port: None,
+                nat_source: None,
                 flows: 0,
             },
         ];
@@ -1589,6 +1613,7 @@ mod tests {
             address: "2001:db8::80".parse().unwrap(),
             port: 0,
             protocol: crate::config::Protocol::Tcp,
+            forwarding: Default::default(),
             hash: HashMode::SourceIp,
             table_size: 1021,
             backends,
@@ -2006,7 +2031,7 @@ mod tests {
         assert_eq!(
             out,
             "name        web\naddress     192.0.2.1:80\nprotocol    tcp\nhash        5-tuple\n\
-             table size  251\n\n\
+             forwarding  dsr\ntable size  251\n\n\
              ADDRESS      WEIGHT  STATE  FLOWS\n198.18.0.11      50  ready      0\n"
         );
         let request = server.join().unwrap();
@@ -2146,12 +2171,15 @@ mod tests {
             address: "2001:db8::80".parse().unwrap(),
             port: 80,
             protocol: crate::config::Protocol::Tcp,
+            forwarding: Default::default(),
             hash: HashMode::FiveTuple,
             table_size: 251,
             backends: vec![BackendView {
                 address: "2001:db8::1".parse().unwrap(),
                 weight: 100,
                 state: AdminState::Ready,
+                port: None,
+                nat_source: None,
                 flows: 3,
             }],
         }]);

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{AdminState, HashMode, Protocol},
+    config::{AdminState, Forwarding, HashMode, Protocol},
     report::StatsReport,
 };
 
@@ -46,6 +46,9 @@ pub struct VipView {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    /// `dsr` or `nat` (absent from older agents: DSR).
+    #[serde(default)]
+    pub forwarding: Forwarding,
     pub hash: HashMode,
     pub table_size: u32,
     pub backends: Vec<BackendView>,
@@ -59,6 +62,12 @@ pub struct BackendView {
     pub state: AdminState,
     /// Live entries of the connection table on this backend.
     pub flows: u64,
+    /// NAT: the port the backend receives on (absent: the client's destination port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// NAT: the load balancer's source address towards the backend, as programmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<IpAddr>,
 }
 
 /// `POST /v1/vips/{name}/backends`
@@ -274,6 +283,7 @@ pub(crate) mod fake {
                 address: new.address,
                 port: new.port,
                 protocol: new.protocol.unwrap_or_default(),
+                forwarding: Default::default(),
                 hash: new.hash.unwrap_or_default(),
                 table_size: new.table_size.unwrap_or(65_537),
                 backends: new
@@ -283,6 +293,8 @@ pub(crate) mod fake {
                         address: b.address,
                         weight: b.weight.unwrap_or(100),
                         state: b.state.unwrap_or_default(),
+                        port: None,
+                        nat_source: None,
                         flows: 0,
                     })
                     .collect(),
@@ -313,6 +325,8 @@ pub(crate) mod fake {
                 address: new.address,
                 weight: new.weight.unwrap_or(100),
                 state: new.state.unwrap_or_default(),
+                port: None,
+                nat_source: None,
                 flows: 0,
             };
             vip.backends.push(added.clone());

@@ -18,7 +18,7 @@ use weir_testbed::{
     curl, http_get,
     load::{Load, LoadSpec},
     test_server_bin,
-    topology::{HTTP_PORT, UDP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
+    topology::{HTTP_PORT, LB_V4, UDP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
     udp_request, veth_pair,
 };
 
@@ -97,6 +97,19 @@ fn one_arm_http_and_udp_reach_plain_backends() {
             "{vip}: {echo}"
         );
     }
+
+    // The CLI shows the forwarding mode, and each backend's port and NAT source.
+    let show = agent.cli(&["vip", "show", "web"]).unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("forwarding  nat"), "{show}");
+    let backend1 = show
+        .lines()
+        .find(|l| l.starts_with(&backend_v4(1).to_string()))
+        .unwrap_or_else(|| panic!("{show}"));
+    assert!(
+        backend1.contains(&format!("{HTTP_PORT}")) && backend1.contains(&LB_V4.to_string()),
+        "port and NAT source (the LB's address on the segment): {show}"
+    );
 
     let log = agent.stop().unwrap();
     assert!(summary(&log, "counters:", "nat_reply") > 0, "{log}");

@@ -11,7 +11,7 @@ use lb_common::{FlowKey, VipKey};
 
 use super::Agent;
 use crate::{
-    config::{DEFAULT_WEIGHT, MAX_WEIGHT, Protocol, VipConfig},
+    config::{DEFAULT_WEIGHT, Forwarding, MAX_WEIGHT, Protocol, VipConfig},
     control::{
         BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
         NewVip, ReloadOutcome, Status, VipView,
@@ -73,14 +73,21 @@ impl Agent {
             .backends
             .iter()
             .map(|backend| {
-                let id = state
-                    .and_then(|s| s.backends.get(&backend.address))
-                    .map(|b| b.id);
+                let programmed = state.and_then(|s| s.backends.get(&backend.address));
+                let nat = vip.forwarding == Forwarding::Nat;
                 BackendView {
                     address: backend.address,
                     weight: backend.weight,
                     state: backend.state,
-                    flows: id.and_then(|id| flows.get(&id)).copied().unwrap_or(0),
+                    flows: programmed
+                        .and_then(|b| flows.get(&b.id))
+                        .copied()
+                        .unwrap_or(0),
+                    port: backend
+                        .port
+                        .or(Some(vip.port))
+                        .filter(|port| nat && *port != 0),
+                    nat_source: programmed.and_then(|b| b.entry.nat_source_ip()),
                 }
             })
             .collect();
@@ -89,6 +96,7 @@ impl Agent {
             address: vip.address,
             port: vip.port,
             protocol: vip.protocol,
+            forwarding: vip.forwarding,
             hash: vip.hash,
             table_size: vip.table_size,
             backends,
