@@ -179,6 +179,71 @@ table_size = 251
 address = "2001:db8:0:1::11"
 "#;
 
+/// NAT VIPs on top of the bed's base configuration, one backend each so that the
+/// expected frames are known; TCP backends listen on another port than their VIP.
+pub fn nat_config(nat_ports: &str) -> String {
+    format!(
+        r#"{BASE_CONFIG}
+[[vip]]
+name = "nat-tcp4"
+address = "198.19.0.60"
+port = 80
+forwarding = "nat"
+nat_source = "198.18.0.1"
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+port = 8080
+
+[[vip]]
+name = "nat-udp4"
+address = "198.19.0.60"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+nat_source = "198.18.0.1"
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.12"
+
+[[vip]]
+name = "nat-tcp6"
+address = "2001:db8:0:ff::60"
+port = 80
+forwarding = "nat"
+nat_source = "2001:db8:0:1::1"
+table_size = 251
+[[vip.backend]]
+address = "2001:db8:0:1::11"
+port = 8080
+
+[[vip]]
+name = "nat-udp6"
+address = "2001:db8:0:ff::60"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+nat_source = "2001:db8:0:1::1"
+table_size = 251
+[[vip.backend]]
+address = "2001:db8:0:1::12"
+
+[[vip]]
+name = "nat-two-arm"
+address = "198.19.0.61"
+port = 80
+forwarding = "nat"
+nat_source = "198.18.2.1"
+table_size = 251
+[[vip.backend]]
+address = "198.18.2.21"
+
+[flows]
+nat_ports = "{nat_ports}"
+"#
+    )
+}
+
 /// A namespace with a loaded program whose maps hold a configuration.
 pub struct Bed {
     pub ns: Netns,
