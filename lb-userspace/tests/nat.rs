@@ -71,6 +71,19 @@ fn frame(
     out
 }
 
+/// A TCP SYN from the client to the v4 NAT VIP's port 80.
+fn tcp_request(client_port: u16) -> Vec<u8> {
+    frame(
+        (CLIENT_MAC, LB0_MAC),
+        CLIENT4.into(),
+        client_port,
+        NAT_VIP4.into(),
+        80,
+        PROTO_TCP,
+        false,
+    )
+}
+
 /// The NAT port a flow gets when no other flow holds it: the first probe.
 fn first_port(client: &FlowKey, ports: (u16, u16)) -> u16 {
     let count = (ports.1 - ports.0) as u32 + 1;
@@ -372,21 +385,10 @@ fn traffic_from_backends_that_matches_no_flow_passes_untouched() {
 fn ports_never_collide_run_out_predictably_and_are_reclaimed() {
     let ports = (30000, 30003);
     let mut bed = nat_bed(ports);
-    let request = |client_port: u16| {
-        frame(
-            (CLIENT_MAC, LB0_MAC),
-            CLIENT4.into(),
-            client_port,
-            NAT_VIP4.into(),
-            80,
-            PROTO_TCP,
-            false,
-        )
-    };
     let mut used = HashSet::new();
     for client_port in 50000..50004 {
         let before = bed.counters();
-        let (verdict, out) = bed.run(&request(client_port));
+        let (verdict, out) = bed.run(&tcp_request(client_port));
         assert_eq!(verdict, Verdict::Tx as u32);
         assert_checksums_valid(&out);
         let nat_port = u16::from_be_bytes([out[34], out[35]]);
@@ -397,7 +399,7 @@ fn ports_never_collide_run_out_predictably_and_are_reclaimed() {
             [(Counter::Tx, 1), (Counter::FlowNew, 1)].into()
         );
     }
-    let fifth = request(50004);
+    let fifth = tcp_request(50004);
     bed.expect(
         "no port left",
         &fifth,
@@ -406,7 +408,7 @@ fn ports_never_collide_run_out_predictably_and_are_reclaimed() {
         &[(Counter::DropNatPortsExhausted, 1)],
     );
     // Established flows are untouched by the refusal.
-    let (verdict, _) = bed.run(&request(50000));
+    let (verdict, _) = bed.run(&tcp_request(50000));
     assert_eq!(verdict, Verdict::Tx as u32);
 
     // The first client's flow closed long ago: its port is reclaimed.
@@ -506,24 +508,13 @@ fn a_backend_closing_marks_the_flow() {
 #[test]
 fn a_full_table_refuses_new_flows_and_keeps_the_others() {
     let mut bed = nat_bed(PORTS);
-    let request = |client_port: u16| {
-        frame(
-            (CLIENT_MAC, LB0_MAC),
-            CLIENT4.into(),
-            client_port,
-            NAT_VIP4.into(),
-            80,
-            PROTO_TCP,
-            false,
-        )
-    };
     let mut outputs = Vec::new();
     for client_port in 0..NAT_ENTRIES as u16 {
-        let (verdict, out) = bed.run(&request(10000 + client_port));
+        let (verdict, out) = bed.run(&tcp_request(10000 + client_port));
         assert_eq!(verdict, Verdict::Tx as u32, "flow {client_port}");
         outputs.push(out);
     }
-    let one_more = request(10000 + NAT_ENTRIES as u16);
+    let one_more = tcp_request(10000 + NAT_ENTRIES as u16);
     bed.expect(
         "table full",
         &one_more,
@@ -539,7 +530,7 @@ fn a_full_table_refuses_new_flows_and_keeps_the_others() {
     for (i, expected) in outputs.iter().enumerate() {
         bed.expect(
             &format!("established flow {i}"),
-            &request(10000 + i as u16),
+            &tcp_request(10000 + i as u16),
             Verdict::Tx,
             expected,
             &[(Counter::Tx, 1)],

@@ -13,13 +13,12 @@ use std::{
 };
 
 use weir_testbed::{
-    Child, DsrTopology, Netns, VethPair, XdpAction, XdpLink,
+    DsrTopology, TwoArmBackends, TwoArmTopology,
     agent::Agent,
     curl, http_get,
     load::{Load, LoadSpec},
-    test_server_bin,
     topology::{HTTP_PORT, LB_V4, UDP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
-    udp_request, veth_pair,
+    two_arm_backend, udp_request,
 };
 
 /// The VIPs' ports: not the backends' own, so the NAT translates ports too.
@@ -164,98 +163,13 @@ fn concurrent_and_long_lived_connections_survive_a_backend_addition() {
     assert_eq!(summary(&log, "verdicts:", "drop"), 0, "{log}");
 }
 
-/// The two-arm network; every piece is a guard, dropped in reverse order of creation.
-///
-/// ```text
-///  client 198.18.20.100 ── 198.18.20.1 [lb] 198.18.21.1 ── bridge ── backend1 198.18.21.11
-///                                                                └── backend2 198.18.21.12
-/// ```
-struct TwoArm {
-    lb_front: String,
-    lb_back: String,
-    _servers: Vec<Child>,
-    _backends: Vec<Netns>,
-    _bridge_port_xdp: XdpLink,
-    _client_xdp: XdpLink,
-    _switch: Netns,
-    lb: Netns,
-    client: Netns,
-}
-
-/// Brings `dev` up in `ns` with `cidr`, sending full checksums.
-fn configure(ns: &Netns, dev: &str, cidr: &str) {
-    ns.ip(&["addr", "add", cidr, "dev", dev]).unwrap();
-    ns.ip(&["link", "set", dev, "up"]).unwrap();
-    ns.run(&["ethtool", "-K", dev, "tx", "off"]).unwrap();
-}
-
-fn two_arm() -> TwoArm {
-    let client = Netns::new("client").expect("the two-arm test needs root and network namespaces");
-    let lb = Netns::new("lb").unwrap();
-    let switch = Netns::new("switch").unwrap();
-
-    let front: VethPair = veth_pair(&client, &lb).unwrap();
-    configure(&client, &front.a, "198.18.20.100/24");
-    configure(&lb, &front.b, "198.18.20.1/24");
-    client
-        .ip(&["route", "add", "198.19.0.0/24", "via", "198.18.20.1"])
-        .unwrap();
-    // Replies are redirected into the client's veth: its end needs XDP (NAPI) too.
-    let client_xdp = client.attach_xdp(&front.a, XdpAction::Pass).unwrap();
-
-    let back = veth_pair(&lb, &switch).unwrap();
-    configure(&lb, &back.a, "198.18.21.1/24");
-    let bridge = weir_testbed::unique_ifname('s');
-    switch.add_bridge(&bridge).unwrap();
-    switch.set_master(&back.b, &bridge).unwrap();
-    switch.link_up(&back.b).unwrap();
-    // Frames redirected into a veth are only delivered if its peer runs XDP (NAPI).
-    let bridge_port_xdp = switch.attach_xdp(&back.b, XdpAction::Pass).unwrap();
-
-    let server = test_server_bin().unwrap();
-    let mut backends = Vec::new();
-    let mut servers = Vec::new();
-    for n in 1..=2 {
-        // A plain server: its address on its segment, nothing else.
-        let ns = Netns::new(&format!("b{n}")).unwrap();
-        let link = veth_pair(&ns, &switch).unwrap();
-        configure(&ns, &link.a, &format!("198.18.21.1{n}/24"));
-        switch.set_master(&link.b, &bridge).unwrap();
-        switch.link_up(&link.b).unwrap();
-        let name = format!("backend{n}");
-        servers.push(
-            ns.spawn(&[
-                server.to_str().unwrap(),
-                "--name",
-                &name,
-                "--http",
-                "0.0.0.0:80",
-                "--udp",
-                &format!("0.0.0.0:{UDP_PORT}"),
-            ])
-            .unwrap(),
-        );
-        backends.push(ns);
-    }
-    TwoArm {
-        lb_front: front.b,
-        lb_back: back.a,
-        _servers: servers,
-        _backends: backends,
-        _bridge_port_xdp: bridge_port_xdp,
-        _client_xdp: client_xdp,
-        _switch: switch,
-        lb,
-        client,
-    }
-}
-
 #[test]
 fn two_arms_translate_through_both_interfaces() {
-    let net = two_arm();
-    let backends: Vec<IpAddr> = ["198.18.21.11", "198.18.21.12"]
+    let net = TwoArmTopology::new(TwoArmBackends::Plain)
+        .expect("the two-arm test needs root and network namespaces");
+    let backends: Vec<IpAddr> = [1, 2]
         .iter()
-        .map(|a| a.parse().unwrap())
+        .map(|n| two_arm_backend(*n).parse().unwrap())
         .collect();
     let config = format!(
         "[agent]\ninterfaces = [\"{}\", \"{}\"]\n",
