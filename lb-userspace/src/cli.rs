@@ -21,7 +21,7 @@ use std::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    config::{AdminState, DEFAULT_API_SOCKET, HashMode, Protocol},
+    config::{AdminState, DEFAULT_API_SOCKET, Forwarding, HashMode, Protocol},
     control::{
         BackendChange, BackendView, ErrorBody, FlowView, NewBackend, NewVip, ReloadOutcome, Status,
         VipView,
@@ -158,6 +158,12 @@ pub struct VipAddArgs {
     /// Maglev table size: a prime greater than the number of backends.
     #[arg(long, value_name = "N")]
     pub table_size: Option<u32>,
+    /// dsr or nat (default dsr).
+    #[arg(long, value_parser = parse_forwarding)]
+    pub forwarding: Option<Forwarding>,
+    /// NAT: the source address towards the backends (default: the host's own).
+    #[arg(long, value_name = "ADDR")]
+    pub nat_source: Option<IpAddr>,
     /// A backend, with its weight (default 100): 198.18.0.11, 198.18.0.11:50,
     /// 2001:db8::1, [2001:db8::1]:50. Repeat for each backend.
     #[arg(long = "backend", value_name = "ADDR[:WEIGHT]", value_parser = parse_backend_spec)]
@@ -181,11 +187,14 @@ impl VipAddArgs {
             protocol: self.protocol,
             hash: self.hash,
             table_size: self.table_size,
+            forwarding: self.forwarding,
+            nat_source: self.nat_source,
             backends: self
                 .backends
                 .iter()
                 .map(|b| NewBackend {
                     address: b.address,
+                    port: None,
                     weight: b.weight,
                     state: None,
                 })
@@ -216,9 +225,8 @@ pub enum BackendCommand {
         /// Initial state: ready, drain or maint (default ready).
         #[arg(long, value_parser = parse_state)]
         state: Option<AdminState>,
-        /// Not available: backend ports apply to NAT forwarding, which weir does not
-        /// offer yet (with direct server return a backend receives the VIP's port).
-        #[arg(long, hide_short_help = true)]
+        /// NAT VIPs only: the port the backend listens on (default: the VIP's port).
+        #[arg(long)]
         port: Option<u16>,
     },
     /// Remove a backend from a VIP; its established flows move to the other backends.
@@ -277,6 +285,14 @@ pub enum BackendCommand {
     },
 }
 
+fn parse_forwarding(text: &str) -> Result<Forwarding, String> {
+    match text {
+        "dsr" => Ok(Forwarding::Dsr),
+        "nat" => Ok(Forwarding::Nat),
+        _ => Err("dsr or nat".to_owned()),
+    }
+}
+
 /// A backend address: an IP address alone, with a hint when a port is given.
 fn parse_backend_address(text: &str) -> Result<IpAddr, String> {
     if let Ok(address) = text.parse() {
@@ -284,8 +300,7 @@ fn parse_backend_address(text: &str) -> Result<IpAddr, String> {
     }
     if let Ok(socket) = text.parse::<SocketAddr>() {
         return Err(format!(
-            "give the address alone ({}): backend ports apply to NAT forwarding, which is \
-             not available yet",
+            "give the address alone ({}); a NAT backend's port goes in --port",
             socket.ip()
         ));
     }
@@ -1368,20 +1383,16 @@ fn backend(
                 client.call::<Vec<BackendView>>("GET", &backends_path(&vip), None::<&()>, 200)?;
             output.show(&a.raw, || render_backends(&a.value))
         }
-        BackendCommand::Add { port: Some(_), .. } => Err(CliError::Usage(
-            "--port: backend ports apply to NAT forwarding, which is not available yet \
-             (with direct server return a backend receives the VIP's port)"
-                .to_owned(),
-        )),
         BackendCommand::Add {
             vip,
             address,
             weight,
             state,
-            port: None,
+            port,
         } => {
             let new = NewBackend {
                 address,
+                port,
                 weight,
                 state,
             };
@@ -2025,6 +2036,8 @@ mod tests {
             protocol: None,
             hash: None,
             table_size: Some(251),
+            forwarding: None,
+            nat_source: None,
             backends: vec![parse_backend_spec("198.18.0.11:50").unwrap()],
         }));
         let out = run_against(&dir.path(), command, false).unwrap();
@@ -2144,21 +2157,6 @@ mod tests {
             error.to_string().contains(": no such file or directory ("),
             "{error}"
         );
-    }
-
-    #[test]
-    fn port_is_refused_as_a_usage_error() {
-        let dir = TempSocket::new();
-        let command = AdminCommand::Backend(BackendCommand::Add {
-            vip: "web".into(),
-            address: "198.18.0.20".parse().unwrap(),
-            weight: None,
-            state: None,
-            port: Some(8080),
-        });
-        let error = run_against(&dir.path(), command, false).unwrap_err();
-        assert_eq!(error.exit_code(), 2);
-        assert!(error.to_string().contains("NAT forwarding"), "{error}");
     }
 
     /// The commands against the real server: the wire format agrees both ways.

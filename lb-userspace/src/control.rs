@@ -75,6 +75,9 @@ pub struct BackendView {
 #[serde(deny_unknown_fields)]
 pub struct NewBackend {
     pub address: IpAddr,
+    /// NAT only: the port the backend listens on (default: the VIP's port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
@@ -96,6 +99,12 @@ pub struct NewVip {
     pub hash: Option<HashMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// dsr or nat (default dsr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<Forwarding>,
+    /// NAT only: the source address towards the backends (default: the host's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<NewBackend>,
 }

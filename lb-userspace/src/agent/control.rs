@@ -213,9 +213,17 @@ impl Control for Agent {
         let config = self.vip_config(vip)?;
         if backend.address.is_ipv4() != config.address.is_ipv4() {
             return Err(ControlError::Invalid(format!(
-                "backend {} is not of VIP {vip:?}'s address family ({}): DSR rewrites MAC addresses only",
-                backend.address, config.address
+                "backend {} is not of VIP {vip:?}'s address family ({}): {}",
+                backend.address,
+                config.address,
+                match config.forwarding {
+                    Forwarding::Dsr => "DSR rewrites MAC addresses only",
+                    Forwarding::Nat => "NAT does not translate between families",
+                }
             )));
+        }
+        if let Some(port) = backend.port {
+            check_backend_port(config, port)?;
         }
         if config.backends.iter().any(|b| b.address == backend.address) {
             return Err(ControlError::Conflict(format!(
@@ -226,7 +234,11 @@ impl Control for Agent {
         let weight = backend.weight.unwrap_or(DEFAULT_WEIGHT);
         check_weight(weight)?;
         let state = backend.state.unwrap_or_default();
-        let added = BackendOverride::Added { weight, state };
+        let added = BackendOverride::Added {
+            weight,
+            state,
+            port: backend.port,
+        };
         self.change_runtime(|runtime| runtime.record(vip, backend.address, added))?;
         self.backend_view(vip, backend.address)
     }
@@ -308,6 +320,20 @@ impl Control for Agent {
             .map(|writes| ReloadOutcome { writes })
             .map_err(|err| ControlError::Invalid(err.to_string()))
     }
+}
+
+/// A backend port is NAT's, on a VIP of one port (as the file's validation says).
+fn check_backend_port(vip: &VipConfig, port: u16) -> Result<(), ControlError> {
+    let refusal = if vip.forwarding != Forwarding::Nat {
+        "DSR cannot change the port: the backend receives the client's packet as sent"
+    } else if vip.port == 0 {
+        "a VIP on every port keeps the client's destination port"
+    } else if port == 0 {
+        "a backend port is 1..=65535"
+    } else {
+        return Ok(());
+    };
+    Err(ControlError::Invalid(format!("port {port}: {refusal}")))
 }
 
 fn check_weight(weight: u32) -> Result<(), ControlError> {
