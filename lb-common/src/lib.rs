@@ -63,10 +63,13 @@ pub mod map_names {
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    pub const NAT_PROGRAM: &str = "NAT_PROGRAM";
 }
 
-/// Name of the XDP program in the object.
+/// Name of the XDP program in the object (the one attached to interfaces).
 pub const PROGRAM_NAME: &str = "weir_xdp";
+/// Name of the NAT program, which `PROGRAM_NAME` tail calls (`NAT_PROGRAM[0]`).
+pub const NAT_PROGRAM_NAME: &str = "weir_nat";
 
 /// Key of the VIP table: (address, port, protocol). Port 0 means every port of the
 /// address; the fast path tries the exact port first, then port 0.
@@ -306,6 +309,8 @@ pub enum Counter {
     DropNatPortsExhausted,
     /// A new NAT flow did not fit in the NAT tables (`agent.nat_entries`).
     DropNatTableFull,
+    /// The NAT program is not in place (`NAT_PROGRAM`): an agent that failed half-way.
+    DropNatUnavailable,
     /// A new flow was scheduled by Maglev.
     FlowNew,
     /// A flow's backend was removed; the flow moved to its slot's current backend.
@@ -340,6 +345,7 @@ impl Counter {
         Counter::DropEgressNotAttached,
         Counter::DropNatPortsExhausted,
         Counter::DropNatTableFull,
+        Counter::DropNatUnavailable,
         Counter::FlowNew,
         Counter::FlowRescheduled,
         Counter::ConntrackInsertFailed,
@@ -363,7 +369,8 @@ impl Counter {
             | Counter::DropFibFailed
             | Counter::DropEgressNotAttached
             | Counter::DropNatPortsExhausted
-            | Counter::DropNatTableFull => Some(Verdict::Drop),
+            | Counter::DropNatTableFull
+            | Counter::DropNatUnavailable => Some(Verdict::Drop),
             Counter::FlowNew
             | Counter::FlowRescheduled
             | Counter::ConntrackInsertFailed
@@ -390,6 +397,7 @@ impl Counter {
             Counter::DropEgressNotAttached => "drop_egress_not_attached",
             Counter::DropNatPortsExhausted => "drop_nat_ports_exhausted",
             Counter::DropNatTableFull => "drop_nat_table_full",
+            Counter::DropNatUnavailable => "drop_nat_unavailable",
             Counter::FlowNew => "flow_new",
             Counter::FlowRescheduled => "flow_rescheduled",
             Counter::ConntrackInsertFailed => "conntrack_insert_failed",

@@ -21,21 +21,39 @@ use aya_ebpf::{
 use lb_common::{Counter, FAMILY_IPV4, FlowKey, NEXT_HOP_TTL_NS, NextHop};
 use network_types::eth::EthHdr;
 
-use crate::{NEXT_HOPS, TX_PORTS, packet::ptr_at_mut, parse::Packet, select::Target, translate};
+use crate::{
+    NEXT_HOPS, TX_PORTS,
+    packet::ptr_at_mut,
+    parse::Packet,
+    select::{NatTarget, Target},
+    translate,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Forwards the packet to `target`; `Ok` holds the forwarding reason, `Err` the drop.
+/// Forwards the packet to `target` (DSR: the MAC addresses only); `Ok` holds the
+/// forwarding reason, `Err` the drop.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, ingress, packet, target)?;
-    if let Some(nat) = &target.nat {
-        let ports = [nat.source_port, nat.backend_port];
-        translate::rewrite(ctx, packet, &nat.source, &target.backend_addr, ports)
-            .ok_or(Counter::DropMalformed)?;
-    }
+    send(ctx, ingress, &hop)
+}
+
+/// Forwards the packet of a NAT flow to `target`, translated to `nat`'s source.
+#[inline(always)]
+pub fn forward_nat(
+    ctx: &XdpContext,
+    packet: &Packet,
+    target: &Target,
+    nat: &NatTarget,
+) -> Result<Counter, Counter> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, ingress, packet, target)?;
+    let ports = [nat.source_port, nat.backend_port];
+    translate::rewrite(ctx, packet, &nat.source, &target.backend_addr, ports)
+        .ok_or(Counter::DropMalformed)?;
     send(ctx, ingress, &hop)
 }
 

@@ -198,14 +198,22 @@ fn ended(reply: &FlowKey, owner: &FlowKey, config: &FlowTimeouts, now: u64) -> b
     }
 }
 
+/// Whether a packet for no VIP may be a NAT reply: its destination port is in the NAT
+/// range. The host's own traffic uses other ports, so it costs no more than this.
+#[inline(always)]
+pub fn may_be_reply(packet: &Packet) -> bool {
+    let Some(config) = NAT_CONFIG.get(0) else {
+        return false;
+    };
+    let port = u16::from_be(packet.key.dst_port) as u32;
+    port.wrapping_sub(config.nat_port_first) < config.nat_port_count
+}
+
 /// A backend's reply (or an ICMP error about a NAT flow): the client flow it belongs
 /// to, or `None` when it is not NAT traffic (the host's own).
 #[inline(always)]
 pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
-    let config = NAT_CONFIG.get(0)?;
-    // The host's own traffic uses ports outside the NAT range: no lookup for it.
-    let port = u16::from_be(packet.key.dst_port) as u32;
-    if port.wrapping_sub(config.nat_port_first) >= config.nat_port_count {
+    if !may_be_reply(packet) {
         return None;
     }
     // SAFETY: a map value read once, copied.

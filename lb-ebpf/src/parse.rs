@@ -10,7 +10,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::packet::{ipv4_words, ipv6_words, keep_context, ptr_at, read, within};
+use crate::packet::{ipv4_words, ipv6_words, ptr_at, read, within};
 
 use aya_ebpf::programs::XdpContext;
 
@@ -81,11 +81,8 @@ pub struct IcmpError {
     pub quoted_l4: u16,
 }
 
-/// A function of its own (a BPF-to-BPF call): the headers it copies to read them do not
-/// stay on the stack of the paths after it.
-#[inline(never)]
+#[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
-    keep_context(ctx);
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Malformed;
     };

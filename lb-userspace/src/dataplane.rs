@@ -8,7 +8,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
+    },
     programs::{
         ProgramError, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -16,8 +18,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, FlowTimeouts, NextHop, PROGRAM_NAME, TrafficCounters,
-    VipAddressKey, VipKey, VipMeta, map_names,
+    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NextHop, PROGRAM_NAME,
+    TrafficCounters, VipAddressKey, VipKey, VipMeta, map_names,
 };
 use tracing::warn;
 
@@ -132,6 +134,9 @@ pub struct Dataplane {
     nat_flows: HashMap<MapData, FlowKey, Flow>,
     nat_reverse: HashMap<MapData, FlowKey, FlowKey>,
     nat_config: Array<MapData, FlowTimeouts>,
+    /// Holds `weir_nat` for `weir_xdp`'s tail call. Kept open: the kernel empties a
+    /// program array when its last user reference (an fd or a pin) goes.
+    _nat_program: ProgramArray<MapData>,
     links: Vec<AttachedLink>,
     pins: Option<Pins>,
     /// The maps were pinned by a previous agent and adopted, not created.
@@ -181,6 +186,18 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
+        // The NAT program goes into the tail-call slot before anything is attached (in
+        // an adopted dataplane, the old program starts calling the new one: same layout).
+        let nat = xdp_program_mut(&mut ebpf, NAT_PROGRAM_NAME)?;
+        nat.load()?;
+        let nat_fd = nat
+            .fd()?
+            .try_clone()
+            .map_err(|err| DataplaneError::Program(ProgramError::IOError(err)))?;
+        let mut nat_program: ProgramArray<MapData> = take(&mut ebpf, map_names::NAT_PROGRAM)?;
+        nat_program
+            .set(0, &nat_fd, 0)
+            .map_err(map_err(map_names::NAT_PROGRAM))?;
         if let Some(pins) = &options.pins {
             // What the program declares must be what this agent expects (and adopts).
             pins.check(&specs)?;
@@ -200,6 +217,7 @@ impl Dataplane {
             nat_flows: take(&mut ebpf, map_names::NAT_FLOWS)?,
             nat_reverse: take(&mut ebpf, map_names::NAT_REVERSE)?,
             nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
+            _nat_program: nat_program,
             links: Vec::new(),
             pins: options.pins,
             adopted,
@@ -570,12 +588,17 @@ fn attach_new(
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let program = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or(DataplaneError::Missing {
-            kind: "program",
-            name: PROGRAM_NAME,
-        })?;
+    xdp_program_mut(ebpf, PROGRAM_NAME)
+}
+
+fn xdp_program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DataplaneError> {
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Missing {
+        kind: "program",
+        name,
+    })?;
     program.try_into().map_err(DataplaneError::Program)
 }
 

@@ -42,7 +42,7 @@ pub fn map_specs(
     conntrack_entries: u32,
     maglev_ring_entries: u32,
     nat_entries: u32,
-) -> [MapSpec; 13] {
+) -> [MapSpec; 14] {
     [
         spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
         spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
@@ -61,6 +61,7 @@ pub fn map_specs(
         spec::<FlowKey, Flow>(map_names::NAT_FLOWS, nat_entries),
         spec::<FlowKey, FlowKey>(map_names::NAT_REVERSE, nat_entries),
         spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
+        spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
     ]
 }
 
