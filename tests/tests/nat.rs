@@ -14,7 +14,7 @@ use std::{
 
 use weir_testbed::{
     DsrTopology, TwoArmBackends, TwoArmTopology,
-    agent::Agent,
+    agent::{Agent, AgentDirs},
     curl, http_get,
     load::{Load, LoadSpec},
     topology::{HTTP_PORT, LB_V4, UDP_PORT, VIP_V4, VIP_V6, backend_v4, backend_v6},
@@ -132,14 +132,6 @@ fn concurrent_and_long_lived_connections_survive_a_backend_addition() {
     let client = &topology.client().ns;
     let v4 = Load::start(client, spec(VIP_V4.into())).unwrap();
     let v6 = Load::start(client, spec(VIP_V6.into())).unwrap();
-    let wait_for = |load: &Load, more: u64| {
-        let (start, _) = load.progress();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while load.progress().0 < start + more {
-            assert!(Instant::now() < deadline, "no traffic: {load:?}");
-            sleep(Duration::from_millis(10));
-        }
-    };
     wait_for(&v4, 200);
     wait_for(&v6, 200);
 
@@ -161,6 +153,52 @@ fn concurrent_and_long_lived_connections_survive_a_backend_addition() {
     topology.stop_server(3).unwrap();
     let log = agent.stop().unwrap();
     assert_eq!(summary(&log, "verdicts:", "drop"), 0, "{log}");
+}
+
+/// NAT flows live in pinned maps: an agent killed and restarted (adopting the pinned
+/// dataplane and swapping its programs in) breaks no connection, long-lived ones included.
+#[test]
+fn nat_connections_survive_an_agent_restart() {
+    let topology = DsrTopology::with_plain_servers(2)
+        .expect("the NAT test bed needs root and network namespaces");
+    let dirs = AgentDirs::new().unwrap();
+    let text = one_arm_config(&topology, &[1, 2]);
+    let agent = Agent::start_with(topology.lb_ns(), &text, &dirs, &[]).unwrap();
+    let load = Load::start(
+        &topology.client().ns,
+        LoadSpec {
+            target: SocketAddr::new(VIP_V4.into(), VIP_HTTP_PORT),
+            streams: 8,
+            stream_interval: Duration::from_millis(20),
+            short_workers: 2,
+        },
+    )
+    .unwrap();
+    wait_for(&load, 100);
+    agent.kill().unwrap();
+    // No agent: the pinned programs go on translating.
+    wait_for(&load, 100);
+    let agent = Agent::start_with(topology.lb_ns(), &text, &dirs, &[]).unwrap();
+    assert!(
+        agent.log().contains("adopting the pinned dataplane"),
+        "{}",
+        agent.log()
+    );
+    wait_for(&load, 200);
+    let report = load.stop();
+    eprintln!("{report}");
+    report.assert_clean();
+    agent.stop().unwrap();
+}
+
+/// Waits until `more` further requests have been answered.
+fn wait_for(load: &Load, more: u64) {
+    let (start, _) = load.progress();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while load.progress().0 < start + more {
+        assert!(Instant::now() < deadline, "no traffic: {load:?}");
+        sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
