@@ -11,7 +11,7 @@
 //!   from a hash of the flow, so two live flows never share a reply key; an entry whose
 //!   flow has ended (closing + linger, or idle) is taken over (`nat_port_reclaimed`).
 //!
-//! The agent sweeps both tables for ended flows (`weir::nat`).
+//! The agent sweeps both tables for ended flows (`Dataplane::sweep_nat`).
 
 // Keys go to the map helpers by reference: passed by value they would be copied to a
 // stack of 512 bytes that every path shares.

@@ -52,8 +52,8 @@ pub fn rewrite(
 }
 
 /// Translates an ICMP error about a NAT flow's packet (quoting NAT source → backend) for
-/// the client: outer addresses `outer_src` → `client` (the VIP speaks for its backend),
-/// quoted packet VIP → client, as if the client's peer had sent it.
+/// the client: outer addresses VIP → client (the VIP speaks for its backend), quoted
+/// packet client → VIP, the packet as the client sent it.
 #[inline(always)]
 pub fn rewrite_icmp(
     ctx: &XdpContext,

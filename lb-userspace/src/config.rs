@@ -118,7 +118,7 @@ impl FlowSettings {
             udp_idle_ns: self.udp_idle_timeout as u64 * SECOND,
             closing_linger_ns: self.tcp_linger as u64 * SECOND,
             nat_port_first: if nat { self.nat_ports.first as u32 } else { 0 },
-            nat_port_count: if nat { self.nat_ports.len() } else { 0 },
+            nat_port_count: if nat { self.nat_ports.count() } else { 0 },
         }
     }
 }
@@ -131,12 +131,9 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub fn len(&self) -> u32 {
+    /// How many ports (never 0: validation refuses an empty range).
+    pub fn count(&self) -> u32 {
         self.last as u32 - self.first as u32 + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
