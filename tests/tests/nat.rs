@@ -71,7 +71,7 @@ fn summary(log: &str, prefix: &str, name: &str) -> u64 {
 
 #[test]
 fn one_arm_http_and_udp_reach_plain_backends() {
-    let topology = DsrTopology::with_plain_servers(2)
+    let topology = DsrTopology::with_plain_servers(3)
         .expect("the NAT test bed needs root and network namespaces");
     let agent = Agent::start(topology.lb_ns(), &one_arm_config(&topology, &[1, 2]))
         .expect("the agent starts");
@@ -109,6 +109,27 @@ fn one_arm_http_and_udp_reach_plain_backends() {
         backend1.contains(&format!("{HTTP_PORT}")) && backend1.contains(&LB_V4.to_string()),
         "port and NAT source (the LB's address on the segment): {show}"
     );
+
+    // A backend added through the CLI, with its port.
+    let added = agent
+        .cli(&[
+            "backend",
+            "add",
+            "web",
+            &backend_v4(3).to_string(),
+            "--port",
+            &HTTP_PORT.to_string(),
+        ])
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let reached = (0..100).any(|_| {
+        http_get(client, &url(VIP_V4.into()))
+            .ok()
+            .and_then(|r| r.header("X-Weir-Backend").map(str::to_owned))
+            .as_deref()
+            == Some("backend3")
+    });
+    assert!(reached, "new flows reach the backend added with its port");
 
     let log = agent.stop().unwrap();
     assert!(summary(&log, "counters:", "nat_reply") > 0, "{log}");

@@ -43,12 +43,14 @@ impl Agent {
         let (config, _) = runtime.apply(&self.file_config);
         // Plan first: a change that cannot be applied is refused before it is saved.
         self.state
+            .set_nat_sources(super::resolve_nat_sources(&config));
+        self.state
             .plan(&config)
             .map_err(|err| ControlError::Invalid(err.to_string()))?;
         runtime
             .save(&self.config.agent.state_dir)
             .map_err(internal)?;
-        self.program_config(&config).map_err(internal)?;
+        self.program_resolved(&config).map_err(internal)?;
         self.runtime = runtime;
         self.config = config;
         Ok(())

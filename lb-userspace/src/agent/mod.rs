@@ -187,6 +187,11 @@ impl Agent {
     /// Plans and writes the difference between the running state and `config`.
     fn program_config(&mut self, config: &Config) -> Result<usize, AgentError> {
         self.state.set_nat_sources(resolve_nat_sources(config));
+        self.program_resolved(config)
+    }
+
+    /// [`Agent::program_config`] with the NAT sources of `config` already resolved.
+    fn program_resolved(&mut self, config: &Config) -> Result<usize, AgentError> {
         let (writes, state) = self.state.plan(config)?;
         self.dataplane.apply(&writes)?;
         self.state = state;
