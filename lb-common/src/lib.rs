@@ -9,6 +9,7 @@
 //! byte order, exactly as they appear on the wire, so the fast path never swaps bytes.
 #![no_std]
 
+pub mod csum;
 mod hash;
 #[cfg(feature = "user")]
 mod user;
@@ -35,11 +36,13 @@ pub const MAX_BACKENDS: u32 = 16384;
 pub const MAX_INTERFACES: u32 = 64;
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
 pub const DEFAULT_MAGLEV_RING_ENTRIES: u32 = 1 << 22;
+/// Default capacity of each NAT table (`NAT_FLOWS`, `NAT_REVERSE`): concurrent NAT flows.
+pub const DEFAULT_NAT_ENTRIES: u32 = 1 << 18;
 
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -57,10 +60,16 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    pub const NAT_FLOWS: &str = "NAT_FLOWS";
+    pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    pub const NAT_PROGRAM: &str = "NAT_PROGRAM";
 }
 
-/// Name of the XDP program in the object.
+/// Name of the XDP program in the object (the one attached to interfaces).
 pub const PROGRAM_NAME: &str = "weir_xdp";
+/// Name of the NAT program, which `PROGRAM_NAME` tail calls (`NAT_PROGRAM[0]`).
+pub const NAT_PROGRAM_NAME: &str = "weir_nat";
 
 /// Key of the VIP table: (address, port, protocol). Port 0 means every port of the
 /// address; the fast path tries the exact port first, then port 0.
@@ -89,6 +98,9 @@ const _: () = assert!(core::mem::size_of::<VipAddressKey>() == 20);
 
 /// `VipMeta::flags`: pick backends by the client address only (client affinity).
 pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
+/// `VipMeta::flags`: full NAT: the destination becomes the backend, the source the
+/// backend's `nat_source` and a port of the NAT range; replies are translated back.
+pub const VIP_FORWARDING_NAT: u32 = 1 << 1;
 
 /// Value of the VIP table.
 #[repr(C)]
@@ -112,13 +124,17 @@ pub const BACKEND_ACCEPTS_FLOWS: u8 = 1 << 0;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u32; 4],
+    /// NAT only: the load balancer's address towards this backend (the SNAT source).
+    pub nat_source: [u32; 4],
     /// The VIP this backend serves; a flow entry whose VIP differs is stale.
     pub vip_id: u32,
     pub family: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// NAT only, network byte order: the port the backend listens on; 0 keeps the
+    /// client's destination port (VIPs on every port).
+    pub port: u16,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
 /// Key of the connection table: the flow's 5-tuple as the client sent it.
 #[repr(C)]
@@ -136,24 +152,98 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// The same flow seen from the other end: addresses and ports swapped.
+    #[inline(always)]
+    pub const fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// `Flow::flags`: the client sent a FIN or RST; the flow is ending.
-pub const FLOW_CLOSING: u32 = 1 << 0;
+pub const FLOW_CLOSING: u16 = 1 << 0;
 
 /// How often a flow's `last_seen_ns` is refreshed: writing it on every packet would
 /// dirty the entry's cache line for nothing.
 pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// Value of the connection table.
+/// Value of the connection tables (`CONNTRACK` for DSR, `NAT_FLOWS` for NAT).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
-    pub flags: u32,
+    pub flags: u16,
+    /// NAT only, network byte order: the source port the flow was given towards its
+    /// backend (its `NAT_REVERSE` entry's key has it).
+    pub nat_port: u16,
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of a recent packet, at most
     /// `FLOW_TOUCH_INTERVAL_NS` old while packets flow.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+
+/// When a flow is over: `NAT_CONFIG`'s value, read by the XDP program to reclaim the
+/// ports of ended NAT flows and by the agent to sweep them and to count live flows.
+/// All times in nanoseconds of `bpf_ktime_get_coarse_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// A TCP flow with no packet from its client for this long is over (a silent peer, a
+    /// lost FIN).
+    pub tcp_idle_ns: u64,
+    /// A UDP flow with no packet from its client for this long is over.
+    pub udp_idle_ns: u64,
+    /// A flow whose client sent FIN or RST is over once its packets stop for this long.
+    pub closing_linger_ns: u64,
+    /// The NAT source ports: `nat_port_first .. nat_port_first + nat_port_count` (host
+    /// order). A count of 0 means no VIP uses NAT, and replies are not even looked up.
+    pub nat_port_first: u32,
+    pub nat_port_count: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 32);
+
+impl FlowTimeouts {
+    pub const DEFAULT: FlowTimeouts = FlowTimeouts {
+        tcp_idle_ns: 300_000_000_000,
+        udp_idle_ns: 30_000_000_000,
+        closing_linger_ns: 2_000_000_000,
+        nat_port_first: 0,
+        nat_port_count: 0,
+    };
+
+    /// Whether `flow` (of `protocol`) has ended at `now_ns`. `last_seen_ns` is refreshed
+    /// once per `FLOW_TOUCH_INTERVAL_NS` only, hence the slack.
+    #[inline(always)]
+    pub fn expired(&self, flow: &Flow, protocol: u8, now_ns: u64) -> bool {
+        let quiet = now_ns.saturating_sub(flow.last_seen_ns);
+        let limit = if flow.flags & FLOW_CLOSING != 0 {
+            self.closing_linger_ns
+        } else if protocol == PROTO_UDP {
+            self.udp_idle_ns
+        } else {
+            self.tcp_idle_ns
+        };
+        quiet >= limit + FLOW_TOUCH_INTERVAL_NS
+    }
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts::DEFAULT
+    }
+}
+
+/// How many source ports a new NAT flow tries (consecutive from a hash of the flow)
+/// before it is dropped as `drop_nat_ports_exhausted`: bounds the work per packet.
+pub const NAT_PORT_PROBES: u32 = 16;
 
 /// How long a CPU reuses a backend's `bpf_fib_lookup` result. The lookup is the most
 /// expensive step of the fast path (100 ns for IPv4, 270 ns for IPv6 measured here);
@@ -215,6 +305,12 @@ pub enum Counter {
     DropFibFailed,
     /// The route to the backend leaves through an interface the agent has not attached.
     DropEgressNotAttached,
+    /// A new NAT flow found no free source port within `NAT_PORT_PROBES` tries.
+    DropNatPortsExhausted,
+    /// A new NAT flow did not fit in the NAT tables (`agent.nat_entries`).
+    DropNatTableFull,
+    /// The NAT program is not in place (`NAT_PROGRAM`): an agent that failed half-way.
+    DropNatUnavailable,
     /// A new flow was scheduled by Maglev.
     FlowNew,
     /// A flow's backend was removed; the flow moved to its slot's current backend.
@@ -223,11 +319,17 @@ pub enum Counter {
     ConntrackInsertFailed,
     /// An ICMP "fragmentation needed" / ICMPv6 "packet too big" went to its flow's backend.
     IcmpTooBigForwarded,
+    /// A backend's reply on a NAT flow was translated back to its client.
+    NatReply,
+    /// A new NAT flow took over the source port of a flow that had ended.
+    NatPortReclaimed,
+    /// An ICMP error from a backend's side about a NAT flow was translated to its client.
+    NatIcmpTranslated,
 }
 
 impl Counter {
     /// Number of `GLOBAL_STATS` slots.
-    pub const COUNT: u32 = Counter::IcmpTooBigForwarded as u32 + 1;
+    pub const COUNT: u32 = Counter::NatIcmpTranslated as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotIp,
@@ -241,10 +343,16 @@ impl Counter {
         Counter::DropFibForwardingDisabled,
         Counter::DropFibFailed,
         Counter::DropEgressNotAttached,
+        Counter::DropNatPortsExhausted,
+        Counter::DropNatTableFull,
+        Counter::DropNatUnavailable,
         Counter::FlowNew,
         Counter::FlowRescheduled,
         Counter::ConntrackInsertFailed,
         Counter::IcmpTooBigForwarded,
+        Counter::NatReply,
+        Counter::NatPortReclaimed,
+        Counter::NatIcmpTranslated,
     ];
 
     /// The XDP verdict this reason ends in, or `None` for an event counter.
@@ -259,11 +367,17 @@ impl Counter {
             | Counter::DropFibNoNeigh
             | Counter::DropFibForwardingDisabled
             | Counter::DropFibFailed
-            | Counter::DropEgressNotAttached => Some(Verdict::Drop),
+            | Counter::DropEgressNotAttached
+            | Counter::DropNatPortsExhausted
+            | Counter::DropNatTableFull
+            | Counter::DropNatUnavailable => Some(Verdict::Drop),
             Counter::FlowNew
             | Counter::FlowRescheduled
             | Counter::ConntrackInsertFailed
-            | Counter::IcmpTooBigForwarded => None,
+            | Counter::IcmpTooBigForwarded
+            | Counter::NatReply
+            | Counter::NatPortReclaimed
+            | Counter::NatIcmpTranslated => None,
         }
     }
 
@@ -281,10 +395,16 @@ impl Counter {
             Counter::DropFibForwardingDisabled => "drop_fib_forwarding_disabled",
             Counter::DropFibFailed => "drop_fib_failed",
             Counter::DropEgressNotAttached => "drop_egress_not_attached",
+            Counter::DropNatPortsExhausted => "drop_nat_ports_exhausted",
+            Counter::DropNatTableFull => "drop_nat_table_full",
+            Counter::DropNatUnavailable => "drop_nat_unavailable",
             Counter::FlowNew => "flow_new",
             Counter::FlowRescheduled => "flow_rescheduled",
             Counter::ConntrackInsertFailed => "conntrack_insert_failed",
             Counter::IcmpTooBigForwarded => "icmp_too_big_forwarded",
+            Counter::NatReply => "nat_reply",
+            Counter::NatPortReclaimed => "nat_port_reclaimed",
+            Counter::NatIcmpTranslated => "nat_icmp_translated",
         }
     }
 }

@@ -5,8 +5,8 @@ extern crate std;
 use std::net::IpAddr;
 
 use crate::{
-    Backend, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, NextHop, TrafficCounters, VipAddressKey,
-    VipKey, VipMeta,
+    Backend, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, FlowTimeouts, NextHop, TrafficCounters,
+    VipAddressKey, VipKey, VipMeta,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, contain only integers and explicit
@@ -19,6 +19,7 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for TrafficCounters {}
 unsafe impl aya::Pod for NextHop {}
+unsafe impl aya::Pod for FlowTimeouts {}
 
 /// An address as the maps store it: its family tag and four words of network-order bytes.
 pub fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {
@@ -82,11 +83,26 @@ impl Backend {
         let (family, addr) = addr_words(addr);
         Backend {
             addr,
+            nat_source: [0; 4],
             vip_id,
             family,
             flags,
-            _pad: [0; 2],
+            port: 0,
         }
+    }
+
+    /// The NAT side: the source address towards the backend and its port (host order; 0
+    /// keeps the client's destination port).
+    pub fn with_nat(mut self, nat_source: IpAddr, port: u16) -> Self {
+        self.nat_source = addr_words(nat_source).1;
+        self.port = port.to_be();
+        self
+    }
+
+    pub fn nat_source_ip(&self) -> Option<IpAddr> {
+        (self.nat_source != [0; 4])
+            .then(|| words_addr(self.family, self.nat_source))
+            .flatten()
     }
 
     pub fn ip(&self) -> Option<IpAddr> {

@@ -1,10 +1,12 @@
-//! DSR forwarding: find the backend's next hop with `bpf_fib_lookup`, rewrite the MAC
-//! addresses (nothing else: the backend holds the VIP and answers the client directly),
-//! and send the frame out of the ingress interface (XDP_TX) or another attached one
-//! (XDP_REDIRECT through the `TX_PORTS` devmap).
+//! Forwarding: find the next hop with `bpf_fib_lookup`, rewrite the MAC addresses (and,
+//! for NAT, the addresses and ports: `translate.rs`), and send the frame out of the
+//! ingress interface (XDP_TX) or another attached one (XDP_REDIRECT through the
+//! `TX_PORTS` devmap). DSR rewrites nothing else: the backend holds the VIP and answers
+//! the client directly.
 //!
 //! The lookup is the most expensive step of the fast path, so each CPU keeps its result
-//! per backend for `NEXT_HOP_TTL_NS` (`NEXT_HOPS`); failures are never cached.
+//! per backend for `NEXT_HOP_TTL_NS` (`NEXT_HOPS`); failures are never cached. Replies
+//! of NAT flows are routed towards their client with a lookup each.
 
 use core::mem;
 
@@ -16,19 +18,62 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{Counter, FAMILY_IPV4, NEXT_HOP_TTL_NS, NextHop};
+use lb_common::{Counter, FAMILY_IPV4, FlowKey, NEXT_HOP_TTL_NS, NextHop};
 use network_types::eth::EthHdr;
 
-use crate::{NEXT_HOPS, TX_PORTS, packet::ptr_at_mut, parse::Packet, select::Target};
+use crate::{
+    NEXT_HOPS, TX_PORTS,
+    packet::ptr_at_mut,
+    parse::Packet,
+    select::{NatTarget, Target},
+    translate,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Forwards the packet to `target`; `Ok` holds the forwarding reason, `Err` the drop.
+/// Forwards the packet to `target` (DSR: the MAC addresses only); `Ok` holds the
+/// forwarding reason, `Err` the drop.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, ingress, packet, target)?;
+    send(ctx, ingress, &hop)
+}
+
+/// Forwards the packet of a NAT flow to `target`, translated to `nat`'s source.
+#[inline(always)]
+pub fn forward_nat(
+    ctx: &XdpContext,
+    packet: &Packet,
+    target: &Target,
+    nat: &NatTarget,
+) -> Result<Counter, Counter> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, ingress, packet, target)?;
+    let ports = [nat.source_port, nat.backend_port];
+    translate::rewrite(ctx, packet, &nat.source, &target.backend_addr, ports)
+        .ok_or(Counter::DropMalformed)?;
+    send(ctx, ingress, &hop)
+}
+
+/// Sends a NAT flow's reply (or an ICMP error about it) back to `client`, translated.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Result<Counter, Counter> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let ports = [client.dst_port, client.src_port];
+    let hop = lookup(ctx, ingress, client, &client.dst, &client.src, ports, 0)?;
+    match &packet.icmp {
+        Some(error) => translate::rewrite_icmp(ctx, packet, error, client),
+        None => translate::rewrite(ctx, packet, &client.dst, &client.src, ports),
+    }
+    .ok_or(Counter::DropMalformed)?;
+    send(ctx, ingress, &hop)
+}
+
+/// Rewrites the MAC addresses for `hop` and picks XDP_TX or XDP_REDIRECT.
+#[inline(always)]
+fn send(ctx: &XdpContext, ingress: u32, hop: &NextHop) -> Result<Counter, Counter> {
     let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
     // SAFETY: `ptr_at_mut` bounds-checked the Ethernet header.
     unsafe {
@@ -62,7 +107,14 @@ fn next_hop(
             return Ok(hop);
         }
     }
-    let hop = lookup(ctx, ingress, packet, target, now + NEXT_HOP_TTL_NS)?;
+    // DSR keeps the client's source, NAT sends from its NAT source.
+    let key = &packet.key;
+    let (src, ports) = match &target.nat {
+        Some(nat) => (&nat.source, [nat.source_port, nat.backend_port]),
+        None => (&key.src, [key.src_port, key.dst_port]),
+    };
+    let expires = now + NEXT_HOP_TTL_NS;
+    let hop = lookup(ctx, ingress, key, src, &target.backend_addr, ports, expires)?;
     if let Some(cached) = cached {
         // SAFETY: as above.
         unsafe { *cached = hop };
@@ -70,32 +122,34 @@ fn next_hop(
     Ok(hop)
 }
 
-/// `bpf_fib_lookup` towards the backend, as if the packet were routed by the kernel.
+/// `bpf_fib_lookup` for a packet of `flow`'s family and protocol from `src` to `dst`
+/// with `ports` (network order), as if it were routed by the kernel.
 #[inline(always)]
 fn lookup(
     ctx: &XdpContext,
     ingress: u32,
-    packet: &Packet,
-    target: &Target,
+    flow: &FlowKey,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    ports: [u16; 2],
     expires_ns: u64,
 ) -> Result<NextHop, Counter> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
-    let key = &packet.key;
-    fib.l4_protocol = key.protocol;
-    fib.sport = key.src_port;
-    fib.dport = key.dst_port;
+    fib.l4_protocol = flow.protocol;
+    fib.sport = ports[0];
+    fib.dport = ports[1];
     fib.ifindex = ingress;
-    if key.family == FAMILY_IPV4 {
+    if flow.family == FAMILY_IPV4 {
         fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = key.src[0];
-        fib.__bindgen_anon_4.ipv4_dst = target.backend_addr[0];
+        fib.__bindgen_anon_3.ipv4_src = src[0];
+        fib.__bindgen_anon_4.ipv4_dst = dst[0];
     } else {
         fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = key.src;
-        fib.__bindgen_anon_4.ipv6_dst = target.backend_addr;
+        fib.__bindgen_anon_3.ipv6_src = *src;
+        fib.__bindgen_anon_4.ipv6_dst = *dst;
     }
-    // tot_len stays 0: DSR does not grow the packet, so no MTU check is needed.
+    // tot_len stays 0: neither DSR nor NAT grows the packet, so no MTU check is needed.
     // SAFETY: `fib` is a valid, fully initialised request of the size passed.
     let rc = unsafe {
         fib_lookup(

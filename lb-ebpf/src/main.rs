@@ -1,27 +1,32 @@
 //! weir's XDP fast path: declares the maps and dispatches each packet.
 //!
-//! parse (headers → flow key) → select (VIP, connection table, Maglev) → forward
-//! (next hop by bpf_fib_lookup, MAC rewrite, XDP_TX or XDP_REDIRECT). Every packet is
-//! counted under exactly one verdict reason (see `lb_common::Counter`).
+//! `weir_xdp`: parse (headers → flow key) → select (VIP, connection table, Maglev) →
+//! forward (next hop by bpf_fib_lookup, MAC rewrite, XDP_TX or XDP_REDIRECT). Packets of
+//! NAT VIPs, and packets for no VIP whose port may make them NAT replies, go on by tail
+//! call to `weir_nat`: NAT flows and ports (`nat`), header rewrites (`translate`), and
+//! replies translated back to their clients. Every packet is counted under exactly one
+//! verdict reason (see `lb_common::Counter`).
 #![no_std]
 #![no_main]
 
 mod forward;
+mod nat;
 mod packet;
 mod parse;
 mod select;
 mod stats;
+mod translate;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, Flow, FlowKey,
-    GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, NextHop, TrafficCounters,
-    VipAddressKey, VipKey, VipMeta,
+    Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES,
+    Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
+    NextHop, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
 };
 
 use crate::parse::Parsed;
@@ -50,6 +55,25 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 static CONNTRACK: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, BPF_F_NO_COMMON_LRU);
 
+/// NAT flows: client flow key → backend, NAT port, last seen. A plain hash, not an LRU:
+/// evicting a live flow would break its translation; a full table refuses new flows.
+/// Sized by the agent; ended flows are swept by the agent.
+#[map(name = "NAT_FLOWS")]
+static NAT_FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
+
+/// NAT replies: (backend, backend port, NAT source, NAT port, protocol) as the reply
+/// carries it → the client flow key. A plain hash for the same reason.
+#[map(name = "NAT_REVERSE")]
+static NAT_REVERSE: HashMap<FlowKey, FlowKey> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
+
+/// `[0]`: flow timeouts and the NAT port range, written by the agent.
+#[map(name = "NAT_CONFIG")]
+static NAT_CONFIG: Array<FlowTimeouts> = Array::with_max_entries(1, 0);
+
+/// `[0]`: `weir_nat`, put there by the agent (see `weir_nat`).
+#[map(name = "NAT_PROGRAM")]
+static NAT_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Interfaces the program may redirect to (the ones the agent attached to), by ifindex.
 #[map(name = "TX_PORTS")]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
@@ -75,7 +99,8 @@ pub fn weir_xdp(ctx: XdpContext) -> u32 {
     stats::verdict(process(&ctx))
 }
 
-/// Handles one packet and returns the reason for its verdict.
+/// Handles one packet and returns the reason for its verdict: DSR here, all inline;
+/// NAT VIPs' packets and possible NAT replies go on to `weir_nat`.
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Counter {
     let packet = match parse::parse(ctx) {
@@ -85,19 +110,122 @@ fn process(ctx: &XdpContext) -> Counter {
         Parsed::Malformed => return Counter::DropMalformed,
         Parsed::Fragment(dst) => return select::fragment_reason(&dst),
     };
-    let target = match select::select(&packet) {
+    let Some(vip) = select::lookup_vip(&packet) else {
+        if nat::may_be_reply(&packet) {
+            return to_nat(ctx);
+        }
+        return Counter::PassNotVip;
+    };
+    if vip.flags & VIP_FORWARDING_NAT != 0 {
+        return to_nat(ctx);
+    }
+    let target = match select::select(&packet, &vip) {
         Ok(target) => target,
         Err(reason) => return reason,
     };
-    match forward::forward(ctx, &packet, &target) {
+    let forwarded = forward::forward(ctx, &packet, &target);
+    counted(ctx, &packet, &target, forwarded)
+}
+
+/// Tail calls `weir_nat`, which counts the packet; only a missing program returns.
+#[inline(always)]
+fn to_nat(ctx: &XdpContext) -> Counter {
+    // SAFETY: the slot holds an XDP program of this object, put there by the agent.
+    unsafe { NAT_PROGRAM.tail_call(ctx, 0) };
+    Counter::DropNatUnavailable
+}
+
+/// Counts a packet forwarded to a backend.
+#[inline(always)]
+fn counted(
+    ctx: &XdpContext,
+    packet: &parse::Packet,
+    target: &select::Target,
+    forwarded: Result<Counter, Counter>,
+) -> Counter {
+    match forwarded {
         Ok(reason) => {
-            stats::count_traffic(ctx, &target);
+            stats::count_traffic(ctx, target);
             if target.new_flow {
                 stats::event(Counter::FlowNew);
             }
-            if packet.icmp_too_big {
+            if packet.icmp.is_some() {
                 stats::event(Counter::IcmpTooBigForwarded);
             }
+            reason
+        }
+        Err(reason) => reason,
+    }
+}
+
+/// NAT: the packets of NAT VIPs and the replies to them, reached from `weir_xdp` by tail
+/// call. A program of its own, so that NAT's stack is not added to the DSR path's: the
+/// verifier allows 512 bytes for the deepest chain of calls together. For the same
+/// reason parsing, the request path, the reply path and the port probe loop are each a
+/// function of its own (a BPF-to-BPF call) here.
+#[xdp]
+pub fn weir_nat(ctx: XdpContext) -> u32 {
+    stats::verdict(process_nat(&ctx))
+}
+
+#[inline(always)]
+fn process_nat(ctx: &XdpContext) -> Counter {
+    // Matched in place: a copy of the packet would cost stack.
+    let parsed = parse_apart(ctx);
+    let packet = match &parsed {
+        Parsed::Packet(packet) => packet,
+        Parsed::NotIp => return Counter::PassNotIp,
+        Parsed::NotVip => return Counter::PassNotVip,
+        Parsed::Malformed => return Counter::DropMalformed,
+        Parsed::Fragment(dst) => return select::fragment_reason(dst),
+    };
+    match select::lookup_vip(packet) {
+        Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 => nat_forward(ctx, packet, &vip),
+        // `weir_xdp` sends no DSR VIP here.
+        Some(_) => Counter::PassNotVip,
+        None => nat_reply(ctx, packet),
+    }
+}
+
+#[inline(never)]
+fn parse_apart(ctx: &XdpContext) -> Parsed {
+    packet::keep_context(ctx);
+    parse::parse(ctx)
+}
+
+/// A packet for a NAT VIP.
+#[inline(never)]
+fn nat_forward(ctx: &XdpContext, packet: &parse::Packet, vip: &VipMeta) -> Counter {
+    packet::keep_context(ctx);
+    // ICMP errors towards a NAT VIP are the host's.
+    if packet.icmp.is_some() {
+        return Counter::PassNotVip;
+    }
+    let target = match nat::select(packet, vip) {
+        Ok(target) => target,
+        Err(reason) => return reason,
+    };
+    let Some(nat) = &target.nat else {
+        return Counter::DropNatUnavailable;
+    };
+    let forwarded = forward::forward_nat(ctx, packet, &target, nat);
+    counted(ctx, packet, &target, forwarded)
+}
+
+/// A packet for no VIP: a NAT flow's reply, translated back to its client, or the host's.
+#[inline(never)]
+fn nat_reply(ctx: &XdpContext, packet: &parse::Packet) -> Counter {
+    packet::keep_context(ctx);
+    let Some(client) = nat::reply_flow(packet) else {
+        return Counter::PassNotVip;
+    };
+    match forward::reply(ctx, packet, &client) {
+        Ok(reason) => {
+            stats::event(if packet.icmp.is_some() {
+                Counter::NatIcmpTranslated
+            } else {
+                Counter::NatReply
+            });
             reason
         }
         Err(reason) => reason,

@@ -5,16 +5,38 @@ use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 
+/// Largest offset `ptr_at` accepts: an XDP frame fits in a page. An offset the
+/// verifier knows to be this small keeps its bounds check (it gives up on offsets that
+/// might pass 64 KiB, such as a `u16` read back from the stack).
+const MAX_OFFSET: usize = 4096;
+
 /// A pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is
 /// too short to hold it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
+    if offset > MAX_OFFSET || start + offset + mem::size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *const T)
+}
+
+/// Called first thing in a function that is a BPF-to-BPF call and takes the context:
+/// without it, LLVM passes the packet bounds as integers it has truncated, and the
+/// verifier refuses arithmetic on the end pointer. A volatile read of the context keeps
+/// the context itself the argument.
+#[inline(always)]
+pub fn keep_context(ctx: &XdpContext) {
+    // SAFETY: `ctx.ctx` is the program's context, valid for the whole run.
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data) };
+}
+
+/// Whether the frame holds at least `len` bytes. A pointer comparison: the verifier
+/// refuses arithmetic on the end pointer.
+#[inline(always)]
+pub fn within(ctx: &XdpContext, len: usize) -> bool {
+    ctx.data() + len <= ctx.data_end()
 }
 
 /// The frame's length in bytes.

@@ -1,6 +1,7 @@
 //! Header parsing: Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 (with options),
 //! IPv6 (with hop-by-hop, routing and destination-options headers), TCP, UDP, and the
-//! ICMP "too big" errors that quote a flow. The result is the flow as its client sent it.
+//! ICMP errors ("destination unreachable", "too big") that quote a flow. The result is
+//! the flow as its client sent it, and where its headers are, for the NAT rewrites.
 
 use lb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, VipAddressKey};
 use network_types::{
@@ -9,7 +10,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::packet::{frame_len, ipv4_words, ipv6_words, ptr_at, read};
+use crate::packet::{ipv4_words, ipv6_words, ptr_at, read, within};
 
 use aya_ebpf::programs::XdpContext;
 
@@ -29,6 +30,7 @@ const IPV6_MAX_EXTENSIONS: usize = 4;
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// ICMP and ICMPv6 headers are 8 bytes before the quoted packet.
 const ICMP_HEADER_LEN: usize = 8;
@@ -41,7 +43,7 @@ const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
 /// What a packet is, as far as the load balancer cares.
 pub enum Parsed {
-    /// TCP or UDP, or an ICMP too-big error quoting such a flow.
+    /// TCP or UDP, or an ICMP error quoting such a flow.
     Packet(Packet),
     /// Not IPv4 or IPv6.
     NotIp,
@@ -54,12 +56,29 @@ pub enum Parsed {
 }
 
 pub struct Packet {
-    /// The flow in the client → VIP direction.
+    /// The flow in the client → VIP direction (for a NAT reply: backend → NAT source,
+    /// the key of its `NAT_REVERSE` entry).
     pub key: FlowKey,
+    /// Offset of the IP header (offsets are kept small: the stack is 512 bytes).
+    pub l3: u16,
+    /// Offset of the TCP, UDP or ICMP header.
+    pub l4: u16,
     /// An ICMP error about the flow rather than the flow's own traffic.
-    pub icmp_too_big: bool,
+    pub icmp: Option<IcmpError>,
     /// The TCP flags byte (0 for UDP and ICMP).
     pub tcp_flags: u8,
+}
+
+/// An ICMP error quoting a packet of a flow. The quoted packet runs the other way: its
+/// source is the flow's `key.dst`.
+#[derive(Clone, Copy)]
+pub struct IcmpError {
+    /// "Fragmentation needed" / "packet too big", the only kind DSR forwards; NAT also
+    /// translates the other "destination unreachable" errors.
+    pub too_big: bool,
+    /// Offsets of the quoted IP and transport headers.
+    pub quoted_l3: u16,
+    pub quoted_l4: u16,
 }
 
 #[inline(always)]
@@ -95,7 +114,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
     if ip.vihl >> 4 != 4
         || header_len < Ipv4Hdr::LEN
         || total_len < header_len
-        || l3 + total_len > frame_len(ctx)
+        || !within(ctx, l3 + total_len)
     {
         return Parsed::Malformed;
     }
@@ -109,8 +128,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
     }
     let l4 = l3 + header_len;
     match ip.proto {
-        PROTO_TCP | PROTO_UDP => transport(ctx, l4, ip.proto, FAMILY_IPV4, src, dst),
-        PROTO_ICMP => icmpv4_too_big(ctx, l4),
+        PROTO_TCP | PROTO_UDP => transport(ctx, l3, l4, ip.proto, FAMILY_IPV4, src, dst),
+        PROTO_ICMP => icmpv4_error(ctx, l3, l4),
         _ => Parsed::NotVip,
     }
 }
@@ -121,7 +140,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
         return Parsed::Malformed;
     };
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame_len(ctx) {
+    if ip.vcf[0] >> 4 != 6 || !within(ctx, l3 + Ipv6Hdr::LEN + payload_len) {
         return Parsed::Malformed;
     }
     let (src, dst) = (ipv6_words(ip.src_addr), ipv6_words(ip.dst_addr));
@@ -148,8 +167,8 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
         }
     }
     match next {
-        PROTO_TCP | PROTO_UDP => transport(ctx, l4, next, FAMILY_IPV6, src, dst),
-        PROTO_ICMPV6 => icmpv6_too_big(ctx, l4),
+        PROTO_TCP | PROTO_UDP => transport(ctx, l3, l4, next, FAMILY_IPV6, src, dst),
+        PROTO_ICMPV6 => icmpv6_error(ctx, l3, l4),
         _ => Parsed::NotVip,
     }
 }
@@ -158,6 +177,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
+    l3: usize,
     l4: usize,
     protocol: u8,
     family: u8,
@@ -186,19 +206,22 @@ fn transport(
             family,
             _pad: [0; 2],
         },
-        icmp_too_big: false,
+        l3: l3 as u16,
+        l4: l4 as u16,
+        icmp: None,
         tcp_flags,
     })
 }
 
-/// ICMP "fragmentation needed" about a packet the VIP sent (a backend's DSR reply):
-/// the quoted packet runs VIP → client, so its flow reversed is the client's flow.
+/// ICMP "destination unreachable" about a packet the VIP sent (a backend's DSR reply:
+/// the quoted packet runs VIP → client) or a NAT flow sent (NAT source → backend). Its
+/// flow reversed is the client's flow, or the NAT reply's.
 #[inline(always)]
-fn icmpv4_too_big(ctx: &XdpContext, l4: usize) -> Parsed {
+fn icmpv4_error(ctx: &XdpContext, l3: usize, l4: usize) -> Parsed {
     let Some([icmp_type, icmp_code]) = read::<[u8; 2]>(ctx, l4) else {
         return Parsed::Malformed;
     };
-    if icmp_type != ICMP_DEST_UNREACH || icmp_code != ICMP_FRAG_NEEDED {
+    if icmp_type != ICMP_DEST_UNREACH {
         return Parsed::NotVip;
     }
     let inner = l4 + ICMP_HEADER_LEN;
@@ -210,62 +233,73 @@ fn icmpv4_too_big(ctx: &XdpContext, l4: usize) -> Parsed {
     {
         return Parsed::NotVip;
     }
-    let (vip, client) = (ipv4_words(ip.src_addr), ipv4_words(ip.dst_addr));
-    quoted_flow(ctx, inner + header_len, ip.proto, FAMILY_IPV4, vip, client)
+    let error = IcmpError {
+        too_big: icmp_code == ICMP_FRAG_NEEDED,
+        quoted_l3: inner as u16,
+        quoted_l4: (inner + header_len) as u16,
+    };
+    let (src, dst) = (ipv4_words(ip.src_addr), ipv4_words(ip.dst_addr));
+    quoted_flow(ctx, l3, l4, error, ip.proto, FAMILY_IPV4, src, dst)
 }
 
-/// ICMPv6 "packet too big", the IPv6 twin of [`icmpv4_too_big`].
+/// ICMPv6 "destination unreachable" and "packet too big", the IPv6 twin of
+/// [`icmpv4_error`].
 #[inline(always)]
-fn icmpv6_too_big(ctx: &XdpContext, l4: usize) -> Parsed {
+fn icmpv6_error(ctx: &XdpContext, l3: usize, l4: usize) -> Parsed {
     let Some([icmp_type, _code]) = read::<[u8; 2]>(ctx, l4) else {
         return Parsed::Malformed;
     };
-    if icmp_type != ICMPV6_PACKET_TOO_BIG {
+    if icmp_type != ICMPV6_PACKET_TOO_BIG && icmp_type != ICMPV6_DEST_UNREACH {
         return Parsed::NotVip;
     }
     let inner = l4 + ICMP_HEADER_LEN;
     let Some(ip) = read::<Ipv6Hdr>(ctx, inner) else {
         return Parsed::NotVip;
     };
-    let (vip, client) = (ipv6_words(ip.src_addr), ipv6_words(ip.dst_addr));
-    quoted_flow(
-        ctx,
-        inner + Ipv6Hdr::LEN,
-        ip.next_hdr,
-        FAMILY_IPV6,
-        vip,
-        client,
-    )
+    let error = IcmpError {
+        too_big: icmp_type == ICMPV6_PACKET_TOO_BIG,
+        quoted_l3: inner as u16,
+        quoted_l4: (inner + Ipv6Hdr::LEN) as u16,
+    };
+    let (src, dst) = (ipv6_words(ip.src_addr), ipv6_words(ip.dst_addr));
+    quoted_flow(ctx, l3, l4, error, ip.next_hdr, FAMILY_IPV6, src, dst)
 }
 
-/// The client's flow from the first transport bytes an ICMP error quotes (RFC 792 and
-/// RFC 4443 guarantee at least the ports).
+/// The flow from the first transport bytes an ICMP error quotes (RFC 792 and RFC 4443
+/// guarantee at least the ports), reversed: the quoted packet's destination is the
+/// flow's source.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn quoted_flow(
     ctx: &XdpContext,
+    l3: usize,
     l4: usize,
+    error: IcmpError,
     protocol: u8,
     family: u8,
-    vip: [u32; 4],
-    client: [u32; 4],
+    quoted_src: [u32; 4],
+    quoted_dst: [u32; 4],
 ) -> Parsed {
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return Parsed::NotVip;
     }
-    let Some([vip_port, client_port]) = read::<[u16; 2]>(ctx, l4) else {
+    let Some([quoted_src_port, quoted_dst_port]) = read::<[u16; 2]>(ctx, error.quoted_l4 as usize)
+    else {
         return Parsed::NotVip;
     };
     Parsed::Packet(Packet {
         key: FlowKey {
-            src: client,
-            dst: vip,
-            src_port: client_port,
-            dst_port: vip_port,
+            src: quoted_dst,
+            dst: quoted_src,
+            src_port: quoted_dst_port,
+            dst_port: quoted_src_port,
             protocol,
             family,
             _pad: [0; 2],
         },
-        icmp_too_big: true,
+        l3: l3 as u16,
+        l4: l4 as u16,
+        icmp: Some(error),
         tcp_flags: 0,
     })
 }

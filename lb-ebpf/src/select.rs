@@ -1,8 +1,9 @@
 //! Backend selection: VIP lookup, then the connection table, then the VIP's Maglev table.
+//! NAT VIPs keep their flows in the NAT tables instead (`nat.rs`).
 
 use lb_common::{
-    BACKEND_ACCEPTS_FLOWS, Counter, FLOW_CLOSING, FLOW_TOUCH_INTERVAL_NS, Flow, NO_BACKEND,
-    VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta, flow_hash,
+    BACKEND_ACCEPTS_FLOWS, Backend, Counter, FLOW_CLOSING, FLOW_TOUCH_INTERVAL_NS, Flow, FlowKey,
+    NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta, flow_hash,
 };
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
@@ -21,6 +22,18 @@ pub struct Target {
     pub new_flow: bool,
     /// `bpf_ktime_get_coarse_ns` when the packet was selected.
     pub now: u64,
+    /// NAT: the source the packet takes towards the backend. `None` for DSR.
+    pub nat: Option<NatTarget>,
+}
+
+/// A NAT flow's side towards its backend.
+#[derive(Clone, Copy)]
+pub struct NatTarget {
+    pub source: [u32; 4],
+    /// Network byte order.
+    pub source_port: u16,
+    /// Network byte order.
+    pub backend_port: u16,
 }
 
 /// Fragments carry no ports, so they cannot be matched to a flow: the ones addressed to
@@ -35,37 +48,62 @@ pub fn fragment_reason(dst: &VipAddressKey) -> Counter {
     }
 }
 
+/// The target of a packet for the DSR VIP `vip`: its flow's backend, or Maglev's pick.
 #[inline(always)]
-pub fn select(packet: &Packet) -> Result<Target, Counter> {
-    let vip = lookup_vip(packet).ok_or(Counter::PassNotVip)?;
-    // Read the clock only for VIP traffic: the host's own packets need no time.
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
+    // DSR forwards the "too big" errors about its flows to their backends; other ICMP
+    // errors are the host's.
+    if packet.icmp.is_some_and(|error| !error.too_big) {
+        return Err(Counter::PassNotVip);
+    }
+    let now = clock();
     let key = &packet.key;
-    let closing = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_CLOSING
-    } else {
-        0
-    };
+    let icmp = packet.icmp.is_some();
+    let closing = closing_flag(packet);
 
     if let Some(flow) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a map value pointer from a successful lookup.
         let backend_id = unsafe { (*flow).backend_id };
-        if let Some(backend_addr) = usable_backend(backend_id, vip.id) {
-            if !packet.icmp_too_big {
+        if let Some(backend) = usable_backend(backend_id, vip.id) {
+            if !icmp {
                 touch(flow, closing, now);
             }
             return Ok(Target {
                 vip_id: vip.id,
                 backend_id,
-                backend_addr,
+                backend_addr: backend.addr,
                 new_flow: false,
                 now,
+                nat: None,
             });
         }
         stats::event(Counter::FlowRescheduled);
     }
 
+    let (backend_id, backend) = maglev_pick(key, vip)?;
+    // An ICMP error follows its flow but never creates one.
+    let flow = Flow {
+        backend_id,
+        flags: closing,
+        nat_port: 0,
+        last_seen_ns: now,
+    };
+    if !icmp && CONNTRACK.insert(key, flow, 0).is_err() {
+        stats::event(Counter::ConntrackInsertFailed);
+    }
+    Ok(Target {
+        vip_id: vip.id,
+        backend_id,
+        backend_addr: backend.addr,
+        new_flow: !icmp,
+        now,
+        nat: None,
+    })
+}
+
+/// The backend the VIP's Maglev table gives the flow (id and entry).
+#[inline(always)]
+pub fn maglev_pick(key: &FlowKey, vip: &VipMeta) -> Result<(u32, &'static Backend), Counter> {
     if vip.ring_size == 0 {
         return Err(Counter::DropNoBackend);
     }
@@ -75,30 +113,24 @@ pub fn select(packet: &Packet) -> Result<Target, Counter> {
     if backend_id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }
-    let backend_addr = usable_backend(backend_id, vip.id).ok_or(Counter::DropNoBackend)?;
+    let backend = usable_backend(backend_id, vip.id).ok_or(Counter::DropNoBackend)?;
+    Ok((backend_id, backend))
+}
 
-    // An ICMP error follows its flow but never creates one.
-    let flow = Flow {
-        backend_id,
-        flags: closing,
-        last_seen_ns: now,
-    };
-    if !packet.icmp_too_big && CONNTRACK.insert(key, flow, 0).is_err() {
-        stats::event(Counter::ConntrackInsertFailed);
+/// `FLOW_CLOSING` for a TCP FIN or RST, else 0.
+#[inline(always)]
+pub fn closing_flag(packet: &Packet) -> u16 {
+    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_CLOSING
+    } else {
+        0
     }
-    Ok(Target {
-        vip_id: vip.id,
-        backend_id,
-        backend_addr,
-        new_flow: !packet.icmp_too_big,
-        now,
-    })
 }
 
 /// Refreshes a flow's last-seen time (at most once per `FLOW_TOUCH_INTERVAL_NS`) and
 /// marks it closing on a FIN or RST.
 #[inline(always)]
-fn touch(flow: *mut Flow, closing: u32, now: u64) {
+pub fn touch(flow: *mut Flow, closing: u16, now: u64) {
     // SAFETY: a map value pointer from a successful lookup; racing writers on other CPUs
     // can only store a similar time or the same flag.
     unsafe {
@@ -111,9 +143,17 @@ fn touch(flow: *mut Flow, closing: u32, now: u64) {
     }
 }
 
+/// `bpf_ktime_get_coarse_ns`, read only for VIP traffic: the host's own packets need no
+/// time.
+#[inline(always)]
+pub fn clock() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// The exact (address, port, protocol) VIP, else the address's every-port VIP.
 #[inline(always)]
-fn lookup_vip(packet: &Packet) -> Option<VipMeta> {
+pub fn lookup_vip(packet: &Packet) -> Option<VipMeta> {
     let key = &packet.key;
     let mut vip = VipKey {
         addr: key.dst,
@@ -130,9 +170,9 @@ fn lookup_vip(packet: &Packet) -> Option<VipMeta> {
     VIPS.get_ptr(vip).map(|meta| unsafe { *meta })
 }
 
-/// The backend's address if it still takes this VIP's flows.
+/// The backend if it still takes this VIP's flows.
 #[inline(always)]
-fn usable_backend(backend_id: u32, vip_id: u32) -> Option<[u32; 4]> {
+pub fn usable_backend(backend_id: u32, vip_id: u32) -> Option<&'static Backend> {
     let backend = BACKENDS.get(backend_id)?;
-    (backend.flags & BACKEND_ACCEPTS_FLOWS != 0 && backend.vip_id == vip_id).then_some(backend.addr)
+    (backend.flags & BACKEND_ACCEPTS_FLOWS != 0 && backend.vip_id == vip_id).then_some(backend)
 }

@@ -21,7 +21,7 @@ use std::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    config::{AdminState, CheckKind, DEFAULT_API_SOCKET, HashMode, Protocol},
+    config::{AdminState, CheckKind, DEFAULT_API_SOCKET, Forwarding, HashMode, Protocol},
     control::{
         BackendChange, BackendView, ErrorBody, FlowView, NewBackend, NewVip, ReloadOutcome, Status,
         VipStatus, VipView,
@@ -158,6 +158,12 @@ pub struct VipAddArgs {
     /// Maglev table size: a prime greater than the number of backends.
     #[arg(long, value_name = "N")]
     pub table_size: Option<u32>,
+    /// dsr or nat (default dsr).
+    #[arg(long, value_parser = parse_forwarding)]
+    pub forwarding: Option<Forwarding>,
+    /// NAT: the source address towards the backends (default: the host's own).
+    #[arg(long, value_name = "ADDR")]
+    pub nat_source: Option<IpAddr>,
     /// A backend, with its weight (default 100): 198.18.0.11, 198.18.0.11:50,
     /// 2001:db8::1, [2001:db8::1]:50. Repeat for each backend.
     #[arg(long = "backend", value_name = "ADDR[:WEIGHT]", value_parser = parse_backend_spec)]
@@ -222,11 +228,14 @@ impl VipAddArgs {
                     .map(|s| (s.key.clone(), s.value.clone()))
                     .collect()
             }),
+            forwarding: self.forwarding,
+            nat_source: self.nat_source,
             backends: self
                 .backends
                 .iter()
                 .map(|b| NewBackend {
                     address: b.address,
+                    port: None,
                     weight: b.weight,
                     state: None,
                 })
@@ -257,9 +266,8 @@ pub enum BackendCommand {
         /// Initial state: ready, drain or maint (default ready).
         #[arg(long, value_parser = parse_state)]
         state: Option<AdminState>,
-        /// Not available: backend ports apply to NAT forwarding, which weir does not
-        /// offer yet (with direct server return a backend receives the VIP's port).
-        #[arg(long, hide_short_help = true)]
+        /// NAT VIPs only: the port the backend listens on (default: the VIP's port).
+        #[arg(long)]
         port: Option<u16>,
     },
     /// Remove a backend from a VIP; its established flows move to the other backends.
@@ -318,6 +326,14 @@ pub enum BackendCommand {
     },
 }
 
+fn parse_forwarding(text: &str) -> Result<Forwarding, String> {
+    match text {
+        "dsr" => Ok(Forwarding::Dsr),
+        "nat" => Ok(Forwarding::Nat),
+        _ => Err("dsr or nat".to_owned()),
+    }
+}
+
 /// A backend address: an IP address alone, with a hint when a port is given.
 fn parse_backend_address(text: &str) -> Result<IpAddr, String> {
     if let Ok(address) = text.parse() {
@@ -325,8 +341,7 @@ fn parse_backend_address(text: &str) -> Result<IpAddr, String> {
     }
     if let Ok(socket) = text.parse::<SocketAddr>() {
         return Err(format!(
-            "give the address alone ({}): backend ports apply to NAT forwarding, which is \
-             not available yet",
+            "give the address alone ({}); a NAT backend's port goes in --port",
             socket.ip()
         ));
     }
@@ -1172,6 +1187,7 @@ pub fn render_vip(vip: &VipView) -> String {
         ("address", vip_address(vip.address, vip.port)),
         ("protocol", vip.protocol.to_string()),
         ("hash", hash_name(vip.hash).to_owned()),
+        ("forwarding", vip.forwarding.to_string()),
         ("table size", vip.table_size.to_string()),
         ("status", vip_status_name(vip.status).to_owned()),
         ("health check", check_name(vip)),
@@ -1201,9 +1217,10 @@ fn unix_now_ms() -> u64 {
 
 /// Backends with their admin state, health (`up, going down` …), the last check's
 /// result and duration, and how long ago their health last changed (`now_ms`: Unix
-/// time in milliseconds).
+/// time in milliseconds); NAT VIPs' show the port and source address the NAT uses too.
 pub fn render_backends(backends: &[BackendView], now_ms: u64) -> String {
-    let mut table = Table::new(&[
+    let nat = backends.iter().any(|b| b.nat_source.is_some());
+    let mut columns = vec![
         ("ADDRESS", Align::Left),
         ("WEIGHT", Align::Right),
         ("STATE", Align::Left),
@@ -1211,7 +1228,11 @@ pub fn render_backends(backends: &[BackendView], now_ms: u64) -> String {
         ("SINCE", Align::Right),
         ("LAST CHECK", Align::Left),
         ("FLOWS", Align::Right),
-    ]);
+    ];
+    if nat {
+        columns.extend([("PORT", Align::Right), ("NAT SOURCE", Align::Left)]);
+    }
+    let mut table = Table::new(&columns);
     for backend in backends {
         let health = &backend.health;
         let last = match (&health.last_check, health.check) {
@@ -1228,7 +1249,7 @@ pub fn render_backends(backends: &[BackendView], now_ms: u64) -> String {
         } else {
             human_duration(now_ms.saturating_sub(health.since_unix_ms) / 1000)
         };
-        table.row(vec![
+        let mut row = vec![
             backend.address.to_string(),
             backend.weight.to_string(),
             state_name(backend.state).to_owned(),
@@ -1236,7 +1257,20 @@ pub fn render_backends(backends: &[BackendView], now_ms: u64) -> String {
             since,
             last,
             backend.flows.to_string(),
-        ]);
+        ];
+        if nat {
+            row.push(
+                backend
+                    .port
+                    .map_or_else(|| "*".to_owned(), |p| p.to_string()),
+            );
+            row.push(
+                backend
+                    .nat_source
+                    .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            );
+        }
+        table.row(row);
     }
     table.render()
 }
@@ -1512,20 +1546,16 @@ fn backend(
                 client.call::<Vec<BackendView>>("GET", &backends_path(&vip), None::<&()>, 200)?;
             output.show(&a.raw, || render_backends(&a.value, unix_now_ms()))
         }
-        BackendCommand::Add { port: Some(_), .. } => Err(CliError::Usage(
-            "--port: backend ports apply to NAT forwarding, which is not available yet \
-             (with direct server return a backend receives the VIP's port)"
-                .to_owned(),
-        )),
         BackendCommand::Add {
             vip,
             address,
             weight,
             state,
-            port: None,
+            port,
         } => {
             let new = NewBackend {
                 address,
+                port,
                 weight,
                 state,
             };
@@ -1769,6 +1799,8 @@ mod tests {
                 address: "198.18.0.11".parse().unwrap(),
                 weight: 100,
                 state: AdminState::Ready,
+                port: None,
+                nat_source: None,
                 flows: 12,
                 health: HealthView {
                     check: CheckKind::Http,
@@ -1788,6 +1820,8 @@ mod tests {
                 address: "198.18.0.13".parse().unwrap(),
                 weight: 10000,
                 state: AdminState::Drain,
+                port: None,
+                nat_source: None,
                 flows: 0,
                 health: HealthView::default(),
             },
@@ -1803,6 +1837,7 @@ mod tests {
             address: "2001:db8::80".parse().unwrap(),
             port: 0,
             protocol: crate::config::Protocol::Tcp,
+            forwarding: Default::default(),
             hash: HashMode::SourceIp,
             table_size: 1021,
             status: VipStatus::Up,
@@ -2224,6 +2259,8 @@ mod tests {
             protocol: None,
             hash: None,
             table_size: Some(251),
+            forwarding: None,
+            nat_source: None,
             backends: vec![parse_backend_spec("198.18.0.11:50").unwrap()],
             health: vec![],
         }));
@@ -2231,7 +2268,7 @@ mod tests {
         assert_eq!(
             out,
             "name          web\naddress       192.0.2.1:80\nprotocol      tcp\nhash          5-tuple\n\
-             table size    251\nstatus        up\nhealth check  none\n\n\
+             forwarding    dsr\ntable size    251\nstatus        up\nhealth check  none\n\n\
              ADDRESS      WEIGHT  STATE  HEALTH  SINCE  LAST CHECK  FLOWS\n\
              198.18.0.11      50  ready  up          -  -               0\n"
         );
@@ -2347,21 +2384,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn port_is_refused_as_a_usage_error() {
-        let dir = TempSocket::new();
-        let command = AdminCommand::Backend(BackendCommand::Add {
-            vip: "web".into(),
-            address: "198.18.0.20".parse().unwrap(),
-            weight: None,
-            state: None,
-            port: Some(8080),
-        });
-        let error = run_against(&dir.path(), command, false).unwrap_err();
-        assert_eq!(error.exit_code(), 2);
-        assert!(error.to_string().contains("NAT forwarding"), "{error}");
-    }
-
     /// The commands against the real server: the wire format agrees both ways.
     #[test]
     fn commands_against_the_real_server() {
@@ -2372,6 +2394,7 @@ mod tests {
             address: "2001:db8::80".parse().unwrap(),
             port: 80,
             protocol: crate::config::Protocol::Tcp,
+            forwarding: Default::default(),
             hash: HashMode::FiveTuple,
             table_size: 251,
             status: VipStatus::Up,
@@ -2379,6 +2402,8 @@ mod tests {
                 address: "2001:db8::1".parse().unwrap(),
                 weight: 100,
                 state: AdminState::Ready,
+                port: None,
+                nat_source: None,
                 flows: 3,
                 health: HealthView::default(),
             }],

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lb_common::{
-    DEFAULT_CONNTRACK_ENTRIES, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, PROTO_TCP, PROTO_UDP,
+    DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_ENTRIES, FlowTimeouts, MAX_BACKENDS, MAX_INTERFACES,
+    MAX_VIPS, PROTO_TCP, PROTO_UDP,
 };
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
@@ -36,11 +37,24 @@ pub const DEFAULT_API_SOCKET: &str = "/run/weir/api.sock";
 /// Bounds of `agent.conntrack_entries`.
 pub const MIN_CONNTRACK_ENTRIES: u32 = 1024;
 pub const MAX_CONNTRACK_ENTRIES: u32 = 1 << 26;
+/// Bounds of `agent.nat_entries`.
+pub const MIN_NAT_ENTRIES: u32 = 16;
+pub const MAX_NAT_ENTRIES: u32 = 1 << 24;
+/// Default of `flows.nat_ports`: below Linux's default ephemeral range (32768-60999,
+/// `net.ipv4.ip_local_port_range`), so that the host's own connections to backends
+/// (health checks, for one) never meet a NAT flow's address and port.
+pub const DEFAULT_NAT_PORTS: PortRange = PortRange {
+    first: 1024,
+    last: 32767,
+};
+/// Largest flow timeout, in seconds (a day).
+pub const MAX_FLOW_TIMEOUT_SECS: u32 = 86_400;
 
 /// A validated configuration. Serializes back to the file format (same key names).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub agent: AgentConfig,
+    pub flows: FlowSettings,
     #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
     /// Route announcement: the serving VIPs' addresses kept on a dummy interface, for a
@@ -78,6 +92,93 @@ pub struct AgentConfig {
     pub api_listen: Option<std::net::SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token_file: Option<PathBuf>,
+    /// Capacity of each NAT table: concurrent NAT flows.
+    pub nat_entries: u32,
+}
+
+/// `[flows]`: when a flow is over, and the NAT source ports. Applied on reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowSettings {
+    /// Seconds without a packet from the client after which a TCP flow is over.
+    pub tcp_idle_timeout: u32,
+    /// Seconds without a packet from the client after which a UDP flow is over.
+    pub udp_idle_timeout: u32,
+    /// Seconds a TCP flow lingers after a FIN or RST (late retransmissions, the last ACK).
+    pub tcp_linger: u32,
+    /// The source ports NAT flows use towards backends.
+    pub nat_ports: PortRange,
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        const SECOND: u64 = 1_000_000_000;
+        let defaults = FlowTimeouts::DEFAULT;
+        FlowSettings {
+            tcp_idle_timeout: (defaults.tcp_idle_ns / SECOND) as u32,
+            udp_idle_timeout: (defaults.udp_idle_ns / SECOND) as u32,
+            tcp_linger: (defaults.closing_linger_ns / SECOND) as u32,
+            nat_ports: DEFAULT_NAT_PORTS,
+        }
+    }
+}
+
+impl FlowSettings {
+    /// The program's view (`NAT_CONFIG`); the port range only when a VIP uses NAT, so
+    /// that without one no reply is ever looked up.
+    pub fn timeouts(&self, nat: bool) -> FlowTimeouts {
+        const SECOND: u64 = 1_000_000_000;
+        FlowTimeouts {
+            tcp_idle_ns: self.tcp_idle_timeout as u64 * SECOND,
+            udp_idle_ns: self.udp_idle_timeout as u64 * SECOND,
+            closing_linger_ns: self.tcp_linger as u64 * SECOND,
+            nat_port_first: if nat { self.nat_ports.first as u32 } else { 0 },
+            nat_port_count: if nat { self.nat_ports.count() } else { 0 },
+        }
+    }
+}
+
+/// An inclusive range of ports, written `"first-last"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// How many ports (never 0: validation refuses an empty range).
+    pub fn count(&self) -> u32 {
+        self.last as u32 - self.first as u32 + 1
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || format!("{text:?} is not a port range \"first-last\" (1024-65535)");
+        let (first, last) = text.split_once('-').ok_or_else(invalid)?;
+        let first: u16 = first.trim().parse().map_err(|_| invalid())?;
+        let last: u16 = last.trim().parse().map_err(|_| invalid())?;
+        if first < 1024 || last < first {
+            return Err(format!(
+                "{text:?}: the range must lie within 1024-65535 and not be empty \
+                 (ports below 1024 are the host's services)"
+            ));
+        }
+        Ok(PortRange { first, last })
+    }
 }
 
 /// How the XDP program is attached.
@@ -99,6 +200,10 @@ pub struct VipConfig {
     pub port: u16,
     pub protocol: Protocol,
     pub forwarding: Forwarding,
+    /// NAT: the load balancer's address towards the backends; by default the address
+    /// the kernel would use to reach each backend (its egress interface's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<IpAddr>,
     pub hash: HashMode,
     /// Maglev table size: prime, greater than the number of backends.
     pub table_size: u32,
@@ -311,14 +416,25 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// How packets reach a backend. Only direct server return exists in this version; the
-/// file format already names "nat" so that it can be refused precisely.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+/// How packets reach a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// Direct server return: only the MAC addresses are rewritten.
     #[default]
     Dsr,
+    /// Full NAT: destination → backend, source → the load balancer; replies come back
+    /// through it and are translated back.
+    Nat,
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Forwarding::Dsr => "dsr",
+            Forwarding::Nat => "nat",
+        })
+    }
 }
 
 /// What Maglev hashes to pick a backend for a new flow.
@@ -336,6 +452,10 @@ pub enum HashMode {
 pub struct BackendConfig {
     /// Same address family as the VIP: DSR rewrites MAC addresses only.
     pub address: IpAddr,
+    /// NAT: the port the backend listens on; by default the VIP's port (a VIP on every
+    /// port keeps the client's destination port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Share of new flows; 0 sends it none while its established flows continue.
     pub weight: u32,
     /// What the operator allows it to receive, as HAProxy's admin states.
@@ -475,6 +595,7 @@ impl Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     agent: Option<RawAgent>,
+    flows: Option<RawFlows>,
     #[serde(default)]
     vip: Vec<RawVip>,
     announce: Option<RawAnnounce>,
@@ -515,6 +636,16 @@ struct RawAgent {
     api_socket: Option<Spanned<String>>,
     api_listen: Option<Spanned<String>>,
     api_token_file: Option<Spanned<String>>,
+    nat_entries: Option<Spanned<Integer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlows {
+    tcp_idle_timeout: Option<Spanned<Integer>>,
+    udp_idle_timeout: Option<Spanned<Integer>>,
+    tcp_linger: Option<Spanned<Integer>>,
+    nat_ports: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -524,7 +655,8 @@ struct RawVip {
     address: Option<Spanned<String>>,
     port: Option<Spanned<Integer>>,
     protocol: Option<Protocol>,
-    forwarding: Option<Spanned<RawForwarding>>,
+    forwarding: Option<Forwarding>,
+    nat_source: Option<Spanned<String>>,
     hash: Option<HashMode>,
     table_size: Option<Spanned<Integer>>,
     health: Option<RawHealth>,
@@ -553,15 +685,9 @@ struct RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     address: Option<Spanned<String>>,
+    port: Option<Spanned<Integer>>,
     weight: Option<Spanned<Integer>>,
     state: Option<AdminState>,
-}
-
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RawForwarding {
-    Dsr,
-    Nat,
 }
 
 /// A TOML integer of any size, range-checked by validation so that the error can state
@@ -751,8 +877,13 @@ impl RawConfig {
             Some(vrrp) => Some(vrrp.validate(src, &vips)?),
             None => None,
         };
+        let flows = match &self.flows {
+            Some(flows) => flows.validate(src)?,
+            None => FlowSettings::default(),
+        };
         Ok(Config {
             agent,
+            flows,
             vips,
             announce,
             vrrp,
@@ -844,7 +975,12 @@ impl RawAgent {
             }
             None => None,
         };
+        let nat_entries = match &self.nat_entries {
+            Some(v) => src.integer(v, "agent.nat_entries", MIN_NAT_ENTRIES, MAX_NAT_ENTRIES)?,
+            None => DEFAULT_NAT_ENTRIES,
+        };
         Ok(AgentConfig {
+            nat_entries,
             interfaces,
             xdp_mode: self.xdp_mode.unwrap_or_default(),
             conntrack_entries,
@@ -853,6 +989,37 @@ impl RawAgent {
             api_socket,
             api_listen,
             api_token_file,
+        })
+    }
+}
+
+impl RawFlows {
+    fn validate(&self, src: &Source<'_>) -> Result<FlowSettings, ConfigError> {
+        let defaults = FlowSettings::default();
+        let seconds = |value: &Option<Spanned<Integer>>, key: &str, default: u32| match value {
+            Some(v) => src.integer(v, &format!("flows.{key}"), 1, MAX_FLOW_TIMEOUT_SECS),
+            None => Ok(default),
+        };
+        let nat_ports = match &self.nat_ports {
+            Some(text) => text
+                .get_ref()
+                .parse()
+                .map_err(|message: String| src.error_at(text, "flows.nat_ports", message))?,
+            None => defaults.nat_ports,
+        };
+        Ok(FlowSettings {
+            tcp_idle_timeout: seconds(
+                &self.tcp_idle_timeout,
+                "tcp_idle_timeout",
+                defaults.tcp_idle_timeout,
+            )?,
+            udp_idle_timeout: seconds(
+                &self.udp_idle_timeout,
+                "udp_idle_timeout",
+                defaults.udp_idle_timeout,
+            )?,
+            tcp_linger: seconds(&self.tcp_linger, "tcp_linger", defaults.tcp_linger)?,
+            nat_ports,
         })
     }
 }
@@ -889,15 +1056,27 @@ impl RawVip {
             0,
             u16::MAX,
         )?;
-        let forwarding = match &self.forwarding {
-            None => Forwarding::Dsr,
-            Some(f) => match f.get_ref() {
-                RawForwarding::Dsr => Forwarding::Dsr,
-                RawForwarding::Nat => {
-                    let message = "NAT forwarding is not available in this version; use \"dsr\" (direct server return)";
-                    return Err(src.error_at(f, &format!("{key}.forwarding"), message));
+        let forwarding = self.forwarding.unwrap_or_default();
+        let nat_source = match &self.nat_source {
+            None => None,
+            Some(value) => {
+                let nat_key = format!("{key}.nat_source");
+                if forwarding != Forwarding::Nat {
+                    let message =
+                        "only NAT forwarding has a source address (set forwarding = \"nat\")";
+                    return Err(src.error_at(value, &nat_key, message));
                 }
-            },
+                let nat_source = src.address(value, &nat_key)?;
+                if nat_source.is_ipv4() != address.is_ipv4() {
+                    let message = format!(
+                        "{nat_source} is {} but the VIP address {address} is {}",
+                        family(nat_source),
+                        family(address)
+                    );
+                    return Err(src.error_at(value, &nat_key, message));
+                }
+                Some(nat_source)
+            }
         };
 
         let mut backends: Vec<BackendConfig> = Vec::with_capacity(self.backend.len());
@@ -919,13 +1098,32 @@ impl RawVip {
             let address_value = src.required(&backend.address, &backend_table, &address_key)?;
             let backend_address = src.address(address_value, &address_key)?;
             if backend_address.is_ipv4() != address.is_ipv4() {
+                let why = match forwarding {
+                    Forwarding::Dsr => "DSR rewrites only MAC addresses",
+                    Forwarding::Nat => "NAT does not translate between families",
+                };
                 let message = format!(
-                    "backend {backend_address} is {} but the VIP address {address} is {}; DSR rewrites only MAC addresses, so a backend must have its VIP's address family",
+                    "backend {backend_address} is {} but the VIP address {address} is {}; {why}, so a backend must have its VIP's address family",
                     family(backend_address),
                     family(address)
                 );
                 return Err(src.error_at(address_value, &address_key, message));
             }
+            let backend_port = match &backend.port {
+                None => None,
+                Some(value) => {
+                    let port_key = format!("{backend_key}.port");
+                    if forwarding != Forwarding::Nat {
+                        let message = "DSR cannot change the port: the backend receives the client's packet as sent (use forwarding = \"nat\")";
+                        return Err(src.error_at(value, &port_key, message));
+                    }
+                    if port == 0 {
+                        let message = "a VIP on every port (port = 0) keeps the client's destination port; remove the backend port";
+                        return Err(src.error_at(value, &port_key, message));
+                    }
+                    Some(src.integer(value, &port_key, 1, u16::MAX)?)
+                }
+            };
             if let Some(first) = backends.iter().position(|b| b.address == backend_address) {
                 let message = format!(
                     "backend {backend_address} is already listed as {key}.backend[{first}]"
@@ -938,6 +1136,7 @@ impl RawVip {
             };
             backends.push(BackendConfig {
                 address: backend_address,
+                port: backend_port,
                 weight,
                 state: backend.state.unwrap_or_default(),
             });
@@ -987,6 +1186,7 @@ impl RawVip {
             port,
             protocol,
             forwarding,
+            nat_source,
             hash: self.hash.unwrap_or_default(),
             table_size,
             health,
@@ -1468,6 +1668,7 @@ weight = 10000
     fn full_config_with_defaults() {
         let config = parse(FULL).expect("valid");
         let expected = Config {
+            flows: FlowSettings::default(),
             agent: AgentConfig {
                 interfaces: vec!["eth0".into(), "eth1".into()],
                 xdp_mode: XdpMode::Native,
@@ -1477,6 +1678,7 @@ weight = 10000
                 api_socket: PathBuf::from(DEFAULT_API_SOCKET),
                 api_listen: None,
                 api_token_file: None,
+                nat_entries: DEFAULT_NAT_ENTRIES,
             },
             vips: vec![
                 VipConfig {
@@ -1485,16 +1687,19 @@ weight = 10000
                     port: 80,
                     protocol: Protocol::Tcp,
                     forwarding: Forwarding::Dsr,
+                    nat_source: None,
                     hash: HashMode::FiveTuple,
                     table_size: maglev::DEFAULT_TABLE_SIZE,
                     health: HealthConfig::default_for(Protocol::Tcp, 80),
                     backends: vec![
                         BackendConfig {
+                            port: None,
                             address: ip("198.18.1.11"),
                             weight: DEFAULT_WEIGHT,
                             state: AdminState::Ready,
                         },
                         BackendConfig {
+                            port: None,
                             address: ip("198.18.1.12"),
                             weight: 0,
                             state: AdminState::Drain,
@@ -1507,10 +1712,12 @@ weight = 10000
                     port: 53,
                     protocol: Protocol::Udp,
                     forwarding: Forwarding::Dsr,
+                    nat_source: None,
                     hash: HashMode::SourceIp,
                     table_size: 251,
                     health: HealthConfig::default_for(Protocol::Udp, 53),
                     backends: vec![BackendConfig {
+                        port: None,
                         address: ip("2001:db8::1:53"),
                         weight: 10_000,
                         state: AdminState::Ready,
@@ -1573,7 +1780,7 @@ vip = [
         let bad = "agent = { interfaces = [\"eth0\"] }\nvip = [{ name = \"web\", address = \"198.18.0.10\", port = 80, backend = [{ address = \"198.18.1.11\", wieght = 1 }] }]\n";
         assert_eq!(
             error(bad),
-            "weir.toml:2:98: vip[0].backend[0].wieght: unknown field `wieght`, expected one of `address`, `weight`, `state`"
+            "weir.toml:2:98: vip[0].backend[0].wieght: unknown field `wieght`, expected one of `address`, `port`, `weight`, `state`"
         );
     }
 
@@ -1617,7 +1824,7 @@ vip = [
     fn unknown_keys_are_errors() {
         assert_eq!(
             error(&format!("{AGENT}xdp = \"native\"\n")),
-            "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`, `bpf_pin_dir`, `state_dir`, `api_socket`, `api_listen`, `api_token_file`"
+            "weir.toml:3:1: agent.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `conntrack_entries`, `bpf_pin_dir`, `state_dir`, `api_socket`, `api_listen`, `api_token_file`, `nat_entries`"
         );
         assert!(
             error(&format!("{AGENT}[agnet]\n"))
@@ -1646,11 +1853,91 @@ vip = [
     }
 
     #[test]
-    fn nat_is_rejected() {
+    fn nat_vips_and_their_settings() {
+        let config = parse(&web(
+            "port = 80\nforwarding = \"nat\"\nnat_source = \"198.18.0.1\"\n\
+             [[vip.backend]]\naddress = \"198.18.1.11\"\nport = 8080\n\
+             [[vip.backend]]\naddress = \"198.18.1.12\"\n",
+        ))
+        .expect("valid");
+        let vip = &config.vips[0];
+        assert_eq!(vip.forwarding, Forwarding::Nat);
+        assert_eq!(vip.nat_source, Some(ip("198.18.0.1")));
+        assert_eq!(vip.backends[0].port, Some(8080));
+        assert_eq!(vip.backends[1].port, None, "defaults to the VIP's port");
+        assert_eq!(config.flows, FlowSettings::default());
         assert_eq!(
-            error(&web("port = 80\nforwarding = \"nat\"\n")),
-            "weir.toml:8:14: vip[0].forwarding: NAT forwarding is not available in this version; use \"dsr\" (direct server return)"
+            config.flows.nat_ports,
+            PortRange {
+                first: 1024,
+                last: 32767
+            }
         );
+
+        assert_eq!(
+            error(&web(
+                "port = 80\n[[vip.backend]]\naddress = \"198.18.1.11\"\nport = 8080\n"
+            )),
+            "weir.toml:10:8: vip[0].backend[0].port: DSR cannot change the port: the backend receives the client's packet as sent (use forwarding = \"nat\")"
+        );
+        assert_eq!(
+            error(&web(
+                "port = 0\nforwarding = \"nat\"\n[[vip.backend]]\naddress = \"198.18.1.11\"\nport = 8080\n"
+            )),
+            "weir.toml:11:8: vip[0].backend[0].port: a VIP on every port (port = 0) keeps the client's destination port; remove the backend port"
+        );
+        assert_eq!(
+            error(&web("port = 80\nnat_source = \"198.18.0.1\"\n")),
+            "weir.toml:8:14: vip[0].nat_source: only NAT forwarding has a source address (set forwarding = \"nat\")"
+        );
+        assert_eq!(
+            error(&web(
+                "port = 80\nforwarding = \"nat\"\nnat_source = \"2001:db8::1\"\n"
+            )),
+            "weir.toml:9:14: vip[0].nat_source: 2001:db8::1 is IPv6 but the VIP address 198.18.0.10 is IPv4"
+        );
+        assert!(
+            error(&web(
+                "port = 80\nforwarding = \"nat\"\n[[vip.backend]]\naddress = \"2001:db8::1\"\n"
+            ))
+            .contains("NAT does not translate between families")
+        );
+    }
+
+    #[test]
+    fn flow_settings() {
+        let config = parse(&format!(
+            "{AGENT}nat_entries = 4096\n[flows]\ntcp_idle_timeout = 600\nudp_idle_timeout = 10\n\
+             tcp_linger = 5\nnat_ports = \"40000-40009\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.agent.nat_entries, 4096);
+        assert_eq!(
+            config.flows,
+            FlowSettings {
+                tcp_idle_timeout: 600,
+                udp_idle_timeout: 10,
+                tcp_linger: 5,
+                nat_ports: PortRange {
+                    first: 40000,
+                    last: 40009
+                },
+            }
+        );
+        let timeouts = config.flows.timeouts(true);
+        assert_eq!(
+            (timeouts.nat_port_first, timeouts.nat_port_count),
+            (40000, 10)
+        );
+        assert_eq!(timeouts.udp_idle_ns, 10_000_000_000);
+        assert_eq!(config.flows.timeouts(false).nat_port_count, 0);
+
+        let flows = |text: &str| error(&format!("{AGENT}[flows]\n{text}\n"));
+        assert!(flows("nat_ports = \"100-200\"").contains("must lie within 1024-65535"));
+        assert!(flows("nat_ports = \"5000-4000\"").contains("not be empty"));
+        assert!(flows("nat_ports = \"5000\"").contains("is not a port range"));
+        assert!(flows("tcp_linger = 0").contains("flows.tcp_linger: must be in 1..=86400"));
+        assert!(flows("udp_timeout = 3").contains("unknown field"));
     }
 
     #[test]

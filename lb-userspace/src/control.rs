@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{AdminState, CheckKind, HashMode, Protocol},
+    config::{AdminState, CheckKind, Forwarding, HashMode, Protocol},
     health::Operational,
     report::StatsReport,
     vrrp::state::State as VrrpState,
@@ -106,6 +106,9 @@ pub struct VipView {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    /// `dsr` or `nat` (absent from older agents: DSR).
+    #[serde(default)]
+    pub forwarding: Forwarding,
     pub hash: HashMode,
     pub table_size: u32,
     /// `down` when no backend can take new flows (none ready, weighted and UP): its new
@@ -132,6 +135,12 @@ pub struct BackendView {
     pub state: AdminState,
     /// Live entries of the connection table on this backend.
     pub flows: u64,
+    /// NAT: the port the backend receives on (absent: the client's destination port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// NAT: the load balancer's source address towards the backend, as programmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<IpAddr>,
     #[serde(default)]
     pub health: HealthView,
 }
@@ -182,6 +191,9 @@ pub struct LastCheck {
 #[serde(deny_unknown_fields)]
 pub struct NewBackend {
     pub address: IpAddr,
+    /// NAT only: the port the backend listens on (default: the VIP's port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
@@ -207,6 +219,12 @@ pub struct NewVip {
     /// (`{"kind": "http", "path": "/health", "interval": "500ms"}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// dsr or nat (default dsr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<Forwarding>,
+    /// NAT only: the source address towards the backends (default: the host's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<NewBackend>,
 }
@@ -401,6 +419,7 @@ pub(crate) mod fake {
                 address: new.address,
                 port: new.port,
                 protocol: new.protocol.unwrap_or_default(),
+                forwarding: Default::default(),
                 hash: new.hash.unwrap_or_default(),
                 table_size: new.table_size.unwrap_or(65_537),
                 status: Default::default(),
@@ -411,6 +430,8 @@ pub(crate) mod fake {
                         address: b.address,
                         weight: b.weight.unwrap_or(100),
                         state: b.state.unwrap_or_default(),
+                        port: None,
+                        nat_source: None,
                         flows: 0,
                         health: Default::default(),
                     })
@@ -442,6 +463,8 @@ pub(crate) mod fake {
                 address: new.address,
                 weight: new.weight.unwrap_or(100),
                 state: new.state.unwrap_or_default(),
+                port: None,
+                nat_source: None,
                 flows: 0,
                 health: Default::default(),
             };

@@ -1,11 +1,16 @@
 //! The XDP program and its maps: loading, attaching, applying [`MapWrite`]s and reading
 //! counters. The only module that talks to the kernel's BPF side.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
+    },
     programs::{
         ProgramError, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -13,13 +18,14 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, NextHop, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey,
-    VipMeta, map_names,
+    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NextHop, PROGRAM_NAME,
+    TrafficCounters, VipAddressKey, VipKey, VipMeta, map_names,
 };
 use tracing::warn;
 
 use crate::{
     config::XdpMode,
+    flows::{Sweep, sweep_decision},
     pins::{PinError, Pins, map_specs},
     plan::MapWrite,
 };
@@ -72,6 +78,8 @@ pub enum DataplaneError {
 pub struct LoadOptions {
     pub conntrack_entries: u32,
     pub maglev_ring_entries: u32,
+    /// Capacity of each NAT table (`NAT_FLOWS`, `NAT_REVERSE`).
+    pub nat_entries: u32,
     /// `None`: nothing is pinned and everything goes away with the `Dataplane` (tests).
     pub pins: Option<Pins>,
 }
@@ -98,8 +106,8 @@ pub struct ProgrammedVip {
 #[derive(Clone, Debug, Default)]
 pub struct ProgrammedState {
     pub vips: Vec<ProgrammedVip>,
-    /// Backends in use, by id.
     pub backends: Vec<(u32, Backend)>,
+    pub timeouts: FlowTimeouts,
 }
 
 /// An attachment and what keeps it alive: a pin, which outlives the agent, or (pinning
@@ -123,6 +131,12 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     next_hops: PerCpuArray<MapData, NextHop>,
+    nat_flows: HashMap<MapData, FlowKey, Flow>,
+    nat_reverse: HashMap<MapData, FlowKey, FlowKey>,
+    nat_config: Array<MapData, FlowTimeouts>,
+    /// Holds `weir_nat` for `weir_xdp`'s tail call. Kept open: the kernel empties a
+    /// program array when its last user reference (an fd or a pin) goes.
+    _nat_program: ProgramArray<MapData>,
     links: Vec<AttachedLink>,
     pins: Option<Pins>,
     /// The maps were pinned by a previous agent and adopted, not created.
@@ -150,11 +164,17 @@ impl Dataplane {
     /// pins, maps a previous agent pinned are adopted (after checking their layout) and
     /// missing ones are created and pinned.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
-        let specs = map_specs(options.conntrack_entries, options.maglev_ring_entries);
+        let specs = map_specs(
+            options.conntrack_entries,
+            options.maglev_ring_entries,
+            options.nat_entries,
+        );
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::CONNTRACK, options.conntrack_entries)
-            .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries);
+            .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries)
+            .map_max_entries(map_names::NAT_FLOWS, options.nat_entries)
+            .map_max_entries(map_names::NAT_REVERSE, options.nat_entries);
         let mut adopted = false;
         if let Some(pins) = &options.pins {
             pins.create_dirs()?;
@@ -166,6 +186,18 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
+        // The NAT program goes into the tail-call slot before anything is attached (in
+        // an adopted dataplane, the old program starts calling the new one: same layout).
+        let nat = xdp_program_mut(&mut ebpf, NAT_PROGRAM_NAME)?;
+        nat.load()?;
+        let nat_fd = nat
+            .fd()?
+            .try_clone()
+            .map_err(|err| DataplaneError::Program(ProgramError::IOError(err)))?;
+        let mut nat_program: ProgramArray<MapData> = take(&mut ebpf, map_names::NAT_PROGRAM)?;
+        nat_program
+            .set(0, &nat_fd, 0)
+            .map_err(map_err(map_names::NAT_PROGRAM))?;
         if let Some(pins) = &options.pins {
             // What the program declares must be what this agent expects (and adopts).
             pins.check(&specs)?;
@@ -182,6 +214,10 @@ impl Dataplane {
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
             next_hops: take(&mut ebpf, map_names::NEXT_HOPS)?,
+            nat_flows: take(&mut ebpf, map_names::NAT_FLOWS)?,
+            nat_reverse: take(&mut ebpf, map_names::NAT_REVERSE)?,
+            nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
+            _nat_program: nat_program,
             links: Vec::new(),
             pins: options.pins,
             adopted,
@@ -346,6 +382,10 @@ impl Dataplane {
                 .vip_addresses
                 .remove(key)
                 .map_err(map_err(map_names::VIP_ADDRESSES)),
+            MapWrite::SetFlowTimeouts { timeouts } => self
+                .nat_config
+                .set(0, timeouts, 0)
+                .map_err(map_err(map_names::NAT_CONFIG)),
         }
     }
 
@@ -396,15 +436,105 @@ impl Dataplane {
                 backends.push((id, backend));
             }
         }
-        Ok(ProgrammedState { vips, backends })
+        let timeouts = self
+            .nat_config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NAT_CONFIG))?;
+        Ok(ProgrammedState {
+            vips,
+            backends,
+            timeouts,
+        })
     }
 
-    /// Live entries of the connection table.
+    /// Entries of the connection table and the NAT flows.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
-        self.conntrack
+        let mut flows: Vec<(FlowKey, Flow)> = self
+            .conntrack
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::CONNTRACK))
+            .map_err(map_err(map_names::CONNTRACK))?;
+        for entry in self.nat_flows.iter() {
+            flows.push(entry.map_err(map_err(map_names::NAT_FLOWS))?);
+        }
+        Ok(flows)
+    }
+
+    /// The NAT flow of a client flow key.
+    pub fn nat_flow(&self, client: &FlowKey) -> Option<Flow> {
+        self.nat_flows.get(client, 0).ok()
+    }
+
+    /// Overwrites a NAT flow (operators' and tests' tool: age a flow, mark it closing).
+    pub fn set_nat_flow(&mut self, client: &FlowKey, flow: &Flow) -> Result<(), DataplaneError> {
+        self.nat_flows
+            .insert(client, flow, 0)
+            .map_err(map_err(map_names::NAT_FLOWS))
+    }
+
+    /// The NAT reply entries: reply key → client flow key.
+    pub fn nat_replies(&self) -> Result<Vec<(FlowKey, FlowKey)>, DataplaneError> {
+        self.nat_reverse
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::NAT_REVERSE))
+    }
+
+    /// The flow timeouts the program uses (`NAT_CONFIG`).
+    pub fn flow_timeouts(&self) -> Result<FlowTimeouts, DataplaneError> {
+        self.nat_config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NAT_CONFIG))
+    }
+
+    /// Removes the NAT entries of flows that have ended at `now_ns`: reply entries first
+    /// (see [`crate::flows::sweep_decision`]), then the flows. A reply entry without a
+    /// flow may be a flow being created this very instant (the program writes the reply
+    /// entry first), so it goes only when `suspects`, carried from one sweep to the next,
+    /// already held it. Returns how many flows were removed.
+    pub fn sweep_nat(
+        &mut self,
+        now_ns: u64,
+        suspects: &mut HashSet<FlowKey>,
+    ) -> Result<usize, DataplaneError> {
+        let timeouts = self.flow_timeouts()?;
+        let mut orphans = HashSet::new();
+        for (reply, client) in self.nat_replies()? {
+            let flow = self.nat_flows.get(&client, 0).ok();
+            let remove = match sweep_decision(&reply, flow.as_ref(), &timeouts, now_ns) {
+                Sweep::Keep => false,
+                Sweep::Orphan => {
+                    orphans.insert(reply);
+                    suspects.contains(&reply)
+                }
+                Sweep::Ended => true,
+            };
+            // Re-read right before deleting: the program may have handed the port to a
+            // new flow since.
+            if remove && self.nat_reverse.get(&reply, 0).ok() == Some(client) {
+                let _ = self.nat_reverse.remove(&reply);
+            }
+        }
+        *suspects = orphans;
+        let flows: Vec<(FlowKey, Flow)> = self
+            .nat_flows
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::NAT_FLOWS))?;
+        let mut removed = 0;
+        for (client, flow) in flows {
+            let still_expired = |flow: &Flow| timeouts.expired(flow, client.protocol, now_ns);
+            if still_expired(&flow)
+                && self
+                    .nat_flows
+                    .get(&client, 0)
+                    .is_ok_and(|current| still_expired(&current))
+            {
+                let _ = self.nat_flows.remove(&client);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// One backend entry as the program sees it.
@@ -458,12 +588,17 @@ fn attach_new(
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let program = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or(DataplaneError::Missing {
-            kind: "program",
-            name: PROGRAM_NAME,
-        })?;
+    xdp_program_mut(ebpf, PROGRAM_NAME)
+}
+
+fn xdp_program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DataplaneError> {
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Missing {
+        kind: "program",
+        name,
+    })?;
     program.try_into().map_err(DataplaneError::Program)
 }
 

@@ -1,29 +1,40 @@
-//! When a connection-table entry stands for a live connection. The table is an LRU: an
-//! entry stays until the space is needed, long after its connection ended, so liveness
-//! comes from the entry's last-seen time and closing flag (kept by the XDP program).
+//! When a flow-table entry stands for a live connection. The connection table is an LRU:
+//! an entry stays until the space is needed, long after its connection ended, so
+//! liveness comes from the entry's last-seen time and closing flag (kept by the XDP
+//! program). The NAT tables are plain hashes: the agent sweeps their ended entries.
 
-use lb_common::{FLOW_CLOSING, FLOW_TOUCH_INTERVAL_NS, Flow, PROTO_UDP};
-
-/// A TCP flow with no packet for this long is over (a silent peer, a lost FIN).
-pub const TCP_IDLE_NS: u64 = 300_000_000_000;
-/// A UDP flow with no packet for this long is over.
-pub const UDP_IDLE_NS: u64 = 30_000_000_000;
-/// A flow whose client sent FIN or RST is over once its packets stop for this long.
-pub const CLOSING_LINGER_NS: u64 = 2_000_000_000;
+use lb_common::{Flow, FlowKey, FlowTimeouts};
 
 /// Whether `flow` (of `protocol`) is still a live connection at `now_ns`
 /// (CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns`).
-pub fn is_live(flow: &Flow, protocol: u8, now_ns: u64) -> bool {
-    let quiet = now_ns.saturating_sub(flow.last_seen_ns);
-    // `last_seen_ns` is refreshed once per touch interval only.
-    let limit = if flow.flags & FLOW_CLOSING != 0 {
-        CLOSING_LINGER_NS
-    } else if protocol == PROTO_UDP {
-        UDP_IDLE_NS
-    } else {
-        TCP_IDLE_NS
-    };
-    quiet < limit + FLOW_TOUCH_INTERVAL_NS
+pub fn is_live(flow: &Flow, protocol: u8, now_ns: u64, timeouts: &FlowTimeouts) -> bool {
+    !timeouts.expired(flow, protocol, now_ns)
+}
+
+/// What the NAT sweep does with a reply entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    Keep,
+    /// Its flow has ended, or has moved on to another port: remove it.
+    Ended,
+    /// No flow at all: remove it if that is still so at the next sweep.
+    Orphan,
+}
+
+/// The fate of the reply entry `reply` whose client flow is `flow` (as the NAT_FLOWS
+/// entry of its client key reads now).
+pub fn sweep_decision(
+    reply: &FlowKey,
+    flow: Option<&Flow>,
+    timeouts: &FlowTimeouts,
+    now_ns: u64,
+) -> Sweep {
+    match flow {
+        None => Sweep::Orphan,
+        Some(flow) if flow.nat_port != reply.dst_port => Sweep::Ended,
+        Some(flow) if timeouts.expired(flow, reply.protocol, now_ns) => Sweep::Ended,
+        Some(_) => Sweep::Keep,
+    }
 }
 
 /// The current CLOCK_MONOTONIC_COARSE time in nanoseconds.
@@ -36,16 +47,18 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::PROTO_TCP;
+    use lb_common::{FLOW_CLOSING, PROTO_TCP, PROTO_UDP};
 
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
+    const DEFAULT: FlowTimeouts = FlowTimeouts::DEFAULT;
 
-    fn flow(flags: u32, last_seen_ns: u64) -> Flow {
+    fn flow(flags: u16, last_seen_ns: u64) -> Flow {
         Flow {
             backend_id: 1,
             flags,
+            nat_port: 0,
             last_seen_ns,
         }
     }
@@ -53,21 +66,88 @@ mod tests {
     #[test]
     fn open_flows_live_until_their_idle_timeout() {
         let now = 1000 * SECOND;
-        assert!(is_live(&flow(0, now - 299 * SECOND), PROTO_TCP, now));
-        assert!(!is_live(&flow(0, now - 302 * SECOND), PROTO_TCP, now));
-        assert!(is_live(&flow(0, now - 29 * SECOND), PROTO_UDP, now));
-        assert!(!is_live(&flow(0, now - 32 * SECOND), PROTO_UDP, now));
+        assert!(is_live(
+            &flow(0, now - 299 * SECOND),
+            PROTO_TCP,
+            now,
+            &DEFAULT
+        ));
+        assert!(!is_live(
+            &flow(0, now - 302 * SECOND),
+            PROTO_TCP,
+            now,
+            &DEFAULT
+        ));
+        assert!(is_live(
+            &flow(0, now - 29 * SECOND),
+            PROTO_UDP,
+            now,
+            &DEFAULT
+        ));
+        assert!(!is_live(
+            &flow(0, now - 32 * SECOND),
+            PROTO_UDP,
+            now,
+            &DEFAULT
+        ));
     }
 
     #[test]
     fn a_closing_flow_ends_soon_after_its_last_packet() {
         let now = 1000 * SECOND;
-        assert!(is_live(&flow(FLOW_CLOSING, now - SECOND), PROTO_TCP, now));
-        assert!(!is_live(
-            &flow(FLOW_CLOSING, now - 4 * SECOND),
-            PROTO_TCP,
-            now
+        let closing = flow(FLOW_CLOSING, now - SECOND);
+        assert!(is_live(&closing, PROTO_TCP, now, &DEFAULT));
+        let closed = flow(FLOW_CLOSING, now - 4 * SECOND);
+        assert!(!is_live(&closed, PROTO_TCP, now, &DEFAULT));
+    }
+
+    #[test]
+    fn configured_timeouts_apply() {
+        let now = 1000 * SECOND;
+        let short = FlowTimeouts {
+            udp_idle_ns: 5 * SECOND,
+            ..DEFAULT
+        };
+        assert!(!is_live(&flow(0, now - 7 * SECOND), PROTO_UDP, now, &short));
+        assert!(is_live(
+            &flow(0, now - 7 * SECOND),
+            PROTO_UDP,
+            now,
+            &DEFAULT
         ));
+    }
+
+    #[test]
+    fn the_sweep_removes_ended_and_moved_flows_and_suspects_orphans() {
+        let now = 1000 * SECOND;
+        let reply = FlowKey::new(
+            "198.18.0.11".parse().unwrap(),
+            80,
+            "198.18.0.1".parse().unwrap(),
+            20000,
+            PROTO_TCP,
+        );
+        let mut live = flow(0, now);
+        live.nat_port = reply.dst_port;
+        assert_eq!(
+            sweep_decision(&reply, Some(&live), &DEFAULT, now),
+            Sweep::Keep
+        );
+        let mut ended = flow(FLOW_CLOSING, now - 10 * SECOND);
+        ended.nat_port = reply.dst_port;
+        assert_eq!(
+            sweep_decision(&reply, Some(&ended), &DEFAULT, now),
+            Sweep::Ended
+        );
+        let moved = Flow {
+            nat_port: 1234u16.to_be(),
+            ..live
+        };
+        assert_eq!(
+            sweep_decision(&reply, Some(&moved), &DEFAULT, now),
+            Sweep::Ended
+        );
+        assert_eq!(sweep_decision(&reply, None, &DEFAULT, now), Sweep::Orphan);
     }
 
     #[test]

@@ -96,6 +96,19 @@ impl HostSetup {
         Ok(())
     }
 
+    /// The address the host sends from towards `destination` (`ip route get`'s
+    /// `prefsrc`): the default NAT source towards a backend.
+    pub fn source_address(destination: IpAddr) -> Result<IpAddr, HostError> {
+        let command = format!("ip route get {destination}");
+        let output = ip(&["-j", "route", "get", &destination.to_string()])?;
+        let routes: Vec<Route> = serde_json::from_str(&output).unwrap_or_default();
+        routes
+            .into_iter()
+            .next()
+            .and_then(|route| route.prefsrc)
+            .ok_or(HostError::NoRoute { command })
+    }
+
     /// Puts back the forwarding settings and removes the managed neighbour entries (the
     /// kernel resolves those next hops again on demand). Returns what could not be undone.
     pub fn restore(self) -> Vec<HostError> {
@@ -125,6 +138,8 @@ struct Route {
     gateway: Option<IpAddr>,
     #[serde(rename = "type", default)]
     kind: Option<String>,
+    #[serde(default)]
+    prefsrc: Option<IpAddr>,
 }
 
 /// Runs `ip ARGS…` and returns its stdout; an error quotes its stderr.

@@ -14,8 +14,8 @@ use std::{
 
 use aya::maps::MapInfo;
 use lb_common::{
-    Backend, Flow, FlowKey, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS, MAX_INTERFACES,
-    MAX_VIPS, NextHop, TrafficCounters, VipAddressKey, VipKey, VipMeta, map_names,
+    Backend, Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS,
+    MAX_INTERFACES, MAX_VIPS, NextHop, TrafficCounters, VipAddressKey, VipKey, VipMeta, map_names,
 };
 
 /// What a map must look like: key and value sizes (`None`: set by the kernel's features)
@@ -38,7 +38,11 @@ const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
 }
 
 /// Every map of the program, as this agent expects it.
-pub fn map_specs(conntrack_entries: u32, maglev_ring_entries: u32) -> [MapSpec; 10] {
+pub fn map_specs(
+    conntrack_entries: u32,
+    maglev_ring_entries: u32,
+    nat_entries: u32,
+) -> [MapSpec; 14] {
     [
         spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
         spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
@@ -54,6 +58,10 @@ pub fn map_specs(conntrack_entries: u32, maglev_ring_entries: u32) -> [MapSpec; 
         spec::<u32, TrafficCounters>(map_names::VIP_STATS, MAX_VIPS),
         spec::<u32, TrafficCounters>(map_names::BACKEND_STATS, MAX_BACKENDS),
         spec::<u32, NextHop>(map_names::NEXT_HOPS, MAX_BACKENDS),
+        spec::<FlowKey, Flow>(map_names::NAT_FLOWS, nat_entries),
+        spec::<FlowKey, FlowKey>(map_names::NAT_REVERSE, nat_entries),
+        spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
+        spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
     ]
 }
 
@@ -201,6 +209,9 @@ pub fn check_map(path: &Path, info: &MapInfo, spec: &MapSpec) -> Result<(), PinE
         let hint = if spec.name == map_names::CONNTRACK {
             "A running connection table cannot be resized: keep agent.conntrack_entries, \
              or start with --replace-dataplane (established flows are then rescheduled)."
+        } else if spec.name == map_names::NAT_FLOWS || spec.name == map_names::NAT_REVERSE {
+            "The running NAT tables cannot be resized: keep agent.nat_entries, \
+             or start with --replace-dataplane (NAT connections are then cut)."
         } else {
             NEW_LAYOUT
         };

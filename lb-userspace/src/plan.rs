@@ -21,12 +21,12 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_ACCEPTS_FLOWS, Backend, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_ONLY,
-    VipAddressKey, VipKey, VipMeta,
+    BACKEND_ACCEPTS_FLOWS, Backend, FlowTimeouts, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
+    VIP_FORWARDING_NAT, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta,
 };
 
 use crate::{
-    config::{AdminState, BackendConfig, Config, HashMode, VipConfig},
+    config::{AdminState, BackendConfig, Config, Forwarding, HashMode, VipConfig},
     dataplane::ProgrammedState,
     maglev::{self, MaglevBackend},
 };
@@ -71,6 +71,10 @@ pub enum MapWrite {
     RemoveVipAddress {
         key: VipAddressKey,
     },
+    /// `NAT_CONFIG[0] = timeouts`: flow lifetimes and the NAT port range.
+    SetFlowTimeouts {
+        timeouts: FlowTimeouts,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,6 +97,11 @@ pub enum PlanError {
          or lies outside the ring of {capacity} slots (start with --replace-dataplane)"
     )]
     AdoptedRingCorrupt { base: u32, size: u32, capacity: u32 },
+    #[error(
+        "VIP {vip:?}: no NAT source address towards backend {backend} (no route to it?); \
+         set nat_source"
+    )]
+    NoNatSource { vip: String, backend: IpAddr },
     #[error("VIP {vip:?}: {source}")]
     Maglev {
         vip: String,
@@ -108,6 +117,8 @@ pub struct BackendState {
     pub weight: u32,
     /// Whether its established flows may stay (`BACKEND_ACCEPTS_FLOWS`): not in maint.
     pub accepts: bool,
+    /// Its `BACKENDS` entry as written.
+    pub entry: Backend,
 }
 
 /// What the maps hold for one VIP.
@@ -128,6 +139,9 @@ pub struct Reconciler {
     vip_ids: IdPool,
     backend_ids: IdPool,
     ring: RingAllocator,
+    timeouts: FlowTimeouts,
+    /// The address the host reaches each backend from: the default NAT source.
+    nat_sources: BTreeMap<IpAddr, IpAddr>,
 }
 
 impl Reconciler {
@@ -138,7 +152,22 @@ impl Reconciler {
             vip_ids: IdPool::new(MAX_VIPS),
             backend_ids: IdPool::new(MAX_BACKENDS),
             ring: RingAllocator::new(ring_capacity),
+            // As a fresh map holds it, so that the first plan writes the real value.
+            timeouts: FlowTimeouts {
+                tcp_idle_ns: 0,
+                udp_idle_ns: 0,
+                closing_linger_ns: 0,
+                nat_port_first: 0,
+                nat_port_count: 0,
+            },
+            nat_sources: BTreeMap::new(),
         }
+    }
+
+    /// The addresses the host reaches backends from (resolved by the agent with the
+    /// kernel's routes), used as the NAT source of VIPs that set none.
+    pub fn set_nat_sources(&mut self, sources: BTreeMap<IpAddr, IpAddr>) {
+        self.nat_sources = sources;
     }
 
     /// Takes over what a previous agent programmed (pinned maps), so that planning the
@@ -169,6 +198,7 @@ impl Reconciler {
                             id: *id,
                             weight,
                             accepts,
+                            entry: *backend,
                         },
                     ))
                 })
@@ -193,6 +223,7 @@ impl Reconciler {
                 },
             );
         }
+        state.timeouts = programmed.timeouts;
         Ok(state)
     }
 
@@ -213,6 +244,22 @@ impl Reconciler {
 
         let wanted: BTreeMap<VipKey, &VipConfig> =
             config.vips.iter().map(|vip| (vip_key(vip), vip)).collect();
+
+        // The NAT port range exists before a VIP uses it, and goes after the last one.
+        let nat = config
+            .vips
+            .iter()
+            .any(|vip| vip.forwarding == Forwarding::Nat);
+        let timeouts = config.flows.timeouts(nat);
+        if timeouts != self.timeouts {
+            let write = MapWrite::SetFlowTimeouts { timeouts };
+            if nat {
+                writes.push(write);
+            } else {
+                late_writes.push(write);
+            }
+            next.timeouts = timeouts;
+        }
 
         // 1. Removed VIPs stop matching first.
         let removed: Vec<VipKey> = next
@@ -287,6 +334,9 @@ impl Reconciler {
         let flags = match vip.hash {
             HashMode::FiveTuple => 0,
             HashMode::SourceIp => VIP_HASH_SOURCE_ONLY,
+        } | match vip.forwarding {
+            Forwarding::Dsr => 0,
+            Forwarding::Nat => VIP_FORWARDING_NAT,
         };
         let previous = self.vips.get(&key).cloned();
         let is_new = previous.is_none();
@@ -305,24 +355,35 @@ impl Reconciler {
         let mut backends = BTreeMap::new();
         for backend in &vip.backends {
             let accepts = backend.state != AdminState::Maint;
-            let entry = Backend::new(
+            let mut entry = Backend::new(
                 backend.address,
                 vip_id,
                 if accepts { BACKEND_ACCEPTS_FLOWS } else { 0 },
             );
+            if vip.forwarding == Forwarding::Nat {
+                let source = vip
+                    .nat_source
+                    .or_else(|| self.nat_sources.get(&backend.address).copied())
+                    .ok_or_else(|| PlanError::NoNatSource {
+                        vip: vip.name.clone(),
+                        backend: backend.address,
+                    })?;
+                entry = entry.with_nat(source, backend.port.unwrap_or(vip.port));
+            }
             let id = match old_backends.get(&backend.address) {
                 Some(state) => {
-                    if state.accepts != accepts {
+                    if state.entry != entry {
                         let write = MapWrite::SetBackend {
                             id: state.id,
                             backend: entry,
                         };
-                        // Taking flows again: before any slot names it. Going to maint:
-                        // once no slot does, so its flows move to the slots' owners.
-                        if accepts {
-                            writes.push(write)
-                        } else {
+                        // Going to maint: once no slot names it, so its flows move to
+                        // the slots' owners. Anything else (taking flows again, a new
+                        // NAT port or source): before any slot names it.
+                        if state.accepts && !accepts {
                             late_writes.push(write)
+                        } else {
+                            writes.push(write)
                         }
                     }
                     state.id
@@ -346,6 +407,7 @@ impl Reconciler {
                     id,
                     weight,
                     accepts,
+                    entry,
                 },
             );
         }
@@ -633,6 +695,73 @@ mod tests {
     }
 
     #[test]
+    fn nat_vips_carry_their_source_and_backend_port() {
+        let text = "[agent]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"web\"\n\
+                    address = \"198.18.0.10\"\nport = 80\nforwarding = \"nat\"\n\
+                    [[vip.backend]]\naddress = \"198.18.1.11\"\nport = 8080\n\
+                    [[vip.backend]]\naddress = \"198.18.1.12\"\n";
+        let cfg = config(text);
+        let empty = Reconciler::new(RING);
+        assert_eq!(
+            empty.plan(&cfg).unwrap_err(),
+            PlanError::NoNatSource {
+                vip: "web".into(),
+                backend: "198.18.1.11".parse().unwrap()
+            },
+            "without a route there is no source address"
+        );
+        let mut state = Reconciler::new(RING);
+        let source: IpAddr = "198.18.1.1".parse().unwrap();
+        state.set_nat_sources(BTreeMap::from([
+            ("198.18.1.11".parse().unwrap(), source),
+            ("198.18.1.12".parse().unwrap(), source),
+        ]));
+        let (writes, next) = state.plan(&cfg).unwrap();
+        let backends: Vec<Backend> = writes
+            .iter()
+            .filter_map(|w| match w {
+                MapWrite::SetBackend { backend, .. } => Some(*backend),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(backends.len(), 2);
+        assert!(backends.iter().all(|b| b.nat_source_ip() == Some(source)));
+        assert_eq!(
+            backends
+                .iter()
+                .map(|b| u16::from_be(b.port))
+                .collect::<Vec<_>>(),
+            vec![8080, 80]
+        );
+        let vip = next.vips().next().unwrap();
+        assert_eq!(vip.meta.flags & VIP_FORWARDING_NAT, VIP_FORWARDING_NAT);
+        let timeouts = writes.iter().find_map(|w| match w {
+            MapWrite::SetFlowTimeouts { timeouts } => Some(*timeouts),
+            _ => None,
+        });
+        let first_backend = writes
+            .iter()
+            .position(|w| matches!(w, MapWrite::SetBackend { .. }));
+        assert_eq!(timeouts, Some(cfg.flows.timeouts(true)));
+        assert_eq!(
+            writes
+                .iter()
+                .position(|w| matches!(w, MapWrite::SetFlowTimeouts { .. })),
+            Some(0),
+            "the port range exists before the VIP uses it: {first_backend:?}"
+        );
+
+        // A new backend port is written in place; the same config again writes nothing.
+        let moved = config(&text.replace("port = 8080", "port = 9090"));
+        let (writes, next) = next.plan(&moved).unwrap();
+        assert!(matches!(
+            writes.as_slice(),
+            [MapWrite::SetBackend { backend, .. }] if u16::from_be(backend.port) == 9090
+        ));
+        assert_eq!(next.plan(&moved).unwrap().0, vec![]);
+    }
+
+    #[test]
     fn reapplying_the_same_config_writes_nothing() {
         let cfg = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 251);
         let (_, state) = Reconciler::new(RING).plan(&cfg).unwrap();
@@ -766,6 +895,7 @@ mod tests {
     /// The state a previous agent left in the maps, as the dataplane reads it back.
     fn programmed(state: &Reconciler) -> ProgrammedState {
         ProgrammedState {
+            timeouts: FlowTimeouts::DEFAULT,
             vips: state
                 .vips()
                 .map(|vip| crate::dataplane::ProgrammedVip {

@@ -28,7 +28,13 @@ pub const RUNTIME_FILE: &str = "runtime.json";
 #[serde(tag = "change", rename_all = "lowercase")]
 pub enum BackendOverride {
     /// Added by the API (or re-added after a removal).
-    Added { weight: u32, state: AdminState },
+    Added {
+        weight: u32,
+        state: AdminState,
+        /// NAT only: the backend's port (absent: the VIP's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
     /// Removed by the API.
     Removed,
     /// Weight and/or admin state changed by the API.
@@ -101,7 +107,11 @@ impl RuntimeState {
         let backends = self.backends.entry(vip.to_owned()).or_default();
         let merged = match (backends.get(&address), change) {
             (
-                Some(BackendOverride::Added { weight, state }),
+                Some(BackendOverride::Added {
+                    weight,
+                    state,
+                    port,
+                }),
                 BackendOverride::Changed {
                     weight: w,
                     state: s,
@@ -109,6 +119,7 @@ impl RuntimeState {
             ) => BackendOverride::Added {
                 weight: w.unwrap_or(*weight),
                 state: s.unwrap_or(*state),
+                port: *port,
             },
             (
                 Some(BackendOverride::Changed { weight, state }),
@@ -171,12 +182,13 @@ impl RuntimeState {
                         vip.backends.remove(i);
                     }
                     (BackendOverride::Removed, None) => {}
-                    (BackendOverride::Added { weight, state }, Some(i)) => {
+                    (BackendOverride::Added { weight, state, port }, Some(i)) => {
                         vip.backends[i].weight = *weight;
                         vip.backends[i].state = *state;
+                        vip.backends[i].port = *port;
                     }
-                    (BackendOverride::Added { weight, state }, None) => {
-                        vip.backends.push(BackendConfig { address: *address, weight: *weight, state: *state });
+                    (BackendOverride::Added { weight, state, port }, None) => {
+                        vip.backends.push(BackendConfig { address: *address, port: *port, weight: *weight, state: *state });
                     }
                     (BackendOverride::Changed { weight, state }, Some(i)) => {
                         let backend = &mut vip.backends[i];
@@ -221,6 +233,12 @@ pub fn validate_vip(new: &NewVip) -> Result<VipConfig, String> {
             text += &format!("{} = {value}\n", toml_literal(key));
         }
     }
+    if let Some(forwarding) = new.forwarding {
+        text += &format!("forwarding = \"{forwarding}\"\n");
+    }
+    if let Some(nat_source) = new.nat_source {
+        text += &format!("nat_source = \"{nat_source}\"\n");
+    }
     for backend in &new.backends {
         text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend.address);
         if let Some(weight) = backend.weight {
@@ -228,6 +246,9 @@ pub fn validate_vip(new: &NewVip) -> Result<VipConfig, String> {
         }
         if let Some(state) = backend.state {
             text += &format!("state = {}\n", toml_literal(&state));
+        }
+        if let Some(port) = backend.port {
+            text += &format!("port = {port}\n");
         }
     }
     match Config::parse(&text, "request") {
@@ -247,6 +268,7 @@ fn toml_literal<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Forwarding;
 
     fn file() -> Config {
         Config::parse(
@@ -279,6 +301,7 @@ mod tests {
             BackendOverride::Added {
                 weight: 50,
                 state: AdminState::Ready,
+                port: None,
             },
         );
         runtime.record(
@@ -330,6 +353,7 @@ mod tests {
             BackendOverride::Added {
                 weight: 5,
                 state: AdminState::Maint,
+                port: Some(8080),
             },
         );
         runtime.save(&dir).unwrap();
@@ -347,8 +371,11 @@ mod tests {
             hash: None,
             table_size,
             health: None,
+            forwarding: None,
+            nat_source: None,
             backends: vec![crate::control::NewBackend {
                 address: ip("198.18.1.21"),
+                port: None,
                 weight: Some(7),
                 state: None,
             }],
@@ -376,6 +403,25 @@ mod tests {
         assert_eq!(
             validate_vip(&checked).unwrap_err(),
             "health.rise: must be in 1..=1000, got 0"
+        );
+    }
+
+    #[test]
+    fn api_nat_vips_carry_their_source_and_ports() {
+        let mut new = new_vip(443, None);
+        new.forwarding = Some(Forwarding::Nat);
+        new.nat_source = Some(ip("198.18.0.1"));
+        new.backends[0].port = Some(8443);
+        let vip = validate_vip(&new).unwrap();
+        assert_eq!(vip.forwarding, Forwarding::Nat);
+        assert_eq!(vip.nat_source, Some(ip("198.18.0.1")));
+        assert_eq!(vip.backends[0].port, Some(8443));
+        new.forwarding = None;
+        new.nat_source = None;
+        assert!(
+            validate_vip(&new)
+                .unwrap_err()
+                .starts_with("backend[0].port: DSR cannot change the port")
         );
     }
 

@@ -21,6 +21,7 @@ pub mod load;
 pub mod netns;
 pub mod server;
 pub mod topology;
+pub mod two_arm;
 pub mod xdp;
 
 pub use bins::{test_server_bin, weir_bin, workspace_root};
@@ -29,4 +30,5 @@ pub use link::{LinkStats, MacAddr, VethPair, unique_ifname, veth_pair, veth_pair
 pub use netns::{Child, Netns, cleanup_stale_namespaces, require_root};
 pub use server::ServerConfig;
 pub use topology::{Backend, DsrTopology, Host};
+pub use two_arm::{TwoArmBackends, TwoArmTopology, two_arm_backend};
 pub use xdp::{XdpAction, XdpLink};

@@ -163,6 +163,18 @@ impl DsrTopology {
 
     /// The network with `count` backends (numbered 1..=count), no servers started.
     pub fn with_backends(count: u8) -> Result<DsrTopology> {
+        DsrTopology::build(count, vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)])
+    }
+
+    /// The network with `count` plain backends running test servers: no VIP on their
+    /// loopback, no ARP settings, nothing but their address — what NAT forwarding serves.
+    pub fn with_plain_servers(count: u8) -> Result<DsrTopology> {
+        let mut topology = DsrTopology::build(count, Vec::new())?;
+        topology.start_servers()?;
+        Ok(topology)
+    }
+
+    fn build(count: u8, vips: Vec<IpAddr>) -> Result<DsrTopology> {
         ensure!(count <= MAX_BACKENDS, "at most {MAX_BACKENDS} backends");
         let switch = Netns::new("switch")?;
         // The switch is pure L2: no IPv6 link-local chatter from its ports.
@@ -192,7 +204,7 @@ impl DsrTopology {
             peer_lb: None,
             switch,
             bridge,
-            vips: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)],
+            vips,
         };
         for n in 1..=count {
             topology.add_backend_number(n)?;
@@ -290,7 +302,11 @@ impl DsrTopology {
         )
         .with_context(|| format!("cannot add backend {n}"))?;
         let ns = &host.ns;
+        // A backend holding VIPs must not answer ARP for them (plain backends hold none).
         for key in ["all", "default", "lo", host.ifname.as_str()] {
+            if self.vips.is_empty() {
+                break;
+            }
             ns.sysctl(&format!("net.ipv4.conf.{key}.arp_ignore"), "1")?;
             ns.sysctl(&format!("net.ipv4.conf.{key}.arp_announce"), "2")?;
         }

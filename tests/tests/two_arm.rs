@@ -10,95 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use weir_testbed::{
-    Child, Netns, VethPair, XdpAction, XdpLink, agent::Agent, http_get, test_server_bin, veth_pair,
-};
+use weir_testbed::{TwoArmBackends, TwoArmTopology, agent::Agent, http_get, two_arm_backend};
 
 const VIP: &str = "198.19.0.10";
-
-/// The network; every piece is a guard, dropped in reverse order of creation.
-struct TwoArm {
-    lb_front: String,
-    lb_back: String,
-    _servers: Vec<Child>,
-    _backends: Vec<Netns>,
-    _bridge_port_xdp: XdpLink,
-    _switch: Netns,
-    lb: Netns,
-    client: Netns,
-}
-
-/// Brings `dev` up in `ns` with `cidr`, sending full checksums (see the DSR topology).
-fn configure(ns: &Netns, dev: &str, cidr: &str) {
-    ns.ip(&["addr", "add", cidr, "dev", dev]).unwrap();
-    ns.ip(&["link", "set", dev, "up"]).unwrap();
-    ns.run(&["ethtool", "-K", dev, "tx", "off"]).unwrap();
-}
-
-fn build() -> TwoArm {
-    let client = Netns::new("client").expect("the two-arm test needs root and network namespaces");
-    let lb = Netns::new("lb").unwrap();
-    let switch = Netns::new("switch").unwrap();
-
-    let front: VethPair = veth_pair(&client, &lb).unwrap();
-    configure(&client, &front.a, "198.18.20.100/24");
-    configure(&lb, &front.b, "198.18.20.1/24");
-    client
-        .ip(&["route", "add", "198.19.0.0/24", "via", "198.18.20.1"])
-        .unwrap();
-
-    let back = veth_pair(&lb, &switch).unwrap();
-    configure(&lb, &back.a, "198.18.21.1/24");
-    let bridge = weir_testbed::unique_ifname('s');
-    switch.add_bridge(&bridge).unwrap();
-    switch.set_master(&back.b, &bridge).unwrap();
-    switch.link_up(&back.b).unwrap();
-    // Frames redirected into a veth are only delivered if its peer runs XDP (NAPI).
-    let bridge_port_xdp = switch.attach_xdp(&back.b, XdpAction::Pass).unwrap();
-
-    let server = test_server_bin().unwrap();
-    let mut backends = Vec::new();
-    let mut servers = Vec::new();
-    for n in 1..=2 {
-        let ns = Netns::new(&format!("b{n}")).unwrap();
-        let link = veth_pair(&ns, &switch).unwrap();
-        configure(&ns, &link.a, &format!("198.18.21.1{n}/24"));
-        switch.set_master(&link.b, &bridge).unwrap();
-        switch.link_up(&link.b).unwrap();
-        ns.ip(&["route", "add", "default", "via", "198.18.21.1"])
-            .unwrap();
-        ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
-            .unwrap();
-        for key in ["all", "default", link.a.as_str()] {
-            ns.sysctl(&format!("net.ipv4.conf.{key}.arp_ignore"), "1")
-                .unwrap();
-            ns.sysctl(&format!("net.ipv4.conf.{key}.arp_announce"), "2")
-                .unwrap();
-        }
-        let name = format!("backend{n}");
-        servers.push(
-            ns.spawn(&[
-                server.to_str().unwrap(),
-                "--name",
-                &name,
-                "--http",
-                "0.0.0.0:80",
-            ])
-            .unwrap(),
-        );
-        backends.push(ns);
-    }
-    TwoArm {
-        lb_front: front.b,
-        lb_back: back.a,
-        _servers: servers,
-        _backends: backends,
-        _bridge_port_xdp: bridge_port_xdp,
-        _switch: switch,
-        lb,
-        client,
-    }
-}
 
 /// The value of `name` in the agent's `verdicts:` line.
 fn verdict(log: &str, name: &str) -> u64 {
@@ -116,11 +30,15 @@ fn verdict(log: &str, name: &str) -> u64 {
 
 #[test]
 fn flows_are_redirected_to_backends_behind_another_interface() {
-    let net = build();
+    let net = TwoArmTopology::new(TwoArmBackends::Dsr { vip: VIP })
+        .expect("the two-arm test needs root and network namespaces");
     let config = format!(
         "[agent]\ninterfaces = [\"{}\", \"{}\"]\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\n\
-         [[vip.backend]]\naddress = \"198.18.21.11\"\n[[vip.backend]]\naddress = \"198.18.21.12\"\n",
-        net.lb_front, net.lb_back
+         [[vip.backend]]\naddress = \"{}\"\n[[vip.backend]]\naddress = \"{}\"\n",
+        net.lb_front,
+        net.lb_back,
+        two_arm_backend(1),
+        two_arm_backend(2)
     );
     let agent = Agent::start(&net.lb, &config).expect("the agent starts");
 

@@ -5,6 +5,8 @@
 //!   harness floor under BPF_PROG_TEST_RUN and the XDP_TX ceiling on a live veth;
 //! - `bench_flow_churn`: moves the test frame to another flow on every run, then tail
 //!   calls weir, so that BPF_PROG_TEST_RUN's `repeat` can time the new-flow path;
+//! - `bench_replay`: puts the frame's headers back as they were before weir rewrote
+//!   them, then tail calls weir, so that `repeat` can time NAT (which rewrites them);
 //! - `bench_generate`: the traffic generator, run with BPF_PROG_RUN in live-frames mode;
 //! - `bench_sink`: counts and drops what comes back to the generator's side.
 //!
@@ -27,6 +29,8 @@ const IPV4_SRC_LOW_OFFSET: usize = 14 + 12 + 2;
 const L4_SRC_PORT_OFFSET: usize = 14 + 20;
 /// Ethernet + IPv4 + UDP headers: what the generator writes into every frame.
 const GEN_HEADER_LEN: usize = 14 + 20 + 8;
+/// Ethernet + IPv4 + TCP headers: what `bench_replay` restores.
+const REPLAY_HEADER_LEN: usize = 14 + 20 + 20;
 
 /// Slot 0: weir's program, put there by the bench.
 #[map(name = "WEIR")]
@@ -52,6 +56,10 @@ static SINK_PACKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// port is the first of `GEN_FLOWS[0]` consecutive ports.
 #[map(name = "GEN_HEADER")]
 static GEN_HEADER: Array<[u8; GEN_HEADER_LEN]> = Array::with_max_entries(1, 0);
+
+/// `[0]`: the headers `bench_replay` writes back before each run, set by the bench.
+#[map(name = "REPLAY_HEADER")]
+static REPLAY_HEADER: Array<[u8; REPLAY_HEADER_LEN]> = Array::with_max_entries(1, 0);
 
 /// `[0]`: how many flows (source ports) the generator cycles through, set by the bench.
 #[map(name = "GEN_FLOWS")]
@@ -122,6 +130,29 @@ pub fn bench_flow_churn(ctx: XdpContext) -> u32 {
     unsafe {
         src_low.write_unaligned(((seq >> 16) as u16).to_be_bytes());
         src_port.write_unaligned((seq as u16).to_be_bytes());
+        WEIR.tail_call(&ctx, 0);
+    }
+    // Only reached when the tail call failed (empty slot): the bench checks for it.
+    XDP_ABORTED
+}
+
+/// Restores the frame's headers, then runs weir on it.
+///
+/// BPF_PROG_TEST_RUN repeats the program on one buffer, so whatever weir rewrote stays
+/// rewritten: NAT's second run would see its own output. The copy is the same for
+/// every case, so it cancels out against the same wrapper around a DSR frame.
+#[xdp]
+pub fn bench_replay(ctx: XdpContext) -> u32 {
+    let (Some(header), Some(template)) = (
+        bytes_mut::<REPLAY_HEADER_LEN>(&ctx, 0),
+        REPLAY_HEADER.get(0),
+    ) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: `bytes_mut` checked that the headers fit in the frame; `template` is a map
+    // value, not packet memory, so the two cannot overlap.
+    unsafe {
+        core::ptr::copy_nonoverlapping(template.as_ptr(), header.cast::<u8>(), REPLAY_HEADER_LEN);
         WEIR.tail_call(&ctx, 0);
     }
     // Only reached when the tail call failed (empty slot): the bench checks for it.

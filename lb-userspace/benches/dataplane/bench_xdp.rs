@@ -16,17 +16,20 @@ pub const PASS: &str = "bench_pass";
 pub const MAC_SWAP: &str = "bench_mac_swap";
 /// Moves the frame to a new flow (by `FLOW_STEP`), then tail calls weir.
 pub const FLOW_CHURN: &str = "bench_flow_churn";
+/// Restores the frame's headers from `REPLAY_HEADER`, then tail calls weir.
+pub const REPLAY: &str = "bench_replay";
 /// The live-frames generator.
 pub const GENERATE: &str = "bench_generate";
 /// Counts into `SINK_PACKETS` and drops.
 pub const SINK: &str = "bench_sink";
 
-const PROGRAMS: [&str; 5] = [PASS, MAC_SWAP, FLOW_CHURN, GENERATE, SINK];
+const PROGRAMS: [&str; 6] = [PASS, MAC_SWAP, FLOW_CHURN, REPLAY, GENERATE, SINK];
 
 /// Map names, as in the object.
 pub mod maps {
     pub const WEIR: &str = "WEIR";
     pub const FLOW_STEP: &str = "FLOW_STEP";
+    pub const REPLAY_HEADER: &str = "REPLAY_HEADER";
     pub const GEN_HEADER: &str = "GEN_HEADER";
     pub const GEN_FLOWS: &str = "GEN_FLOWS";
     pub const SINK_PACKETS: &str = "SINK_PACKETS";
@@ -34,6 +37,8 @@ pub mod maps {
 
 /// Ethernet + IPv4 + UDP: the header the generator writes into every frame.
 pub const GEN_HEADER_LEN: usize = 14 + 20 + 8;
+/// Ethernet + IPv4 + TCP: the headers `bench_replay` restores.
+pub const REPLAY_HEADER_LEN: usize = 14 + 20 + 20;
 
 /// Loads the object and every program in it (each passes the verifier here).
 pub fn load() -> Result<Ebpf> {

@@ -32,7 +32,7 @@ use aya::{
 use etherparse::PacketBuilder;
 use lb_common::{Counter, DEFAULT_MAGLEV_RING_ENTRIES};
 use weir::{
-    config::{Config, XdpMode},
+    config::{Config, Forwarding, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
     host::HostSetup,
     plan::Reconciler,
@@ -58,6 +58,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const VIP_PORT: u16 = 53;
 /// The LB's address on each veth, and the backends behind it.
 const LB_CIDR: &str = "198.18.0.1/24";
+const LB_ADDRESS: &str = "198.18.0.1";
 const TX_BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 11), Ipv4Addr::new(198, 18, 0, 12)];
 const REDIRECT_LB_CIDR: &str = "198.18.1.1/24";
 const REDIRECT_BACKENDS: [Ipv4Addr; 2] =
@@ -79,14 +80,17 @@ pub enum Case {
     Nftables,
     /// weir's program; its backends are on a second veth (DSR, XDP_REDIRECT).
     WeirRedirect,
+    /// weir's program, the VIP in full NAT; its backends are on the ingress veth.
+    WeirNatTx,
 }
 
 impl Case {
-    pub const ALL: [Case; 4] = [
+    pub const ALL: [Case; 5] = [
         Case::WeirTx,
         Case::Ceiling,
         Case::Nftables,
         Case::WeirRedirect,
+        Case::WeirNatTx,
     ];
 
     pub fn label(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Case {
             Case::Ceiling => "ceiling: bare MAC swap, XDP_TX",
             Case::Nftables => "nftables DNAT jhash mod 2, forwarding",
             Case::WeirRedirect => "weir, DSR via XDP_REDIRECT to 2nd veth",
+            Case::WeirNatTx => "weir, NAT (DNAT+SNAT) via XDP_TX",
         }
     }
 }
@@ -198,7 +203,7 @@ impl Snapshot {
 /// program cannot do anything else.)
 fn check_forwarder(case: Case, before: &Snapshot, after: &Snapshot, delivered: u64) -> Result<()> {
     let forwarded = match case {
-        Case::WeirTx => weir_forwarded(&before.weir, &after.weir, Counter::Tx)?,
+        Case::WeirTx | Case::WeirNatTx => weir_forwarded(&before.weir, &after.weir, Counter::Tx)?,
         Case::WeirRedirect => weir_forwarded(&before.weir, &after.weir, Counter::Redirect)?,
         Case::Nftables => after.ip_forwarded - before.ip_forwarded,
         Case::Ceiling => return Ok(()),
@@ -302,7 +307,7 @@ impl LoadBalancer {
     fn new(ns: Netns, dev: String, redirect_dev: String) -> Result<LoadBalancer> {
         configure_routing(&ns, &dev, &redirect_dev)?;
         install_nftables(&ns)?;
-        let config = weir_config(&dev, &redirect_dev, TX_BACKENDS)?;
+        let config = weir_config(&dev, &redirect_dev, TX_BACKENDS, Forwarding::Dsr)?;
         let dataplane = ns.enter(|| load_weir(&config, &redirect_dev))??;
         let mut bench = bench_xdp::load()?;
         // Threaded NAPI needs the veth to have NAPI, which an XDP program gives it. GRO
@@ -322,7 +327,7 @@ impl LoadBalancer {
             redirect_dev,
             ns,
         };
-        lb.apply(TX_BACKENDS)?;
+        lb.apply(TX_BACKENDS, Forwarding::Dsr)?;
         Ok(lb)
     }
 
@@ -331,11 +336,15 @@ impl LoadBalancer {
         self.detach()?;
         match case {
             Case::WeirTx => {
-                self.apply(TX_BACKENDS)?;
+                self.apply(TX_BACKENDS, Forwarding::Dsr)?;
                 self.attach_weir()
             }
             Case::WeirRedirect => {
-                self.apply(REDIRECT_BACKENDS)?;
+                self.apply(REDIRECT_BACKENDS, Forwarding::Dsr)?;
+                self.attach_weir()
+            }
+            Case::WeirNatTx => {
+                self.apply(TX_BACKENDS, Forwarding::Nat)?;
                 self.attach_weir()
             }
             Case::Ceiling => self.attach_bench(bench_xdp::MAC_SWAP),
@@ -346,8 +355,8 @@ impl LoadBalancer {
 
     /// Programs weir's maps for `backends` the way the agent does: the configuration
     /// through the planner, then its map writes.
-    fn apply(&mut self, backends: [Ipv4Addr; 2]) -> Result<()> {
-        let config = weir_config(&self.dev, &self.redirect_dev, backends)?;
+    fn apply(&mut self, backends: [Ipv4Addr; 2], forwarding: Forwarding) -> Result<()> {
+        let config = weir_config(&self.dev, &self.redirect_dev, backends, forwarding)?;
         let (writes, state) = self.state.plan(&config)?;
         self.dataplane.apply(&writes)?;
         self.state = state;
@@ -462,9 +471,19 @@ fn install_nftables(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// weir's configuration: the one VIP, UDP, with two backends.
-fn weir_config(dev: &str, redirect_dev: &str, backends: [Ipv4Addr; 2]) -> Result<Config> {
+/// weir's configuration: the one VIP, UDP, with two backends. In NAT, the LB's address
+/// is the source (its backends' neighbour entries still lead to the sink).
+fn weir_config(
+    dev: &str,
+    redirect_dev: &str,
+    backends: [Ipv4Addr; 2],
+    forwarding: Forwarding,
+) -> Result<Config> {
     let [first, second] = backends;
+    let nat = match forwarding {
+        Forwarding::Dsr => String::new(),
+        Forwarding::Nat => format!("forwarding = \"nat\"\nnat_source = \"{LB_ADDRESS}\"\n"),
+    };
     let text = format!(
         r#"
 [agent]
@@ -475,7 +494,7 @@ name = "bench"
 address = "{VIP}"
 port = {VIP_PORT}
 protocol = "udp"
-[[vip.backend]]
+{nat}[[vip.backend]]
 address = "{first}"
 [[vip.backend]]
 address = "{second}"
@@ -490,6 +509,7 @@ fn load_weir(config: &Config, redirect_dev: &str) -> Result<Dataplane> {
     let mut dataplane = Dataplane::load(LoadOptions {
         conntrack_entries: config.agent.conntrack_entries,
         maglev_ring_entries: DEFAULT_MAGLEV_RING_ENTRIES,
+        nat_entries: lb_common::DEFAULT_NAT_ENTRIES,
         pins: None,
     })?;
     dataplane.add_tx_port(dataplane::ifindex(redirect_dev)?)?;

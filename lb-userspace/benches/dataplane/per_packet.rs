@@ -10,6 +10,10 @@
 //! flow path is timed through `bench_flow_churn`, which moves the frame to a new flow
 //! and tail calls weir: the same wrapper with the flow held still is subtracted, which
 //! leaves weir's own cost of a new flow.
+//!
+//! NAT rewrites the frame, so a repeated run would see its own output: the NAT paths
+//! are timed through `bench_replay`, which restores the headers and tail calls weir; the
+//! same wrapper around the DSR frame is subtracted.
 
 use std::collections::BTreeMap;
 
@@ -24,10 +28,16 @@ use lb_common::Verdict;
 use crate::{
     bench_xdp,
     common::{
-        Bed, CLIENT_MAC, CLIENT4, CLIENT6, LB0_MAC, NOT_A_VIP4, ROUTER4, VIP4, VIP6, tcp4, udp6,
+        Bed, CLIENT_MAC, CLIENT4, CLIENT6, LB0_MAC, NOT_A_VIP4, ROUTER4, VIP4, VIP6, nat_config,
+        tcp4, udp6,
     },
     cpu,
 };
+
+/// The NAT VIP of the fixture bed's NAT configuration, its backend and source address.
+const NAT_VIP4: [u8; 4] = [198, 19, 0, 60];
+const NAT_BACKEND4: [u8; 4] = [198, 18, 0, 11];
+const NAT_SOURCE4: [u8; 4] = [198, 18, 0, 1];
 
 /// Runs per BPF_PROG_TEST_RUN call.
 pub const REPEAT: u32 = 1_000_000;
@@ -47,6 +57,13 @@ pub enum Path {
     IcmpTooBig,
     ChurnSameFlow,
     ChurnNewFlow,
+    /// Derived: `Tcp4Established` + `ReplayNatRequest` − `ReplayDsr`.
+    Nat4Request,
+    /// Derived: `Tcp4Established` + `ReplayNatReply` − `ReplayDsr`.
+    Nat4Reply,
+    ReplayDsr,
+    ReplayNatRequest,
+    ReplayNatReply,
 }
 
 impl Path {
@@ -61,6 +78,11 @@ impl Path {
             Path::IcmpTooBig => "weir ICMP frag-needed, established flow",
             Path::ChurnSameFlow => "wrapper + weir, one flow",
             Path::ChurnNewFlow => "wrapper + weir, new flow every run",
+            Path::Nat4Request => "weir TCP v4 NAT, client → backend (established) *",
+            Path::Nat4Reply => "weir TCP v4 NAT, backend reply → client *",
+            Path::ReplayDsr => "restore wrapper + weir DSR",
+            Path::ReplayNatRequest => "restore wrapper + weir NAT request",
+            Path::ReplayNatReply => "restore wrapper + weir NAT reply",
         }
     }
 }
@@ -79,6 +101,8 @@ enum Program {
     Churn {
         step: u32,
     },
+    /// `bench_replay`, restoring the case's frame before each run.
+    Replay,
 }
 
 struct Case {
@@ -94,7 +118,7 @@ struct Case {
 pub fn measure(rounds: usize) -> Result<PerPacket> {
     let _pinned = cpu::pin_current_thread(cpu::LB_CPU)?;
     let mut harness = Harness::new()?;
-    let cases = cases()?;
+    let cases = cases(&mut harness.bed)?;
     let mut samples: BTreeMap<Path, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
         for case in &cases {
@@ -102,25 +126,34 @@ pub fn measure(rounds: usize) -> Result<PerPacket> {
             samples.entry(case.path).or_default().push(ns);
         }
     }
-    let new_flow = derive_new_flow(&samples);
-    samples.insert(Path::Tcp4NewFlow, new_flow);
+    let derived = [
+        (Path::Tcp4NewFlow, Path::ChurnNewFlow, Path::ChurnSameFlow),
+        (Path::Nat4Request, Path::ReplayNatRequest, Path::ReplayDsr),
+        (Path::Nat4Reply, Path::ReplayNatReply, Path::ReplayDsr),
+    ];
+    for (path, wrapped, wrapper) in derived {
+        let series = derive(&samples, wrapped, wrapper);
+        samples.insert(path, series);
+    }
     Ok(PerPacket { runs: samples })
 }
 
-/// Per round: established + (wrapper with a new flow − wrapper with one flow).
-fn derive_new_flow(samples: &BTreeMap<Path, Vec<f64>>) -> Vec<f64> {
+/// Per round: established DSR + (the wrapper around the path − the same wrapper around
+/// established DSR), i.e. the path's own cost with the wrapper's cancelled out.
+fn derive(samples: &BTreeMap<Path, Vec<f64>>, wrapped: Path, wrapper: Path) -> Vec<f64> {
     let series = |path| samples.get(&path).map(Vec::as_slice).unwrap_or_default();
     let rounds = series(Path::Tcp4Established)
         .iter()
-        .zip(series(Path::ChurnNewFlow))
-        .zip(series(Path::ChurnSameFlow));
+        .zip(series(wrapped))
+        .zip(series(wrapper));
     rounds
-        .map(|((established, new), same)| established + new - same)
+        .map(|((established, path), same)| established + path - same)
         .collect()
 }
 
-fn cases() -> Result<Vec<Case>> {
+fn cases(bed: &mut Bed) -> Result<Vec<Case>> {
     let tcp_flow = tcp4(CLIENT4, 40000, VIP4, 80);
+    let (nat_request, nat_reply) = nat_frames(bed)?;
     let case = |path, program, frame: &[u8], verdict| Case {
         path,
         program,
@@ -175,7 +208,43 @@ fn cases() -> Result<Vec<Case>> {
                 Verdict::Tx,
             )
         },
+        case(Path::ReplayDsr, Program::Replay, &tcp_flow, Verdict::Tx),
+        case(
+            Path::ReplayNatRequest,
+            Program::Replay,
+            &nat_request,
+            Verdict::Tx,
+        ),
+        Case {
+            prime: Some(nat_request.clone()),
+            ..case(
+                Path::ReplayNatReply,
+                Program::Replay,
+                &nat_reply,
+                Verdict::Tx,
+            )
+        },
     ])
+}
+
+/// A client's request to the NAT VIP, and its backend's reply (to the NAT port the
+/// program gave the flow).
+fn nat_frames(bed: &mut Bed) -> Result<(Vec<u8>, Vec<u8>)> {
+    let request = tcp4(CLIENT4, 40000, NAT_VIP4, 80);
+    let (verdict, translated) = bed.run(&request);
+    ensure!(
+        verdict == Verdict::Tx as u32,
+        "NAT request: verdict {verdict}"
+    );
+    let nat_port = u16::from_be_bytes([translated[34], translated[35]]);
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv4(NAT_BACKEND4, NAT_SOURCE4, 64)
+        .tcp(8080, nat_port, 1000, 64240)
+        .syn()
+        .ack(1001)
+        .write(&mut reply, crate::common::PAYLOAD)?;
+    Ok((request, reply))
 }
 
 /// ICMP "fragmentation needed" from a router on the client's path, about the backend's
@@ -207,6 +276,7 @@ struct Harness {
 impl Harness {
     fn new() -> Result<Harness> {
         let mut bed = Bed::new();
+        bed.apply(&nat_config("20000-29999"));
         let mut bench = bench_xdp::load()?;
         bench_xdp::set_churn_target(&mut bench, bed.dataplane.program()?.fd()?)?;
         Ok(Harness { bed, bench })
@@ -216,6 +286,13 @@ impl Harness {
     fn time(&mut self, case: &Case) -> Result<f64> {
         if let Program::Churn { step } = case.program {
             bench_xdp::set(&mut self.bench, bench_xdp::maps::FLOW_STEP, step)?;
+        }
+        if let Program::Replay = case.program {
+            let header: [u8; bench_xdp::REPLAY_HEADER_LEN] = case.frame
+                [..bench_xdp::REPLAY_HEADER_LEN]
+                .try_into()
+                .context("a frame shorter than its headers")?;
+            bench_xdp::set(&mut self.bench, bench_xdp::maps::REPLAY_HEADER, header)?;
         }
         if let Some(prime) = &case.prime {
             let (verdict, _) = self.bed.run(prime);
@@ -228,6 +305,7 @@ impl Harness {
             Program::Weir => self.bed.dataplane.program()?,
             Program::Bench(name) => bench_xdp::program(&self.bench, name)?,
             Program::Churn { .. } => bench_xdp::program(&self.bench, bench_xdp::FLOW_CHURN)?,
+            Program::Replay => bench_xdp::program(&self.bench, bench_xdp::REPLAY)?,
         };
         let ctx = bench_xdp::xdp_md(case.frame.len(), self.bed.lb0);
         let options = TestRunOptions {

@@ -11,7 +11,7 @@ use lb_common::{FlowKey, VipKey};
 
 use super::Agent;
 use crate::{
-    config::{DEFAULT_WEIGHT, MAX_WEIGHT, Protocol, VipConfig},
+    config::{DEFAULT_WEIGHT, Forwarding, MAX_WEIGHT, Protocol, VipConfig},
     control::{
         BackendChange, BackendView, Control, ControlError, FlowView, HealthView, InterfaceStatus,
         LastCheck, NewBackend, NewVip, ReloadOutcome, Status, VipStatus, VipView,
@@ -45,12 +45,14 @@ impl Agent {
         let (config, _) = runtime.apply(&self.file_config);
         // Plan first: a change that cannot be applied is refused before it is saved.
         self.state
+            .set_nat_sources(super::resolve_nat_sources(&config));
+        self.state
             .plan(&self.health.effective(&config))
             .map_err(|err| ControlError::Invalid(err.to_string()))?;
         runtime
             .save(&self.config.agent.state_dir)
             .map_err(internal)?;
-        self.program_config(&config).map_err(internal)?;
+        self.program_resolved(&config).map_err(internal)?;
         self.runtime = runtime;
         self.config = config;
         Ok(())
@@ -59,9 +61,10 @@ impl Agent {
     /// Live connections per backend id.
     fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ControlError> {
         let now = flows::now_ns();
+        let timeouts = self.config.flows.timeouts(false);
         let mut counts = HashMap::new();
         for (key, flow) in self.dataplane.flows().map_err(internal)? {
-            if flows::is_live(&flow, key.protocol, now) {
+            if flows::is_live(&flow, key.protocol, now, &timeouts) {
                 *counts.entry(flow.backend_id).or_insert(0) += 1;
             }
         }
@@ -74,14 +77,21 @@ impl Agent {
             .backends
             .iter()
             .map(|backend| {
-                let id = state
-                    .and_then(|s| s.backends.get(&backend.address))
-                    .map(|b| b.id);
+                let programmed = state.and_then(|s| s.backends.get(&backend.address));
+                let nat = vip.forwarding == Forwarding::Nat;
                 BackendView {
                     address: backend.address,
                     weight: backend.weight,
                     state: backend.state,
-                    flows: id.and_then(|id| flows.get(&id)).copied().unwrap_or(0),
+                    flows: programmed
+                        .and_then(|b| flows.get(&b.id))
+                        .copied()
+                        .unwrap_or(0),
+                    port: backend
+                        .port
+                        .or(Some(vip.port))
+                        .filter(|port| nat && *port != 0),
+                    nat_source: programmed.and_then(|b| b.entry.nat_source_ip()),
                     health: self
                         .health
                         .get(&vip.name, backend.address)
@@ -96,6 +106,7 @@ impl Agent {
             address: vip.address,
             port: vip.port,
             protocol: vip.protocol,
+            forwarding: vip.forwarding,
             hash: vip.hash,
             table_size: vip.table_size,
             status: if serving {
@@ -235,9 +246,17 @@ impl Control for Agent {
         let config = self.vip_config(vip)?;
         if backend.address.is_ipv4() != config.address.is_ipv4() {
             return Err(ControlError::Invalid(format!(
-                "backend {} is not of VIP {vip:?}'s address family ({}): DSR rewrites MAC addresses only",
-                backend.address, config.address
+                "backend {} is not of VIP {vip:?}'s address family ({}): {}",
+                backend.address,
+                config.address,
+                match config.forwarding {
+                    Forwarding::Dsr => "DSR rewrites MAC addresses only",
+                    Forwarding::Nat => "NAT does not translate between families",
+                }
             )));
+        }
+        if let Some(port) = backend.port {
+            check_backend_port(config, port)?;
         }
         if config.backends.iter().any(|b| b.address == backend.address) {
             return Err(ControlError::Conflict(format!(
@@ -248,7 +267,11 @@ impl Control for Agent {
         let weight = backend.weight.unwrap_or(DEFAULT_WEIGHT);
         check_weight(weight)?;
         let state = backend.state.unwrap_or_default();
-        let added = BackendOverride::Added { weight, state };
+        let added = BackendOverride::Added {
+            weight,
+            state,
+            port: backend.port,
+        };
         self.change_runtime(|runtime| runtime.record(vip, backend.address, added))?;
         self.backend_view(vip, backend.address)
     }
@@ -285,9 +308,10 @@ impl Control for Agent {
             self.vip_config(name)?;
         }
         let now = flows::now_ns();
+        let timeouts = self.config.flows.timeouts(false);
         let mut views = Vec::new();
         for (key, flow) in self.dataplane.flows().map_err(internal)? {
-            if !flows::is_live(&flow, key.protocol, now) {
+            if !flows::is_live(&flow, key.protocol, now, &timeouts) {
                 continue;
             }
             let Some(state) = self.vip_of(&key) else {
@@ -350,6 +374,20 @@ fn health_view(health: &BackendHealth) -> HealthView {
             at_unix_ms: unix_ms(*at),
         }),
     }
+}
+
+/// A backend port is NAT's, on a VIP of one port (as the file's validation says).
+fn check_backend_port(vip: &VipConfig, port: u16) -> Result<(), ControlError> {
+    let refusal = if vip.forwarding != Forwarding::Nat {
+        "DSR cannot change the port: the backend receives the client's packet as sent"
+    } else if vip.port == 0 {
+        "a VIP on every port keeps the client's destination port"
+    } else if port == 0 {
+        "a backend port is 1..=65535"
+    } else {
+        return Ok(());
+    };
+    Err(ControlError::Invalid(format!("port {port}: {refusal}")))
 }
 
 fn check_weight(weight: u32) -> Result<(), ControlError> {

@@ -5,10 +5,11 @@
 mod control;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
@@ -16,14 +17,15 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{Mutex, mpsc, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     announce::{self, AnnounceError},
     api::{self, SharedControl},
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, Forwarding},
     control::AnnounceStatus,
     dataplane::{Dataplane, DataplaneError, LoadOptions},
+    flows,
     health::{self, HealthMonitor, Report, Transition},
     host::{self, HostSetup},
     pins::Pins,
@@ -33,6 +35,10 @@ use crate::{
     serving::{ServingVips, serving_vips},
     vrrp::{Vrrp, VrrpError},
 };
+
+/// How often ended NAT flows are removed from the NAT tables (the program also takes
+/// over the port of an ended flow it meets, so this only bounds how full they get).
+const NAT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -120,6 +126,7 @@ impl Agent {
         let mut dataplane = Dataplane::load(LoadOptions {
             conntrack_entries: config.agent.conntrack_entries,
             maglev_ring_entries: DEFAULT_MAGLEV_RING_ENTRIES,
+            nat_entries: config.agent.nat_entries,
             pins: Some(pins.clone()),
         })?;
         let adopted = dataplane.adopted();
@@ -188,6 +195,8 @@ impl Agent {
             )
         };
         health.sync(config, &down, true);
+        let mut current = current;
+        current.set_nat_sources(resolve_nat_sources(config));
         let (writes, state) = current.plan(&health.effective(config))?;
         dataplane.apply(&writes)?;
         let mut host = HostSetup::default();
@@ -227,6 +236,12 @@ impl Agent {
     /// Plans and writes the difference between the running state and `config` (with
     /// DOWN backends out of rotation), then follows it with the checks.
     fn program_config(&mut self, config: &Config) -> Result<usize, AgentError> {
+        self.state.set_nat_sources(resolve_nat_sources(config));
+        self.program_resolved(config)
+    }
+
+    /// [`Agent::program_config`] with the NAT sources of `config` already resolved.
+    fn program_resolved(&mut self, config: &Config) -> Result<usize, AgentError> {
         let writes = self.program_health(config)?;
         self.health.sync(config, &BTreeSet::new(), false);
         resolve_next_hops(&mut self.host, config);
@@ -364,8 +379,18 @@ impl Agent {
         }
         info!(api = %settings.api_socket.display(), tcp = ?settings.api_listen, "weir agent ready");
 
+        let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
+        let mut suspects = HashSet::new();
         loop {
             tokio::select! {
+                _ = sweep.tick() => {
+                    let mut agent = agent.lock().await;
+                    match agent.dataplane.sweep_nat(flows::now_ns(), &mut suspects) {
+                        Ok(0) => {}
+                        Ok(removed) => debug!(removed, "ended NAT flows swept"),
+                        Err(err) => warn!(error = %err, "sweeping the NAT tables failed"),
+                    }
+                }
                 _ = hangup.recv() => {
                     if let Err(err) = agent.lock().await.reload() {
                         error!(error = %err, "reload refused; the running configuration is unchanged");
@@ -449,6 +474,30 @@ fn running_config(file: &Config, runtime: &RuntimeState) -> Config {
         warn!("{warning}");
     }
     config
+}
+
+/// The NAT source of every backend of a NAT VIP that sets none: the address the host
+/// reaches it from, as the kernel's routes say now. Resolved whenever a configuration is
+/// applied (start, reload, API change); a backend without one makes the plan fail.
+fn resolve_nat_sources(config: &Config) -> BTreeMap<IpAddr, IpAddr> {
+    let mut sources = BTreeMap::new();
+    let backends = config
+        .vips
+        .iter()
+        .filter(|vip| vip.forwarding == Forwarding::Nat && vip.nat_source.is_none())
+        .flat_map(|vip| &vip.backends);
+    for backend in backends {
+        if sources.contains_key(&backend.address) {
+            continue;
+        }
+        match HostSetup::source_address(backend.address) {
+            Ok(source) => {
+                sources.insert(backend.address, source);
+            }
+            Err(err) => warn!(backend = %backend.address, error = %err, "no NAT source address"),
+        }
+    }
+    sources
 }
 
 fn resolve_next_hops(host: &mut HostSetup, config: &Config) {

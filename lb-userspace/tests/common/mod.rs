@@ -52,6 +52,9 @@ pub const VIP6: [u8; 16] = [
 ];
 pub const NOT_A_VIP4: [u8; 4] = [198, 18, 0, 1];
 
+/// Capacity of the NAT tables in the bed: small, so that a test can fill them.
+pub const NAT_ENTRIES: u32 = 64;
+
 /// Backends and the MACs their permanent neighbour entries give them.
 pub const NEIGHBOURS: &[(&str, &str, [u8; 6])] = &[
     ("lb0", "198.18.0.11", [0x02, 0, 0, 0, 0x01, 0x11]),
@@ -63,6 +66,9 @@ pub const NEIGHBOURS: &[(&str, &str, [u8; 6])] = &[
     ("lb0", "2001:db8:0:1::13", [0x02, 0, 0, 0, 0x01, 0x13]),
     ("lb1", "198.18.2.21", [0x02, 0, 0, 0, 0x02, 0x21]),
     ("lb2", "198.18.3.31", [0x02, 0, 0, 0, 0x03, 0x31]),
+    // The client, for NAT replies.
+    ("lb0", "198.18.0.100", CLIENT_MAC),
+    ("lb0", "2001:db8:0:1::100", CLIENT_MAC),
 ];
 
 pub const BASE_CONFIG: &str = r#"
@@ -173,12 +179,78 @@ table_size = 251
 address = "2001:db8:0:1::11"
 "#;
 
+/// NAT VIPs on top of the bed's base configuration, one backend each so that the
+/// expected frames are known; TCP backends listen on another port than their VIP.
+pub fn nat_config(nat_ports: &str) -> String {
+    format!(
+        r#"{BASE_CONFIG}
+[[vip]]
+name = "nat-tcp4"
+address = "198.19.0.60"
+port = 80
+forwarding = "nat"
+nat_source = "198.18.0.1"
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+port = 8080
+
+[[vip]]
+name = "nat-udp4"
+address = "198.19.0.60"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+nat_source = "198.18.0.1"
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.12"
+
+[[vip]]
+name = "nat-tcp6"
+address = "2001:db8:0:ff::60"
+port = 80
+forwarding = "nat"
+nat_source = "2001:db8:0:1::1"
+table_size = 251
+[[vip.backend]]
+address = "2001:db8:0:1::11"
+port = 8080
+
+[[vip]]
+name = "nat-udp6"
+address = "2001:db8:0:ff::60"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+nat_source = "2001:db8:0:1::1"
+table_size = 251
+[[vip.backend]]
+address = "2001:db8:0:1::12"
+
+[[vip]]
+name = "nat-two-arm"
+address = "198.19.0.61"
+port = 80
+forwarding = "nat"
+nat_source = "198.18.2.1"
+table_size = 251
+[[vip.backend]]
+address = "198.18.2.21"
+
+[flows]
+nat_ports = "{nat_ports}"
+"#
+    )
+}
+
 /// A namespace with a loaded program whose maps hold a configuration.
 pub struct Bed {
     pub ns: Netns,
     pub dataplane: Dataplane,
     pub state: Reconciler,
     pub lb0: u32,
+    pub lb1: u32,
 }
 
 impl Bed {
@@ -218,7 +290,7 @@ impl Bed {
             ])
             .unwrap();
         }
-        let (dataplane, lb0) = ns
+        let (dataplane, lb0, lb1) = ns
             .enter(|| {
                 let mut host = HostSetup::default();
                 for dev in ["lb0", "lb1", "lb2"] {
@@ -227,6 +299,7 @@ impl Bed {
                 let mut dataplane = Dataplane::load(LoadOptions {
                     conntrack_entries: 65536,
                     maglev_ring_entries: 1 << 16,
+                    nat_entries: NAT_ENTRIES,
                     pins: None,
                 })
                 .expect("the XDP program loads and passes the verifier");
@@ -234,7 +307,7 @@ impl Bed {
                 let lb1 = weir::dataplane::ifindex("lb1").unwrap();
                 dataplane.add_tx_port(lb0).unwrap();
                 dataplane.add_tx_port(lb1).unwrap();
-                (dataplane, lb0)
+                (dataplane, lb0, lb1)
             })
             .unwrap();
         let mut bed = Bed {
@@ -242,6 +315,7 @@ impl Bed {
             dataplane,
             state: Reconciler::new(1 << 16),
             lb0,
+            lb1,
         };
         bed.apply(BASE_CONFIG);
         bed
@@ -289,6 +363,14 @@ impl Bed {
         self.run_on(lb0, frame)
     }
 
+    pub fn counters_moved(&self, before: &BTreeMap<Counter, u64>) -> BTreeMap<Counter, u64> {
+        self.counters()
+            .iter()
+            .map(|(c, v)| (*c, v - before[c]))
+            .filter(|(_, d)| *d != 0)
+            .collect()
+    }
+
     pub fn counters(&self) -> BTreeMap<Counter, u64> {
         self.dataplane.global_counters().unwrap()
     }
@@ -303,18 +385,30 @@ impl Bed {
         output: &[u8],
         counters: &[(Counter, u64)],
     ) {
+        let lb0 = self.lb0;
+        self.expect_on(lb0, name, frame, verdict, output, counters);
+    }
+
+    /// [`Bed::expect`] for a frame arriving on `ifindex`.
+    pub fn expect_on(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        frame: &[u8],
+        verdict: Verdict,
+        output: &[u8],
+        counters: &[(Counter, u64)],
+    ) {
         let before = self.counters();
-        let (action, out) = self.run(frame);
+        let (action, out) = self.run_on(ifindex, frame);
         assert_eq!(action, verdict as u32, "{name}: verdict");
         assert_eq!(hex(&out), hex(output), "{name}: output frame");
-        let after = self.counters();
-        let moved: BTreeMap<Counter, u64> = after
-            .iter()
-            .map(|(c, v)| (*c, v - before[c]))
-            .filter(|(_, d)| *d != 0)
-            .collect();
         let wanted: BTreeMap<Counter, u64> = counters.iter().copied().collect();
-        assert_eq!(moved, wanted, "{name}: counter changes");
+        assert_eq!(
+            self.counters_moved(&before),
+            wanted,
+            "{name}: counter changes"
+        );
     }
 
     /// The backend the VIP's Maglev table picks for `key`.

@@ -1,0 +1,651 @@
+//! NAT dataplane tests: the real XDP program, run with BPF_PROG_TEST_RUN on crafted
+//! frames, in the fixture style of `dataplane.rs` — input frame, expected verdict,
+//! expected output frame (every byte), expected change of every global counter. Expected
+//! frames are built from scratch by `etherparse`, so byte equality also checks every
+//! checksum the program updated incrementally against an independent implementation.
+
+mod common;
+
+use std::{collections::HashSet, net::IpAddr};
+
+use common::*;
+use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader};
+use lb_common::{
+    Counter, FLOW_CLOSING, FlowKey, FlowTimeouts, PROTO_TCP, PROTO_UDP, Verdict, flow_hash,
+};
+use weir::flows::now_ns;
+
+const NAT_VIP4: [u8; 4] = [198, 19, 0, 60];
+const NAT_VIP4_TWO_ARM: [u8; 4] = [198, 19, 0, 61];
+const NAT_VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x60,
+];
+const SOURCE4: [u8; 4] = [198, 18, 0, 1];
+const SOURCE4_LB1: [u8; 4] = [198, 18, 2, 1];
+const SOURCE6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x01,
+];
+const BACKEND4: [u8; 4] = [198, 18, 0, 11];
+const BACKEND4_UDP: [u8; 4] = [198, 18, 0, 12];
+const BACKEND4_LB1: [u8; 4] = [198, 18, 2, 21];
+const BACKEND6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x11,
+];
+const BACKEND6_UDP: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x12,
+];
+
+const PORTS: (u16, u16) = (20000, 29999);
+
+fn nat_bed(ports: (u16, u16)) -> Bed {
+    let mut bed = Bed::new();
+    bed.apply(&nat_config(&format!("{}-{}", ports.0, ports.1)));
+    bed
+}
+
+/// A TCP SYN (or SYN-ACK with `reply`) or a UDP datagram carrying `PAYLOAD`.
+#[allow(clippy::too_many_arguments)]
+fn frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    protocol: u8,
+    reply: bool,
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => unreachable!("one family"),
+    };
+    let mut out = Vec::new();
+    if protocol == PROTO_TCP {
+        let tcp = ip.tcp(sport, dport, 1000, 64240).syn();
+        let tcp = if reply { tcp.ack(1001) } else { tcp };
+        tcp.write(&mut out, PAYLOAD).unwrap();
+    } else {
+        ip.udp(sport, dport).write(&mut out, PAYLOAD).unwrap();
+    }
+    out
+}
+
+/// A TCP SYN from the client to the v4 NAT VIP's port 80.
+fn tcp_request(client_port: u16) -> Vec<u8> {
+    frame(
+        (CLIENT_MAC, LB0_MAC),
+        CLIENT4.into(),
+        client_port,
+        NAT_VIP4.into(),
+        80,
+        PROTO_TCP,
+        false,
+    )
+}
+
+/// The NAT port a flow gets when no other flow holds it: the first probe.
+fn first_port(client: &FlowKey, ports: (u16, u16)) -> u16 {
+    let count = (ports.1 - ports.0) as u32 + 1;
+    ports.0 + (flow_hash(client, false) % count) as u16
+}
+
+struct Case {
+    name: &'static str,
+    client: IpAddr,
+    vip: IpAddr,
+    vip_port: u16,
+    protocol: u8,
+    source: IpAddr,
+    backend: IpAddr,
+    backend_port: u16,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "tcp4",
+            client: CLIENT4.into(),
+            vip: NAT_VIP4.into(),
+            vip_port: 80,
+            protocol: PROTO_TCP,
+            source: SOURCE4.into(),
+            backend: BACKEND4.into(),
+            backend_port: 8080,
+        },
+        Case {
+            name: "udp4",
+            client: CLIENT4.into(),
+            vip: NAT_VIP4.into(),
+            vip_port: 53,
+            protocol: PROTO_UDP,
+            source: SOURCE4.into(),
+            backend: BACKEND4_UDP.into(),
+            backend_port: 53,
+        },
+        Case {
+            name: "tcp6",
+            client: CLIENT6.into(),
+            vip: NAT_VIP6.into(),
+            vip_port: 80,
+            protocol: PROTO_TCP,
+            source: SOURCE6.into(),
+            backend: BACKEND6.into(),
+            backend_port: 8080,
+        },
+        Case {
+            name: "udp6",
+            client: CLIENT6.into(),
+            vip: NAT_VIP6.into(),
+            vip_port: 53,
+            protocol: PROTO_UDP,
+            source: SOURCE6.into(),
+            backend: BACKEND6_UDP.into(),
+            backend_port: 53,
+        },
+    ]
+}
+
+/// Both directions in every family × protocol: the client's packet leaves DNATed and
+/// SNATed; the backend's reply comes back as VIP → client. Every byte (checksums
+/// included) as etherparse builds the translated packet from scratch.
+#[test]
+fn translates_both_directions_in_every_family_and_protocol() {
+    let mut bed = nat_bed(PORTS);
+    for case in cases() {
+        let client_port = 41000;
+        let key = FlowKey::new(
+            case.client,
+            client_port,
+            case.vip,
+            case.vip_port,
+            case.protocol,
+        );
+        let nat_port = first_port(&key, PORTS);
+        let backend_mac = mac_of(&case.backend.to_string());
+        let request = frame(
+            (CLIENT_MAC, LB0_MAC),
+            case.client,
+            client_port,
+            case.vip,
+            case.vip_port,
+            case.protocol,
+            false,
+        );
+        let translated = frame(
+            (LB0_MAC, backend_mac),
+            case.source,
+            nat_port,
+            case.backend,
+            case.backend_port,
+            case.protocol,
+            false,
+        );
+        bed.expect(
+            &format!("{} request", case.name),
+            &request,
+            Verdict::Tx,
+            &translated,
+            &[(Counter::Tx, 1), (Counter::FlowNew, 1)],
+        );
+        assert_checksums_valid(&translated);
+        bed.expect(
+            &format!("{} request again", case.name),
+            &request,
+            Verdict::Tx,
+            &translated,
+            &[(Counter::Tx, 1)],
+        );
+
+        let reply = frame(
+            (backend_mac, LB0_MAC),
+            case.backend,
+            case.backend_port,
+            case.source,
+            nat_port,
+            case.protocol,
+            true,
+        );
+        let back = frame(
+            (LB0_MAC, CLIENT_MAC),
+            case.vip,
+            case.vip_port,
+            case.client,
+            client_port,
+            case.protocol,
+            true,
+        );
+        bed.expect(
+            &format!("{} reply", case.name),
+            &reply,
+            Verdict::Tx,
+            &back,
+            &[(Counter::Tx, 1), (Counter::NatReply, 1)],
+        );
+        assert_checksums_valid(&back);
+    }
+}
+
+/// A UDP datagram over IPv4 without a checksum (0) keeps none, both ways.
+#[test]
+fn a_zero_udp_checksum_over_ipv4_stays_zero() {
+    let mut bed = nat_bed(PORTS);
+    let zero = |mut frame: Vec<u8>| {
+        frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        frame
+    };
+    let client: IpAddr = CLIENT4.into();
+    let key = FlowKey::new(client, 42000, NAT_VIP4.into(), 53, PROTO_UDP);
+    let nat_port = first_port(&key, PORTS);
+    let backend_mac = mac_of("198.18.0.12");
+    let request = zero(frame(
+        (CLIENT_MAC, LB0_MAC),
+        client,
+        42000,
+        NAT_VIP4.into(),
+        53,
+        PROTO_UDP,
+        false,
+    ));
+    let translated = zero(frame(
+        (LB0_MAC, backend_mac),
+        SOURCE4.into(),
+        nat_port,
+        BACKEND4_UDP.into(),
+        53,
+        PROTO_UDP,
+        false,
+    ));
+    bed.expect(
+        "request",
+        &request,
+        Verdict::Tx,
+        &translated,
+        &[(Counter::Tx, 1), (Counter::FlowNew, 1)],
+    );
+    let reply = zero(frame(
+        (backend_mac, LB0_MAC),
+        BACKEND4_UDP.into(),
+        53,
+        SOURCE4.into(),
+        nat_port,
+        PROTO_UDP,
+        true,
+    ));
+    let back = zero(frame(
+        (LB0_MAC, CLIENT_MAC),
+        NAT_VIP4.into(),
+        53,
+        client,
+        42000,
+        PROTO_UDP,
+        true,
+    ));
+    bed.expect(
+        "reply",
+        &reply,
+        Verdict::Tx,
+        &back,
+        &[(Counter::Tx, 1), (Counter::NatReply, 1)],
+    );
+}
+
+/// Two arms: the backend is behind lb1. The request leaves through lb1, the reply comes
+/// in on lb1 and leaves through lb0 towards the client.
+#[test]
+fn two_arms_redirect_both_ways() {
+    let mut bed = nat_bed(PORTS);
+    let client: IpAddr = CLIENT4.into();
+    let key = FlowKey::new(client, 43000, NAT_VIP4_TWO_ARM.into(), 80, PROTO_TCP);
+    let nat_port = first_port(&key, PORTS);
+    let backend_mac = mac_of("198.18.2.21");
+    let request = frame(
+        (CLIENT_MAC, LB0_MAC),
+        client,
+        43000,
+        NAT_VIP4_TWO_ARM.into(),
+        80,
+        PROTO_TCP,
+        false,
+    );
+    let translated = frame(
+        (LB1_MAC, backend_mac),
+        SOURCE4_LB1.into(),
+        nat_port,
+        BACKEND4_LB1.into(),
+        80,
+        PROTO_TCP,
+        false,
+    );
+    bed.expect(
+        "request",
+        &request,
+        Verdict::Redirect,
+        &translated,
+        &[(Counter::Redirect, 1), (Counter::FlowNew, 1)],
+    );
+    let reply = frame(
+        (backend_mac, LB1_MAC),
+        BACKEND4_LB1.into(),
+        80,
+        SOURCE4_LB1.into(),
+        nat_port,
+        PROTO_TCP,
+        true,
+    );
+    let back = frame(
+        (LB0_MAC, CLIENT_MAC),
+        NAT_VIP4_TWO_ARM.into(),
+        80,
+        client,
+        43000,
+        PROTO_TCP,
+        true,
+    );
+    let lb1 = bed.lb1;
+    bed.expect_on(
+        lb1,
+        "reply",
+        &reply,
+        Verdict::Redirect,
+        &back,
+        &[(Counter::Redirect, 1), (Counter::NatReply, 1)],
+    );
+}
+
+/// Replies that match no NAT flow are the host's: passed untouched.
+#[test]
+fn traffic_from_backends_that_matches_no_flow_passes_untouched() {
+    let mut bed = nat_bed(PORTS);
+    let backend_mac = mac_of("198.18.0.11");
+    for (name, port) in [("port in the NAT range", 25000), ("port outside", 40000)] {
+        let stray = frame(
+            (backend_mac, LB0_MAC),
+            BACKEND4.into(),
+            8080,
+            SOURCE4.into(),
+            port,
+            PROTO_TCP,
+            true,
+        );
+        bed.expect(
+            name,
+            &stray,
+            Verdict::Pass,
+            &stray,
+            &[(Counter::PassNotVip, 1)],
+        );
+    }
+}
+
+/// Four ports for one backend: four clients get four different ports (collisions
+/// probed past), the fifth is dropped and counted. Once a flow has closed and lingered,
+/// its port goes to the next new flow.
+#[test]
+fn ports_never_collide_run_out_predictably_and_are_reclaimed() {
+    let ports = (30000, 30003);
+    let mut bed = nat_bed(ports);
+    let mut used = HashSet::new();
+    for client_port in 50000..50004 {
+        let before = bed.counters();
+        let (verdict, out) = bed.run(&tcp_request(client_port));
+        assert_eq!(verdict, Verdict::Tx as u32);
+        assert_checksums_valid(&out);
+        let nat_port = u16::from_be_bytes([out[34], out[35]]);
+        assert!((ports.0..=ports.1).contains(&nat_port));
+        assert!(used.insert(nat_port), "port {nat_port} given twice");
+        assert_eq!(
+            bed.counters_moved(&before),
+            [(Counter::Tx, 1), (Counter::FlowNew, 1)].into()
+        );
+    }
+    let fifth = tcp_request(50004);
+    bed.expect(
+        "no port left",
+        &fifth,
+        Verdict::Drop,
+        &fifth,
+        &[(Counter::DropNatPortsExhausted, 1)],
+    );
+    // Established flows are untouched by the refusal.
+    let (verdict, _) = bed.run(&tcp_request(50000));
+    assert_eq!(verdict, Verdict::Tx as u32);
+
+    // The first client's flow closed long ago: its port is reclaimed.
+    let first = FlowKey::new(CLIENT4.into(), 50000, NAT_VIP4.into(), 80, PROTO_TCP);
+    let mut flow = bed.dataplane.nat_flow(&first).unwrap();
+    let port = flow.nat_port;
+    flow.flags |= FLOW_CLOSING;
+    flow.last_seen_ns = now_ns() - 10 * FlowTimeouts::DEFAULT.closing_linger_ns;
+    bed.dataplane.set_nat_flow(&first, &flow).unwrap();
+    let before = bed.counters();
+    let (verdict, out) = bed.run(&fifth);
+    assert_eq!(verdict, Verdict::Tx as u32);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), u16::from_be(port));
+    assert_eq!(
+        bed.counters_moved(&before),
+        [
+            (Counter::Tx, 1),
+            (Counter::FlowNew, 1),
+            (Counter::NatPortReclaimed, 1)
+        ]
+        .into()
+    );
+    let replies = bed.dataplane.nat_replies().unwrap();
+    let owners: HashSet<FlowKey> = replies.iter().map(|(_, client)| *client).collect();
+    assert_eq!(replies.len(), 4);
+    assert!(
+        !owners.contains(&first),
+        "the reclaimed reply entry is the new flow's"
+    );
+}
+
+/// An idle UDP flow ends after its timeout: the sweep removes it, and its client starts
+/// a new flow on the next datagram.
+#[test]
+fn idle_flows_are_swept() {
+    let mut bed = nat_bed(PORTS);
+    let key = FlowKey::new(CLIENT4.into(), 44000, NAT_VIP4.into(), 53, PROTO_UDP);
+    let request = frame(
+        (CLIENT_MAC, LB0_MAC),
+        CLIENT4.into(),
+        44000,
+        NAT_VIP4.into(),
+        53,
+        PROTO_UDP,
+        false,
+    );
+    bed.run(&request);
+    let mut suspects = HashSet::new();
+    assert_eq!(bed.dataplane.sweep_nat(now_ns(), &mut suspects).unwrap(), 0);
+    let mut flow = bed.dataplane.nat_flow(&key).unwrap();
+    flow.last_seen_ns = now_ns() - 2 * FlowTimeouts::DEFAULT.udp_idle_ns;
+    bed.dataplane.set_nat_flow(&key, &flow).unwrap();
+    assert_eq!(bed.dataplane.sweep_nat(now_ns(), &mut suspects).unwrap(), 1);
+    assert!(bed.dataplane.nat_flow(&key).is_none());
+    assert!(bed.dataplane.nat_replies().unwrap().is_empty());
+    let before = bed.counters();
+    bed.run(&request);
+    assert_eq!(
+        bed.counters_moved(&before),
+        [(Counter::Tx, 1), (Counter::FlowNew, 1)].into()
+    );
+}
+
+/// A backend's FIN marks its flow closing, as the client's does.
+#[test]
+fn a_backend_closing_marks_the_flow() {
+    let mut bed = nat_bed(PORTS);
+    let key = FlowKey::new(CLIENT4.into(), 45000, NAT_VIP4.into(), 80, PROTO_TCP);
+    bed.run(&frame(
+        (CLIENT_MAC, LB0_MAC),
+        CLIENT4.into(),
+        45000,
+        NAT_VIP4.into(),
+        80,
+        PROTO_TCP,
+        false,
+    ));
+    let nat_port = u16::from_be(bed.dataplane.nat_flow(&key).unwrap().nat_port);
+    let mut fin = Vec::new();
+    PacketBuilder::ethernet2(mac_of("198.18.0.11"), LB0_MAC)
+        .ipv4(BACKEND4, SOURCE4, 64)
+        .tcp(8080, nat_port, 5000, 64240)
+        .fin()
+        .ack(1)
+        .write(&mut fin, &[])
+        .unwrap();
+    let (verdict, out) = bed.run(&fin);
+    assert_eq!(verdict, Verdict::Tx as u32);
+    assert_checksums_valid(&out);
+    assert_eq!(
+        bed.dataplane.nat_flow(&key).unwrap().flags & FLOW_CLOSING,
+        FLOW_CLOSING
+    );
+}
+
+/// A full NAT table refuses new flows (counted) and keeps translating the flows it has.
+#[test]
+fn a_full_table_refuses_new_flows_and_keeps_the_others() {
+    let mut bed = nat_bed(PORTS);
+    let mut outputs = Vec::new();
+    for client_port in 0..NAT_ENTRIES as u16 {
+        let (verdict, out) = bed.run(&tcp_request(10000 + client_port));
+        assert_eq!(verdict, Verdict::Tx as u32, "flow {client_port}");
+        outputs.push(out);
+    }
+    let one_more = tcp_request(10000 + NAT_ENTRIES as u16);
+    bed.expect(
+        "table full",
+        &one_more,
+        Verdict::Drop,
+        &one_more,
+        &[(Counter::DropNatTableFull, 1)],
+    );
+    assert_eq!(
+        bed.dataplane.nat_replies().unwrap().len(),
+        NAT_ENTRIES as usize,
+        "a refused flow leaves nothing behind"
+    );
+    for (i, expected) in outputs.iter().enumerate() {
+        bed.expect(
+            &format!("established flow {i}"),
+            &tcp_request(10000 + i as u16),
+            Verdict::Tx,
+            expected,
+            &[(Counter::Tx, 1)],
+        );
+    }
+}
+
+/// ICMP errors from the backend's side about a NAT flow reach the client translated:
+/// outer header VIP → client, quoted packet as the client sent it, checksums (ICMPv6's
+/// pseudo-header included) as etherparse computes them.
+#[test]
+fn icmp_errors_about_a_flow_are_translated_for_the_client() {
+    let mut bed = nat_bed(PORTS);
+    let cases: [(&str, IpAddr, IpAddr, u8, IpAddr, IpAddr, usize); 3] = [
+        (
+            "v4 port unreachable, whole packet quoted",
+            CLIENT4.into(),
+            NAT_VIP4.into(),
+            PROTO_UDP,
+            SOURCE4.into(),
+            BACKEND4_UDP.into(),
+            usize::MAX,
+        ),
+        (
+            "v4 fragmentation needed, 8 bytes quoted",
+            CLIENT4.into(),
+            NAT_VIP4.into(),
+            PROTO_TCP,
+            SOURCE4.into(),
+            BACKEND4.into(),
+            28,
+        ),
+        (
+            "v6 packet too big",
+            CLIENT6.into(),
+            NAT_VIP6.into(),
+            PROTO_TCP,
+            SOURCE6.into(),
+            BACKEND6.into(),
+            usize::MAX,
+        ),
+    ];
+    for (name, client, vip, protocol, source, backend, quoted_len) in cases {
+        let vip_port = if protocol == PROTO_UDP { 53 } else { 80 };
+        let request = frame(
+            (CLIENT_MAC, LB0_MAC),
+            client,
+            46000,
+            vip,
+            vip_port,
+            protocol,
+            false,
+        );
+        let (_, sent) = bed.run(&request);
+        let quote = |frame: &[u8]| {
+            let ip = &frame[14..];
+            ip[..quoted_len.min(ip.len())].to_vec()
+        };
+        let backend_mac = mac_of(&backend.to_string());
+        let mut error = Vec::new();
+        let mut expected = Vec::new();
+        match (source, client) {
+            (IpAddr::V4(source), IpAddr::V4(client)) => {
+                let kind = if protocol == PROTO_UDP {
+                    DestUnreachableHeader::Port
+                } else {
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }
+                };
+                let backend = match backend {
+                    IpAddr::V4(b) => b.octets(),
+                    _ => unreachable!(),
+                };
+                PacketBuilder::ethernet2(backend_mac, LB0_MAC)
+                    .ipv4(backend, source.octets(), 64)
+                    .icmpv4(Icmpv4Type::DestinationUnreachable(kind.clone()))
+                    .write(&mut error, &quote(&sent))
+                    .unwrap();
+                let vip = match vip {
+                    IpAddr::V4(v) => v.octets(),
+                    _ => unreachable!(),
+                };
+                PacketBuilder::ethernet2(LB0_MAC, CLIENT_MAC)
+                    .ipv4(vip, client.octets(), 64)
+                    .icmpv4(Icmpv4Type::DestinationUnreachable(kind))
+                    .write(&mut expected, &quote(&request))
+                    .unwrap();
+            }
+            (IpAddr::V6(source), IpAddr::V6(client)) => {
+                let backend = match backend {
+                    IpAddr::V6(b) => b.octets(),
+                    _ => unreachable!(),
+                };
+                PacketBuilder::ethernet2(backend_mac, LB0_MAC)
+                    .ipv6(backend, source.octets(), 64)
+                    .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                    .write(&mut error, &quote(&sent))
+                    .unwrap();
+                let vip = match vip {
+                    IpAddr::V6(v) => v.octets(),
+                    _ => unreachable!(),
+                };
+                PacketBuilder::ethernet2(LB0_MAC, CLIENT_MAC)
+                    .ipv6(vip, client.octets(), 64)
+                    .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                    .write(&mut expected, &quote(&request))
+                    .unwrap();
+            }
+            _ => unreachable!(),
+        }
+        bed.expect(
+            name,
+            &error,
+            Verdict::Tx,
+            &expected,
+            &[(Counter::Tx, 1), (Counter::NatIcmpTranslated, 1)],
+        );
+    }
+}
