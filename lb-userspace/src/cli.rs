@@ -1074,12 +1074,10 @@ pub fn render_status(status: &Status) -> String {
             ),
         ));
     }
-    let vrrp = status.vrrp.as_ref().map(|vrrp| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        vrrp_rows(vrrp, now)
-    });
+    let vrrp = status
+        .vrrp
+        .as_ref()
+        .map(|vrrp| vrrp_rows(vrrp, unix_now_ms()));
     rows.extend(
         vrrp.iter()
             .flatten()
@@ -1210,9 +1208,7 @@ fn check_name(vip: &VipView) -> String {
 }
 
 fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::control::unix_ms(std::time::SystemTime::now())
 }
 
 /// Backends with their admin state, health (`up, going down` …), the last check's

@@ -48,7 +48,9 @@ pub const DEFAULT_NAT_PORTS: PortRange = PortRange {
     last: 32767,
 };
 /// Largest flow timeout, in seconds (a day).
-pub const MAX_FLOW_TIMEOUT_SECS: u32 = 86_400;
+/// Bounds of the `[flows]` timeouts.
+pub const FLOW_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(86_400);
 
 /// A validated configuration. Serializes back to the file format (same key names).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -99,24 +101,26 @@ pub struct AgentConfig {
 /// `[flows]`: when a flow is over, and the NAT source ports. Applied on reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct FlowSettings {
-    /// Seconds without a packet from the client after which a TCP flow is over.
-    pub tcp_idle_timeout: u32,
-    /// Seconds without a packet from the client after which a UDP flow is over.
-    pub udp_idle_timeout: u32,
-    /// Seconds a TCP flow lingers after a FIN or RST (late retransmissions, the last ACK).
-    pub tcp_linger: u32,
+    /// Time without a packet from the client after which a TCP flow is over.
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Time without a packet from the client after which a UDP flow is over.
+    #[serde(serialize_with = "serialize_duration")]
+    pub udp_idle_timeout: Duration,
+    /// How long a TCP flow lingers after a FIN or RST (late retransmissions, the last ACK).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_linger: Duration,
     /// The source ports NAT flows use towards backends.
     pub nat_ports: PortRange,
 }
 
 impl Default for FlowSettings {
     fn default() -> Self {
-        const SECOND: u64 = 1_000_000_000;
         let defaults = FlowTimeouts::DEFAULT;
         FlowSettings {
-            tcp_idle_timeout: (defaults.tcp_idle_ns / SECOND) as u32,
-            udp_idle_timeout: (defaults.udp_idle_ns / SECOND) as u32,
-            tcp_linger: (defaults.closing_linger_ns / SECOND) as u32,
+            tcp_idle_timeout: Duration::from_nanos(defaults.tcp_idle_ns),
+            udp_idle_timeout: Duration::from_nanos(defaults.udp_idle_ns),
+            tcp_linger: Duration::from_nanos(defaults.closing_linger_ns),
             nat_ports: DEFAULT_NAT_PORTS,
         }
     }
@@ -126,11 +130,12 @@ impl FlowSettings {
     /// The program's view (`NAT_CONFIG`); the port range only when a VIP uses NAT, so
     /// that without one no reply is ever looked up.
     pub fn timeouts(&self, nat: bool) -> FlowTimeouts {
-        const SECOND: u64 = 1_000_000_000;
+        // At most a day: far from overflowing.
+        let ns = |d: Duration| d.as_nanos() as u64;
         FlowTimeouts {
-            tcp_idle_ns: self.tcp_idle_timeout as u64 * SECOND,
-            udp_idle_ns: self.udp_idle_timeout as u64 * SECOND,
-            closing_linger_ns: self.tcp_linger as u64 * SECOND,
+            tcp_idle_ns: ns(self.tcp_idle_timeout),
+            udp_idle_ns: ns(self.udp_idle_timeout),
+            closing_linger_ns: ns(self.tcp_linger),
             nat_port_first: if nat { self.nat_ports.first as u32 } else { 0 },
             nat_port_count: if nat { self.nat_ports.count() } else { 0 },
         }
@@ -642,9 +647,9 @@ struct RawAgent {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFlows {
-    tcp_idle_timeout: Option<Spanned<Integer>>,
-    udp_idle_timeout: Option<Spanned<Integer>>,
-    tcp_linger: Option<Spanned<Integer>>,
+    tcp_idle_timeout: Option<Spanned<String>>,
+    udp_idle_timeout: Option<Spanned<String>>,
+    tcp_linger: Option<Spanned<String>>,
     nat_ports: Option<Spanned<String>>,
 }
 
@@ -996,9 +1001,17 @@ impl RawAgent {
 impl RawFlows {
     fn validate(&self, src: &Source<'_>) -> Result<FlowSettings, ConfigError> {
         let defaults = FlowSettings::default();
-        let seconds = |value: &Option<Spanned<Integer>>, key: &str, default: u32| match value {
-            Some(v) => src.integer(v, &format!("flows.{key}"), 1, MAX_FLOW_TIMEOUT_SECS),
-            None => Ok(default),
+        let timeout = |value: &Option<Spanned<String>>, key: &str, default: Duration| {
+            let Some(value) = value else {
+                return Ok(default);
+            };
+            let key = format!("flows.{key}");
+            let duration = src.duration(value, &key)?;
+            if FLOW_TIMEOUTS.contains(&duration) {
+                Ok(duration)
+            } else {
+                Err(src.error_at(value, &key, "must be at least 100ms and at most 24h"))
+            }
         };
         let nat_ports = match &self.nat_ports {
             Some(text) => text
@@ -1008,17 +1021,17 @@ impl RawFlows {
             None => defaults.nat_ports,
         };
         Ok(FlowSettings {
-            tcp_idle_timeout: seconds(
+            tcp_idle_timeout: timeout(
                 &self.tcp_idle_timeout,
                 "tcp_idle_timeout",
                 defaults.tcp_idle_timeout,
             )?,
-            udp_idle_timeout: seconds(
+            udp_idle_timeout: timeout(
                 &self.udp_idle_timeout,
                 "udp_idle_timeout",
                 defaults.udp_idle_timeout,
             )?,
-            tcp_linger: seconds(&self.tcp_linger, "tcp_linger", defaults.tcp_linger)?,
+            tcp_linger: timeout(&self.tcp_linger, "tcp_linger", defaults.tcp_linger)?,
             nat_ports,
         })
     }
@@ -1907,17 +1920,17 @@ vip = [
     #[test]
     fn flow_settings() {
         let config = parse(&format!(
-            "{AGENT}nat_entries = 4096\n[flows]\ntcp_idle_timeout = 600\nudp_idle_timeout = 10\n\
-             tcp_linger = 5\nnat_ports = \"40000-40009\"\n"
+            "{AGENT}nat_entries = 4096\n[flows]\ntcp_idle_timeout = \"10m\"\nudp_idle_timeout = \"10s\"\n\
+             tcp_linger = \"500ms\"\nnat_ports = \"40000-40009\"\n"
         ))
         .expect("valid");
         assert_eq!(config.agent.nat_entries, 4096);
         assert_eq!(
             config.flows,
             FlowSettings {
-                tcp_idle_timeout: 600,
-                udp_idle_timeout: 10,
-                tcp_linger: 5,
+                tcp_idle_timeout: Duration::from_secs(600),
+                udp_idle_timeout: Duration::from_secs(10),
+                tcp_linger: Duration::from_millis(500),
                 nat_ports: PortRange {
                     first: 40000,
                     last: 40009
@@ -1936,7 +1949,11 @@ vip = [
         assert!(flows("nat_ports = \"100-200\"").contains("must lie within 1024-65535"));
         assert!(flows("nat_ports = \"5000-4000\"").contains("not be empty"));
         assert!(flows("nat_ports = \"5000\"").contains("is not a port range"));
-        assert!(flows("tcp_linger = 0").contains("flows.tcp_linger: must be in 1..=86400"));
+        assert!(
+            flows("tcp_linger = \"0s\"")
+                .contains("flows.tcp_linger: must be at least 100ms and at most 24h")
+        );
+        assert!(flows("tcp_linger = 2").contains("flows.tcp_linger: invalid type"));
         assert!(flows("udp_timeout = 3").contains("unknown field"));
     }
 

@@ -16,6 +16,12 @@ use crate::{
     vrrp::state::State as VrrpState,
 };
 
+/// Unix time in milliseconds, as the API's `*_unix_ms` fields carry it (0 before 1970).
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The API's version, the first segment of every path.
 pub const API_VERSION: &str = "v1";
 

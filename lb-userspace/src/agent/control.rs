@@ -14,7 +14,7 @@ use crate::{
     config::{DEFAULT_WEIGHT, Forwarding, MAX_WEIGHT, Protocol, VipConfig},
     control::{
         BackendChange, BackendView, Control, ControlError, FlowView, HealthView, InterfaceStatus,
-        LastCheck, NewBackend, NewVip, ReloadOutcome, Status, VipStatus, VipView,
+        LastCheck, NewBackend, NewVip, ReloadOutcome, Status, VipStatus, VipView, unix_ms,
     },
     flows,
     health::BackendHealth,
@@ -353,11 +353,6 @@ impl Control for Agent {
             .map(|writes| ReloadOutcome { writes })
             .map_err(|err| ControlError::Invalid(err.to_string()))
     }
-}
-
-fn unix_ms(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn health_view(health: &BackendHealth) -> HealthView {

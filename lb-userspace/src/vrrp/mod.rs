@@ -461,11 +461,8 @@ impl Runner {
         if instance.transitions.len() == TRANSITIONS_KEPT {
             instance.transitions.pop_front();
         }
-        let unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         instance.transitions.push_back(VrrpTransition {
-            unix_ms,
+            unix_ms: crate::control::unix_ms(SystemTime::now()),
             from,
             to,
             reason: reason.to_owned(),
