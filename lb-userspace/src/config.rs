@@ -237,7 +237,8 @@ pub const COMMAND_PLACEHOLDERS: [&str; 4] = ["{address}", "{port}", "{vip}", "{v
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct HealthConfig {
     pub kind: CheckKind,
-    /// The port checked; `None`: the VIP's (which is the backend's in DSR).
+    /// The port checked; `None`: the port the backend serves on (its NAT port, else the
+    /// VIP's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// http/https: the request path.

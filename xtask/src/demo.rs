@@ -1,14 +1,18 @@
 //! `cargo xtask demo`: weir balancing real traffic in the test bed. A client, the load
 //! balancer running the `weir` agent on an embedded configuration, and three backends
 //! whose servers answer with their own name, each in a network namespace; a few hundred
-//! HTTP requests (IPv4 and IPv6) and UDP datagrams go through the VIPs; a backend is
-//! drained at runtime with the `weir` CLI; the demo prints how requests spread before and
-//! after, and the agent's counters, and removes everything (also on Ctrl-C).
+//! HTTP requests (IPv4 and IPv6) and UDP datagrams go through the VIPs (DSR and full
+//! NAT); a backend is drained at runtime with the `weir` CLI; a backend's server is
+//! stopped and its health checks take it out of rotation, then bring it back; the demo
+//! prints how requests spread at each step, and the agent's counters, and removes
+//! everything (also on Ctrl-C).
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::atomic::{AtomicBool, Ordering},
+    thread::sleep,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -27,6 +31,10 @@ const CONFIG: &str = include_str!("demo.toml");
 const HTTP_REQUESTS: usize = 300;
 const HTTP6_REQUESTS: usize = 120;
 const UDP_REQUESTS: u16 = 120;
+const NAT_PORT: u16 = 8080;
+/// How long a health state change may take in the demo (checks every 500 ms, rise and
+/// fall 2: about a second).
+const HEALTH_WAIT: Duration = Duration::from_secs(10);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -58,7 +66,7 @@ pub fn run_demo(built: &Built) -> Result<()> {
     }
 
     say("building the test bed: client, load balancer, 3 backends on one L2 segment");
-    let topology = DsrTopology::with_servers(3).context("cannot build the test bed")?;
+    let mut topology = DsrTopology::with_servers(3).context("cannot build the test bed")?;
     check_interrupted()?;
     let config = CONFIG.replace("@LB_INTERFACE@", topology.lb_ifname());
     say("starting `weir agent` in the load balancer's namespace on the embedded configuration");
@@ -109,6 +117,45 @@ pub fn run_demo(built: &Built) -> Result<()> {
         Ok(http_get(client, &format!("http://{VIP_V4}:{HTTP_PORT}/"))?.body)
     })?;
     print_spread(&drained);
+    cli(&agent, &["backend", "ready", "web", "198.18.0.13"])?;
+
+    say(&format!(
+        "{HTTP6_REQUESTS} HTTP requests to the full-NAT VIP http://{VIP_V4}:{NAT_PORT}/ (plain backends)"
+    ));
+    let client = &topology.client().ns;
+    let nat = count(HTTP6_REQUESTS, |_| {
+        Ok(http_get(client, &format!("http://{VIP_V4}:{NAT_PORT}/"))?.body)
+    })?;
+    print_spread(&nat);
+    cli(&agent, &["vip", "show", "web-nat"])?;
+
+    say("stopping backend1's server: HTTP health checks take it DOWN");
+    topology.stop_server(1)?;
+    let down = Instant::now();
+    wait_for_health(&agent, "down")?;
+    println!("    DOWN after {} ms", down.elapsed().as_millis());
+    cli(&agent, &["backend", "list", "web"])?;
+    say(&format!(
+        "{HTTP_REQUESTS} HTTP requests while it is down: none fails"
+    ));
+    let client = &topology.client().ns;
+    let without = count(HTTP_REQUESTS, |_| {
+        Ok(http_get(client, &format!("http://{VIP_V4}:{HTTP_PORT}/"))
+            .map_or_else(|_| "failed".to_owned(), |answer| answer.body))
+    })?;
+    print_spread(&without);
+
+    say("starting it again: UP after `rise` good checks, back in rotation");
+    topology.start_server(1)?;
+    let up = Instant::now();
+    wait_for_health(&agent, "up")?;
+    println!("    UP after {} ms", up.elapsed().as_millis());
+    let client = &topology.client().ns;
+    let back = count(HTTP_REQUESTS, |_| {
+        Ok(http_get(client, &format!("http://{VIP_V4}:{HTTP_PORT}/"))?.body)
+    })?;
+    print_spread(&back);
+
     say("`weir status`");
     cli(&agent, &["status"])?;
 
@@ -139,6 +186,28 @@ fn cli(agent: &Agent, args: &[&str]) -> Result<()> {
         println!("    {line}");
     }
     Ok(())
+}
+
+/// Waits until backend1 of VIP web has the health `state` ("up" or "down").
+fn wait_for_health(agent: &Agent, state: &str) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        check_interrupted()?;
+        let output = agent.cli(&["--json", "backend", "list", "web"])?;
+        let backends: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("`weir --json backend list web` printed no JSON")?;
+        let health = backends
+            .as_array()
+            .and_then(|list| list.iter().find(|b| b["address"] == "198.18.0.11"))
+            .map(|b| b["health"]["state"].clone());
+        if health.as_ref().and_then(|s| s.as_str()) == Some(state) {
+            return Ok(());
+        }
+        if start.elapsed() > HEALTH_WAIT {
+            bail!("backend1 is not {state} after {HEALTH_WAIT:?}: {health:?}");
+        }
+        sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs `request` `n` times and counts the answers (backend names).

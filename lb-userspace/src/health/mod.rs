@@ -24,7 +24,7 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use crate::config::{AdminState, CheckKind, Config, HealthConfig, VipConfig};
+use crate::config::{AdminState, BackendConfig, CheckKind, Config, HealthConfig, VipConfig};
 pub use check::{CheckReason, CheckResult, Checker, Target};
 pub use state::{HealthState, Operational, effective_admin_state};
 
@@ -123,7 +123,7 @@ impl HealthMonitor {
                     vip: vip.name.clone(),
                     address: backend.address,
                 };
-                let target = target_of(vip, backend.address);
+                let target = target_of(vip, backend);
                 wanted.insert(key.clone());
                 if let Some(monitored) = self.backends.get(&key)
                     && monitored.rules == vip.health
@@ -262,10 +262,12 @@ pub fn down_in_dataplane<'a>(
     down
 }
 
-fn target_of(vip: &VipConfig, address: IpAddr) -> Target {
+/// What a backend's checks connect to: `health.port`, else the port the backend serves
+/// on (its NAT port, else the VIP's).
+fn target_of(vip: &VipConfig, backend: &BackendConfig) -> Target {
     Target {
-        address,
-        port: vip.health.port.unwrap_or(vip.port),
+        address: backend.address,
+        port: vip.health.port.or(backend.port).unwrap_or(vip.port),
         vip: vip.address,
         vip_port: vip.port,
     }
@@ -323,6 +325,24 @@ mod tests {
             text += &format!("[[vip.backend]]\naddress = \"{address}\"\n");
         }
         Config::parse(&text, "test.toml").expect("valid")
+    }
+
+    #[test]
+    fn checks_go_to_the_port_the_backend_serves_on() {
+        let text = "[agent]\ninterfaces = [\"lo\"]\n[[vip]]\nname = \"nat\"\naddress = \"127.0.0.1\"\n\
+                    port = 8080\nforwarding = \"nat\"\n[[vip.backend]]\naddress = \"127.0.0.2\"\nport = 80\n\
+                    [[vip.backend]]\naddress = \"127.0.0.3\"\n";
+        let mut config = Config::parse(text, "test.toml").expect("valid");
+        let vip = &config.vips[0];
+        assert_eq!(target_of(vip, &vip.backends[0]).port, 80, "the NAT port");
+        assert_eq!(
+            target_of(vip, &vip.backends[1]).port,
+            8080,
+            "the VIP's port"
+        );
+        config.vips[0].health.port = Some(9000);
+        let vip = &config.vips[0];
+        assert_eq!(target_of(vip, &vip.backends[0]).port, 9000, "health.port");
     }
 
     fn key(address: &str) -> BackendKey {
