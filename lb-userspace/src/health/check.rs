@@ -242,7 +242,8 @@ fn status_code(answer: &[u8]) -> Option<u16> {
 }
 
 /// Runs the command with its placeholders filled in; exit status 0 passes. The command
-/// runs in its own process group, killed whole when it overruns the timeout.
+/// runs in its own process group, killed whole when it overruns the timeout or when the
+/// check is cancelled (its backend removed by a reload or the API).
 async fn exec(rules: &HealthConfig, target: &Target, deadline: Instant) -> (bool, CheckReason) {
     let Some((program, args)) = rules.command.as_deref().and_then(<[String]>::split_first) else {
         return (false, CheckReason::CannotRun("no command".into()));
@@ -260,12 +261,13 @@ async fn exec(rules: &HealthConfig, target: &Target, deadline: Instant) -> (bool
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
+        // Tokio reaps a dropped child in the background: no zombie after a cancellation.
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let mut group = match command.spawn() {
+        Ok(child) => ProcessGroup(child),
         Err(err) => return (false, CheckReason::CannotRun(err.to_string())),
     };
-    match timeout_at(deadline, child.wait()).await {
+    match timeout_at(deadline, group.0.wait()).await {
         Ok(Ok(status)) => match (
             status.code(),
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -276,13 +278,31 @@ async fn exec(rules: &HealthConfig, target: &Target, deadline: Instant) -> (bool
         },
         Ok(Err(err)) => (false, CheckReason::CannotRun(err.to_string())),
         Err(_) => {
-            if let Some(pid) = child.id() {
-                // SAFETY: signals the process group this check created (pgid = pid).
-                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
-            }
-            let _ = child.wait().await;
+            group.kill();
+            let _ = group.0.wait().await;
             (false, CheckReason::TimeoutCommand)
         }
+    }
+}
+
+/// A check command leading its own process group, which is killed whole (the command's
+/// children too) unless the command has been waited for.
+struct ProcessGroup(tokio::process::Child);
+
+impl ProcessGroup {
+    fn kill(&mut self) {
+        // `id()` is `None` once the leader is reaped: until then its pid, which is the
+        // group's id, cannot be reused, so the signal reaches this group and no other.
+        if let Some(pid) = self.0.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+            // SAFETY: kill(2) has no memory effects; it signals the group this check created.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -500,6 +520,72 @@ mod tests {
                 .to_string()
                 .starts_with("cannot run the command: ")
         );
+    }
+
+    /// Runs an exec check whose command starts a grandchild `sleep`, ends the check by
+    /// its timeout or by cancelling it, and tells whether the grandchild was killed.
+    async fn grandchild_is_killed(cancel: bool) -> bool {
+        let pid_file = std::env::temp_dir().join(format!(
+            "weir-check-grandchild-{}-{cancel}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&pid_file);
+        let mut exec = rules(&format!(
+            "kind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 30 & echo $! > {}; wait\"]\n",
+            pid_file.display()
+        ));
+        if cancel {
+            exec.timeout = Duration::from_secs(30);
+        }
+        let checker = Checker::new();
+        let grandchild = async {
+            loop {
+                let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+                if let Some(pid) = text.strip_suffix('\n').and_then(|pid| pid.parse().ok()) {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let target = target(81);
+        let check = checker.check(&exec, &target);
+        let pid: i32 = if cancel {
+            // Dropping the check's future is what removing its backend does.
+            tokio::select! {
+                result = check => panic!("the check ended: {result:?}"),
+                pid = grandchild => pid,
+            }
+        } else {
+            let (result, pid) = tokio::join!(check, grandchild);
+            assert_eq!(result.reason, CheckReason::TimeoutCommand);
+            pid
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        // Killed, and reaped by whoever inherited it (or a zombie until then).
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |stat| stat.contains(") Z "))
+        };
+        for _ in 0..200 {
+            if dead() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Don't leave it behind.
+        // SAFETY: kill(2) has no memory effects.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        false
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_exec_check_kills_its_process_group() {
+        assert!(grandchild_is_killed(false).await);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_exec_check_kills_its_process_group() {
+        assert!(grandchild_is_killed(true).await);
     }
 
     #[test]
