@@ -362,7 +362,9 @@ impl ServerCertVerifier for AnyCertificate {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use rustls::pki_types::PrivateKeyDer;
     use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
 
     use super::*;
     use crate::config::Config;
@@ -387,28 +389,102 @@ mod tests {
         }
     }
 
-    /// A local listener answering each connection with `answer` (None: never answers).
-    async fn server(answer: Option<&'static str>) -> u16 {
+    /// How a test server answers a request.
+    #[derive(Clone)]
+    enum Answer {
+        Bytes(Vec<u8>),
+        /// Keeps the connection open, says nothing.
+        Silent,
+        /// Sends this byte forever.
+        Endless(u8),
+    }
+
+    /// What a test server saw of one connection.
+    #[derive(Debug, Default)]
+    struct Seen {
+        /// The TLS SNI.
+        server_name: Option<String>,
+        request: String,
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+    /// A local listener answering each connection with `answer`, over TLS with `tls`.
+    async fn serve(answer: Answer, tls: Option<TlsAcceptor>) -> (u16, Log) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
+        let log = Log::default();
+        let server_log = log.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
+                let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                let (answer, tls, log) = (answer.clone(), tls.clone(), server_log.clone());
                 tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = stream.read(&mut request).await;
-                    match answer {
-                        Some(answer) => {
-                            let _ = stream.write_all(answer.as_bytes()).await;
+                    match tls {
+                        None => respond(stream, answer, None, &log).await,
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let server_name = stream.get_ref().1.server_name().map(str::to_owned);
+                            respond(stream, answer, server_name, &log).await;
                         }
-                        None => tokio::time::sleep(Duration::from_secs(5)).await,
                     }
                 });
             }
         });
-        port
+        (port, log)
+    }
+
+    async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        answer: Answer,
+        server_name: Option<String>,
+        log: &Log,
+    ) {
+        let mut request = [0u8; 1024];
+        let read = stream.read(&mut request).await.unwrap_or(0);
+        log.lock().expect("log").push(Seen {
+            server_name,
+            request: String::from_utf8_lossy(&request[..read]).into_owned(),
+        });
+        match answer {
+            Answer::Bytes(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+            }
+            Answer::Silent => tokio::time::sleep(Duration::from_secs(5)).await,
+            Answer::Endless(byte) => {
+                let chunk = [byte; 4096];
+                while stream.write_all(&chunk).await.is_ok() {}
+            }
+        }
+    }
+
+    async fn server(answer: Option<&'static str>) -> u16 {
+        let answer = match answer {
+            Some(text) => Answer::Bytes(text.into()),
+            None => Answer::Silent,
+        };
+        serve(answer, None).await.0
+    }
+
+    /// A TLS acceptor with a fresh self-signed certificate.
+    fn tls_acceptor() -> TlsAcceptor {
+        let certified = rcgen::generate_simple_self_signed(vec!["www.example".to_owned()])
+            .expect("certificate");
+        let key = PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+        TlsAcceptor::from(Arc::new(config))
     }
 
     /// A port nothing listens on.
@@ -470,21 +546,118 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_against_plain_http_is_a_tls_error() {
+    async fn http_checks_survive_odd_answers() {
         let checker = Checker::new();
-        let port = server(Some("HTTP/1.1 400 Bad Request\r\n\r\n")).await;
-        let result = checker
-            .check(
-                &rules("kind = \"https\"\nhost = \"www.example\"\n"),
-                &target(port),
+        let http = rules("kind = \"http\"\n");
+        let reason = async |answer: Answer| {
+            let (port, _) = serve(answer, None).await;
+            let result = checker.check(&http, &target(port)).await;
+            assert!(
+                result.duration < Duration::from_millis(300),
+                "{:?}",
+                result.duration
+            );
+            (result.passed, result.reason.to_string())
+        };
+        let not_http = (false, "bad response: the answer is not HTTP/1.x".to_owned());
+        let bytes = |text: &[u8]| Answer::Bytes(text.to_vec());
+
+        assert_eq!(
+            reason(bytes(b"HTTP/1.0 204 No Content\n\n")).await,
+            (true, "HTTP status 204".to_owned())
+        );
+        assert_eq!(reason(bytes(b"\r\n\r\n")).await, not_http);
+        assert_eq!(reason(bytes(b"\x00\xff\xfe garbage")).await, not_http);
+        assert_eq!(reason(bytes(b"HTTP/1.1 abc OK\r\n")).await, not_http);
+        // Closed in the middle of the status line, or before a word of it.
+        assert_eq!(reason(bytes(b"HTTP/1.1 2")).await, not_http);
+        assert_eq!(
+            reason(bytes(b"")).await,
+            (
+                false,
+                "bad response: the connection closed without an answer".to_owned()
             )
+        );
+        // Only the status line is read: long headers and bodies do not matter.
+        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for n in 0..10_000 {
+            long.extend_from_slice(format!("X-Header-{n}: {}\r\n", "v".repeat(64)).as_bytes());
+        }
+        assert_eq!(
+            reason(Answer::Bytes(long)).await,
+            (true, "HTTP status 200".to_owned())
+        );
+        // An endless answer is cut at the status line's bound, not read to the timeout.
+        assert_eq!(reason(Answer::Endless(b'A')).await, not_http);
+    }
+
+    #[tokio::test]
+    async fn https_checks() {
+        let checker = Checker::new();
+        let https = rules("kind = \"https\"\nhost = \"www.example\"\npath = \"/health\"\n");
+        let answer = |text: &str| Answer::Bytes(text.into());
+
+        let (ok, seen) = serve(answer("HTTP/1.1 200 OK\r\n\r\n"), Some(tls_acceptor())).await;
+        let result = checker.check(&https, &target(ok)).await;
+        assert_eq!(
+            (result.passed, result.reason),
+            (true, CheckReason::HttpStatus(200))
+        );
+        {
+            let seen = seen.lock().expect("log");
+            assert_eq!(seen[0].server_name.as_deref(), Some("www.example"));
+            assert!(
+                seen[0]
+                    .request
+                    .starts_with("GET /health HTTP/1.1\r\nHost: www.example\r\n"),
+                "{:?}",
+                seen[0].request
+            );
+        }
+        // No host: no SNI (an address is not a server name), the address as Host.
+        let result = checker
+            .check(&rules("kind = \"https\"\n"), &target(ok))
             .await;
+        assert!(result.passed, "{}", result.reason);
+        {
+            let seen = seen.lock().expect("log");
+            assert_eq!(seen[1].server_name, None);
+            assert!(seen[1].request.contains("\r\nHost: 127.0.0.1\r\n"));
+        }
+
+        let (unavailable, _) = serve(
+            answer("HTTP/1.1 503 Service Unavailable\r\n\r\n"),
+            Some(tls_acceptor()),
+        )
+        .await;
+        let result = checker.check(&https, &target(unavailable)).await;
+        assert_eq!(
+            (result.passed, result.reason.to_string()),
+            (false, "HTTP status 503".to_owned())
+        );
+
+        // TLS up, then no answer; no TLS handshake at all: both the response's timeout.
+        for tls in [Some(tls_acceptor()), None] {
+            let (silent, _) = serve(Answer::Silent, tls).await;
+            let result = checker.check(&https, &target(silent)).await;
+            assert_eq!(result.reason, CheckReason::TimeoutAtResponse);
+            assert!(result.duration >= Duration::from_millis(300));
+            assert!(result.duration < Duration::from_secs(2));
+        }
+
+        let plain = server(Some("HTTP/1.1 400 Bad Request\r\n\r\n")).await;
+        let result = checker.check(&https, &target(plain)).await;
         assert!(!result.passed);
         assert!(
             result.reason.to_string().starts_with("TLS error: "),
             "{}",
             result.reason
         );
+        // Endless garbage instead of a handshake: rustls bounds what it buffers.
+        let (endless, _) = serve(Answer::Endless(0x16), None).await;
+        let result = checker.check(&https, &target(endless)).await;
+        assert!(!result.passed);
+        assert!(result.duration < Duration::from_secs(2));
     }
 
     #[tokio::test]
