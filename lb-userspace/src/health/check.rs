@@ -359,7 +359,7 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use rustls::pki_types::PrivateKeyDer;
@@ -656,7 +656,11 @@ mod tests {
         // Endless garbage instead of a handshake: rustls bounds what it buffers.
         let (endless, _) = serve(Answer::Endless(0x16), None).await;
         let result = checker.check(&https, &target(endless)).await;
-        assert!(!result.passed);
+        assert!(
+            matches!(result.reason, CheckReason::TlsError(_)),
+            "{}",
+            result.reason
+        );
         assert!(result.duration < Duration::from_secs(2));
     }
 
@@ -695,46 +699,38 @@ mod tests {
         );
     }
 
-    /// Runs an exec check whose command starts a grandchild `sleep`, ends the check by
-    /// its timeout or by cancelling it, and tells whether the grandchild was killed.
-    async fn grandchild_is_killed(cancel: bool) -> bool {
-        let pid_file = std::env::temp_dir().join(format!(
-            "weir-check-grandchild-{}-{cancel}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&pid_file);
-        let mut exec = rules(&format!(
-            "kind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 30 & echo $! > {}; wait\"]\n",
+    /// A file for a test command to write its grandchild's pid in.
+    pub(crate) fn pid_file(test: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("weir-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// An exec check's `command`, as TOML, that starts a grandchild `sleep`, writes its pid
+    /// to `pid_file` and waits for it.
+    pub(crate) fn grandchild_command(pid_file: &std::path::Path) -> String {
+        format!(
+            "command = [\"/bin/sh\", \"-c\", \"sleep 30 & echo $! > {}; wait\"]\n",
             pid_file.display()
-        ));
-        if cancel {
-            exec.timeout = Duration::from_secs(30);
+        )
+    }
+
+    /// The pid written by [`grandchild_command`], once it is.
+    pub(crate) async fn grandchild_pid(pid_file: &std::path::Path) -> i32 {
+        loop {
+            let text = std::fs::read_to_string(pid_file).unwrap_or_default();
+            if let Some(pid) = text.strip_suffix('\n').and_then(|pid| pid.parse().ok()) {
+                let _ = std::fs::remove_file(pid_file);
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let checker = Checker::new();
-        let grandchild = async {
-            loop {
-                let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
-                if let Some(pid) = text.strip_suffix('\n').and_then(|pid| pid.parse().ok()) {
-                    return pid;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        let target = target(81);
-        let check = checker.check(&exec, &target);
-        let pid: i32 = if cancel {
-            // Dropping the check's future is what removing its backend does.
-            tokio::select! {
-                result = check => panic!("the check ended: {result:?}"),
-                pid = grandchild => pid,
-            }
-        } else {
-            let (result, pid) = tokio::join!(check, grandchild);
-            assert_eq!(result.reason, CheckReason::TimeoutCommand);
-            pid
-        };
-        let _ = std::fs::remove_file(&pid_file);
-        // Killed, and reaped by whoever inherited it (or a zombie until then).
+    }
+
+    /// Whether process `pid` dies within two seconds (it is killed if not, so that a
+    /// failed test leaves nothing behind).
+    pub(crate) async fn dies(pid: i32) -> bool {
+        // Gone, or a zombie until whoever inherited it reaps it.
         let dead = || {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .map_or(true, |stat| stat.contains(") Z "))
@@ -745,10 +741,37 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Don't leave it behind.
         // SAFETY: kill(2) has no memory effects.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         false
+    }
+
+    /// Runs an exec check whose command starts a grandchild `sleep`, ends the check by
+    /// its timeout or by cancelling it, and tells whether the grandchild was killed.
+    async fn grandchild_is_killed(cancel: bool) -> bool {
+        let pid_file = pid_file(&format!("check-grandchild-{cancel}"));
+        let mut exec = rules(&format!(
+            "kind = \"exec\"\n{}",
+            grandchild_command(&pid_file)
+        ));
+        if cancel {
+            exec.timeout = Duration::from_secs(30);
+        }
+        let checker = Checker::new();
+        let target = target(81);
+        let check = checker.check(&exec, &target);
+        let pid = if cancel {
+            // Dropping the check's future is what removing its backend does.
+            tokio::select! {
+                result = check => panic!("the check ended: {result:?}"),
+                pid = grandchild_pid(&pid_file) => pid,
+            }
+        } else {
+            let (result, pid) = tokio::join!(check, grandchild_pid(&pid_file));
+            assert_eq!(result.reason, CheckReason::TimeoutCommand);
+            pid
+        };
+        dies(pid).await
     }
 
     #[tokio::test]
