@@ -32,6 +32,9 @@ use crate::config::{CheckKind, HealthConfig};
 /// The longest status line read from an HTTP answer.
 const MAX_STATUS_LINE: usize = 1024;
 
+/// How long a check waits for its killed command to exit before returning.
+const REAP_GRACE: Duration = Duration::from_millis(100);
+
 /// What one check is aimed at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -279,7 +282,9 @@ async fn exec(rules: &HealthConfig, target: &Target, deadline: Instant) -> (bool
         Ok(Err(err)) => (false, CheckReason::CannotRun(err.to_string())),
         Err(_) => {
             group.kill();
-            let _ = group.0.wait().await;
+            // A process stuck in the kernel (uninterruptible sleep) dies late: the check
+            // ends now anyway, and tokio reaps the dropped child when it does.
+            let _ = tokio::time::timeout(REAP_GRACE, group.0.wait()).await;
             (false, CheckReason::TimeoutCommand)
         }
     }
