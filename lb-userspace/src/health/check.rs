@@ -405,7 +405,7 @@ pub(crate) mod tests {
     }
 
     /// What a test server saw of one connection.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     struct Seen {
         /// The TLS SNI.
         server_name: Option<String>,
