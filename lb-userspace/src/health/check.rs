@@ -32,6 +32,9 @@ use crate::config::{CheckKind, HealthConfig};
 /// The longest status line read from an HTTP answer.
 const MAX_STATUS_LINE: usize = 1024;
 
+/// How long a check waits for its killed command to exit before returning.
+const REAP_GRACE: Duration = Duration::from_millis(100);
+
 /// What one check is aimed at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -242,7 +245,8 @@ fn status_code(answer: &[u8]) -> Option<u16> {
 }
 
 /// Runs the command with its placeholders filled in; exit status 0 passes. The command
-/// runs in its own process group, killed whole when it overruns the timeout.
+/// runs in its own process group, killed whole when it overruns the timeout or when the
+/// check is cancelled (its backend removed by a reload or the API).
 async fn exec(rules: &HealthConfig, target: &Target, deadline: Instant) -> (bool, CheckReason) {
     let Some((program, args)) = rules.command.as_deref().and_then(<[String]>::split_first) else {
         return (false, CheckReason::CannotRun("no command".into()));
@@ -260,12 +264,13 @@ async fn exec(rules: &HealthConfig, target: &Target, deadline: Instant) -> (bool
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
+        // Tokio reaps a dropped child in the background: no zombie after a cancellation.
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let mut group = match command.spawn() {
+        Ok(child) => ProcessGroup(child),
         Err(err) => return (false, CheckReason::CannotRun(err.to_string())),
     };
-    match timeout_at(deadline, child.wait()).await {
+    match timeout_at(deadline, group.0.wait()).await {
         Ok(Ok(status)) => match (
             status.code(),
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -276,13 +281,33 @@ async fn exec(rules: &HealthConfig, target: &Target, deadline: Instant) -> (bool
         },
         Ok(Err(err)) => (false, CheckReason::CannotRun(err.to_string())),
         Err(_) => {
-            if let Some(pid) = child.id() {
-                // SAFETY: signals the process group this check created (pgid = pid).
-                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
-            }
-            let _ = child.wait().await;
+            group.kill();
+            // A process stuck in the kernel (uninterruptible sleep) dies late: the check
+            // ends now anyway, and tokio reaps the dropped child when it does.
+            let _ = tokio::time::timeout(REAP_GRACE, group.0.wait()).await;
             (false, CheckReason::TimeoutCommand)
         }
+    }
+}
+
+/// A check command leading its own process group, which is killed whole (the command's
+/// children too) unless the command has been waited for.
+struct ProcessGroup(tokio::process::Child);
+
+impl ProcessGroup {
+    fn kill(&mut self) {
+        // `id()` is `None` once the leader is reaped: until then its pid, which is the
+        // group's id, cannot be reused, so the signal reaches this group and no other.
+        if let Some(pid) = self.0.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+            // SAFETY: kill(2) has no memory effects; it signals the group this check created.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -339,10 +364,12 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
+    use rustls::pki_types::PrivateKeyDer;
     use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
 
     use super::*;
     use crate::config::Config;
@@ -367,28 +394,102 @@ mod tests {
         }
     }
 
-    /// A local listener answering each connection with `answer` (None: never answers).
-    async fn server(answer: Option<&'static str>) -> u16 {
+    /// How a test server answers a request.
+    #[derive(Clone)]
+    enum Answer {
+        Bytes(Vec<u8>),
+        /// Keeps the connection open, says nothing.
+        Silent,
+        /// Sends this byte forever.
+        Endless(u8),
+    }
+
+    /// What a test server saw of one connection.
+    #[derive(Debug)]
+    struct Seen {
+        /// The TLS SNI.
+        server_name: Option<String>,
+        request: String,
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+    /// A local listener answering each connection with `answer`, over TLS with `tls`.
+    async fn serve(answer: Answer, tls: Option<TlsAcceptor>) -> (u16, Log) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
+        let log = Log::default();
+        let server_log = log.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
+                let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                let (answer, tls, log) = (answer.clone(), tls.clone(), server_log.clone());
                 tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = stream.read(&mut request).await;
-                    match answer {
-                        Some(answer) => {
-                            let _ = stream.write_all(answer.as_bytes()).await;
+                    match tls {
+                        None => respond(stream, answer, None, &log).await,
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let server_name = stream.get_ref().1.server_name().map(str::to_owned);
+                            respond(stream, answer, server_name, &log).await;
                         }
-                        None => tokio::time::sleep(Duration::from_secs(5)).await,
                     }
                 });
             }
         });
-        port
+        (port, log)
+    }
+
+    async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        answer: Answer,
+        server_name: Option<String>,
+        log: &Log,
+    ) {
+        let mut request = [0u8; 1024];
+        let read = stream.read(&mut request).await.unwrap_or(0);
+        log.lock().expect("log").push(Seen {
+            server_name,
+            request: String::from_utf8_lossy(&request[..read]).into_owned(),
+        });
+        match answer {
+            Answer::Bytes(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+            }
+            Answer::Silent => tokio::time::sleep(Duration::from_secs(5)).await,
+            Answer::Endless(byte) => {
+                let chunk = [byte; 4096];
+                while stream.write_all(&chunk).await.is_ok() {}
+            }
+        }
+    }
+
+    async fn server(answer: Option<&'static str>) -> u16 {
+        let answer = match answer {
+            Some(text) => Answer::Bytes(text.into()),
+            None => Answer::Silent,
+        };
+        serve(answer, None).await.0
+    }
+
+    /// A TLS acceptor with a fresh self-signed certificate.
+    fn tls_acceptor() -> TlsAcceptor {
+        let certified = rcgen::generate_simple_self_signed(vec!["www.example".to_owned()])
+            .expect("certificate");
+        let key = PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+        TlsAcceptor::from(Arc::new(config))
     }
 
     /// A port nothing listens on.
@@ -450,21 +551,122 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_against_plain_http_is_a_tls_error() {
+    async fn http_checks_survive_odd_answers() {
         let checker = Checker::new();
-        let port = server(Some("HTTP/1.1 400 Bad Request\r\n\r\n")).await;
-        let result = checker
-            .check(
-                &rules("kind = \"https\"\nhost = \"www.example\"\n"),
-                &target(port),
+        let http = rules("kind = \"http\"\n");
+        let reason = async |answer: Answer| {
+            let (port, _) = serve(answer, None).await;
+            let result = checker.check(&http, &target(port)).await;
+            assert!(
+                result.duration < Duration::from_millis(300),
+                "{:?}",
+                result.duration
+            );
+            (result.passed, result.reason.to_string())
+        };
+        let not_http = (false, "bad response: the answer is not HTTP/1.x".to_owned());
+        let bytes = |text: &[u8]| Answer::Bytes(text.to_vec());
+
+        assert_eq!(
+            reason(bytes(b"HTTP/1.0 204 No Content\n\n")).await,
+            (true, "HTTP status 204".to_owned())
+        );
+        assert_eq!(reason(bytes(b"\r\n\r\n")).await, not_http);
+        assert_eq!(reason(bytes(b"\x00\xff\xfe garbage")).await, not_http);
+        assert_eq!(reason(bytes(b"HTTP/1.1 abc OK\r\n")).await, not_http);
+        // Closed in the middle of the status line, or before a word of it.
+        assert_eq!(reason(bytes(b"HTTP/1.1 2")).await, not_http);
+        assert_eq!(
+            reason(bytes(b"")).await,
+            (
+                false,
+                "bad response: the connection closed without an answer".to_owned()
             )
+        );
+        // Only the status line is read: long headers and bodies do not matter.
+        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for n in 0..10_000 {
+            long.extend_from_slice(format!("X-Header-{n}: {}\r\n", "v".repeat(64)).as_bytes());
+        }
+        assert_eq!(
+            reason(Answer::Bytes(long)).await,
+            (true, "HTTP status 200".to_owned())
+        );
+        // An endless answer is cut at the status line's bound, not read to the timeout.
+        assert_eq!(reason(Answer::Endless(b'A')).await, not_http);
+    }
+
+    #[tokio::test]
+    async fn https_checks() {
+        let checker = Checker::new();
+        let https = rules("kind = \"https\"\nhost = \"www.example\"\npath = \"/health\"\n");
+        let answer = |text: &str| Answer::Bytes(text.into());
+
+        let (ok, seen) = serve(answer("HTTP/1.1 200 OK\r\n\r\n"), Some(tls_acceptor())).await;
+        let result = checker.check(&https, &target(ok)).await;
+        assert_eq!(
+            (result.passed, result.reason),
+            (true, CheckReason::HttpStatus(200))
+        );
+        {
+            let seen = seen.lock().expect("log");
+            assert_eq!(seen[0].server_name.as_deref(), Some("www.example"));
+            assert!(
+                seen[0]
+                    .request
+                    .starts_with("GET /health HTTP/1.1\r\nHost: www.example\r\n"),
+                "{:?}",
+                seen[0].request
+            );
+        }
+        // No host: no SNI (an address is not a server name), the address as Host.
+        let result = checker
+            .check(&rules("kind = \"https\"\n"), &target(ok))
             .await;
+        assert!(result.passed, "{}", result.reason);
+        {
+            let seen = seen.lock().expect("log");
+            assert_eq!(seen[1].server_name, None);
+            assert!(seen[1].request.contains("\r\nHost: 127.0.0.1\r\n"));
+        }
+
+        let (unavailable, _) = serve(
+            answer("HTTP/1.1 503 Service Unavailable\r\n\r\n"),
+            Some(tls_acceptor()),
+        )
+        .await;
+        let result = checker.check(&https, &target(unavailable)).await;
+        assert_eq!(
+            (result.passed, result.reason.to_string()),
+            (false, "HTTP status 503".to_owned())
+        );
+
+        // TLS up, then no answer; no TLS handshake at all: both the response's timeout.
+        for tls in [Some(tls_acceptor()), None] {
+            let (silent, _) = serve(Answer::Silent, tls).await;
+            let result = checker.check(&https, &target(silent)).await;
+            assert_eq!(result.reason, CheckReason::TimeoutAtResponse);
+            assert!(result.duration >= Duration::from_millis(300));
+            assert!(result.duration < Duration::from_secs(2));
+        }
+
+        let plain = server(Some("HTTP/1.1 400 Bad Request\r\n\r\n")).await;
+        let result = checker.check(&https, &target(plain)).await;
         assert!(!result.passed);
         assert!(
             result.reason.to_string().starts_with("TLS error: "),
             "{}",
             result.reason
         );
+        // Endless garbage instead of a handshake: rustls bounds what it buffers.
+        let (endless, _) = serve(Answer::Endless(0x16), None).await;
+        let result = checker.check(&https, &target(endless)).await;
+        assert!(
+            matches!(result.reason, CheckReason::TlsError(_)),
+            "{}",
+            result.reason
+        );
+        assert!(result.duration < Duration::from_secs(2));
     }
 
     #[tokio::test]
@@ -500,6 +702,91 @@ mod tests {
                 .to_string()
                 .starts_with("cannot run the command: ")
         );
+    }
+
+    /// A file for a test command to write its grandchild's pid in.
+    pub(crate) fn pid_file(test: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("weir-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// An exec check's `command`, as TOML, that starts a grandchild `sleep`, writes its pid
+    /// to `pid_file` and waits for it.
+    pub(crate) fn grandchild_command(pid_file: &std::path::Path) -> String {
+        format!(
+            "command = [\"/bin/sh\", \"-c\", \"sleep 30 & echo $! > {}; wait\"]\n",
+            pid_file.display()
+        )
+    }
+
+    /// The pid written by [`grandchild_command`], once it is.
+    pub(crate) async fn grandchild_pid(pid_file: &std::path::Path) -> i32 {
+        loop {
+            let text = std::fs::read_to_string(pid_file).unwrap_or_default();
+            if let Some(pid) = text.strip_suffix('\n').and_then(|pid| pid.parse().ok()) {
+                let _ = std::fs::remove_file(pid_file);
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether process `pid` dies within two seconds (it is killed if not, so that a
+    /// failed test leaves nothing behind).
+    pub(crate) async fn dies(pid: i32) -> bool {
+        // Gone, or a zombie until whoever inherited it reaps it.
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |stat| stat.contains(") Z "))
+        };
+        for _ in 0..200 {
+            if dead() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // SAFETY: kill(2) has no memory effects.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        false
+    }
+
+    /// Runs an exec check whose command starts a grandchild `sleep`, ends the check by
+    /// its timeout or by cancelling it, and tells whether the grandchild was killed.
+    async fn grandchild_is_killed(cancel: bool) -> bool {
+        let pid_file = pid_file(&format!("check-grandchild-{cancel}"));
+        let mut exec = rules(&format!(
+            "kind = \"exec\"\n{}",
+            grandchild_command(&pid_file)
+        ));
+        if cancel {
+            exec.timeout = Duration::from_secs(30);
+        }
+        let checker = Checker::new();
+        let target = target(81);
+        let check = checker.check(&exec, &target);
+        let pid = if cancel {
+            // Dropping the check's future is what removing its backend does.
+            tokio::select! {
+                result = check => panic!("the check ended: {result:?}"),
+                pid = grandchild_pid(&pid_file) => pid,
+            }
+        } else {
+            let (result, pid) = tokio::join!(check, grandchild_pid(&pid_file));
+            assert_eq!(result.reason, CheckReason::TimeoutCommand);
+            pid
+        };
+        dies(pid).await
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_exec_check_kills_its_process_group() {
+        assert!(grandchild_is_killed(false).await);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_exec_check_kills_its_process_group() {
+        assert!(grandchild_is_killed(true).await);
     }
 
     #[test]

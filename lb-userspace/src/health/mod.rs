@@ -399,6 +399,23 @@ mod tests {
         }
     }
 
+    /// A reload or the API removing a backend stops its check, killing a running
+    /// command's whole process group.
+    #[tokio::test]
+    async fn removing_a_backend_kills_its_running_exec_check() {
+        use check::tests::{dies, grandchild_command, grandchild_pid, pid_file};
+        let pid_file = pid_file("monitor-grandchild");
+        let health = format!(
+            "kind = \"exec\"\ninterval = \"60s\"\ntimeout = \"30s\"\n{}",
+            grandchild_command(&pid_file)
+        );
+        let (mut monitor, _reports) = HealthMonitor::new();
+        monitor.sync(&config(&health, &["127.0.0.2"]), &BTreeSet::new(), false);
+        let pid = grandchild_pid(&pid_file).await;
+        monitor.sync(&config(&health, &[]), &BTreeSet::new(), false);
+        assert!(dies(pid).await, "the check command's child {pid} survived");
+    }
+
     /// A thousand backends from one monitor: each is checked at its own pace, spread over
     /// the interval, none waiting for another. (Results are not asserted: under a busy
     /// test run the listener's backlog may overflow and some connects time out.)
