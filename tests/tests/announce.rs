@@ -132,9 +132,10 @@ struct Node {
 }
 
 impl Node {
-    fn start(host: &Host) -> Node {
+    /// Starts the node's agent, with `extra` TOML after the VIP's backends.
+    fn start(host: &Host, extra: &str) -> Node {
         let agent =
-            Agent::start(&host.ns, &agent_config(&host.ifname, "")).expect("the agent starts");
+            Agent::start(&host.ns, &agent_config(&host.ifname, extra)).expect("the agent starts");
         let bird = Bird::start(&host.ns, &node_bird_config(host.ipv4)).expect("BIRD starts");
         Node {
             bird: Some(bird),
@@ -213,6 +214,11 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with_agent_extra("")
+    }
+
+    /// The cluster with `extra` TOML at the end of both agents' configuration.
+    fn with_agent_extra(extra: &str) -> Cluster {
         let topology = DsrTopology::with_servers(BACKENDS).expect("the test bed needs root");
         let switch = topology.switch();
         let router = attach_host(switch, topology.bridge(), "router", ROUTER_V4, ROUTER_V6)
@@ -268,7 +274,7 @@ impl Cluster {
             .unwrap();
 
         let router_bird = Bird::start(&router.ns, &router_bird_config()).expect("BIRD starts");
-        let nodes = [Node::start(topology.lb()), Node::start(&lb2)];
+        let nodes = [Node::start(topology.lb(), extra), Node::start(&lb2, extra)];
         Cluster {
             nodes,
             router_bird,
@@ -435,6 +441,58 @@ fn a_node_whose_vips_cannot_serve_withdraws_them() {
         "VIP unserving on node 1: withdrawn {:.3}s after the backends went to maint, \
          announced again {:.3}s after they went back to ready; {} of {} connections broken, \
          slowest answer {:.3}s",
+        withdrawn.as_secs_f64(),
+        announced.as_secs_f64(),
+        report.streams_broken,
+        report.spec.streams,
+        report.slowest_answer.as_secs_f64()
+    );
+    report.assert_clean();
+    assert!(
+        lb1.vip_packets() > before,
+        "the router moved connections back to node 1"
+    );
+}
+
+#[test]
+fn a_node_whose_health_checks_fail_withdraws_the_vip_until_they_pass() {
+    // Fast checks: 200 ms apart, 300 ms timeout, 2 to rise, 2 to fall.
+    let cluster = Cluster::with_agent_extra(
+        "[vip.health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n",
+    );
+    cluster.wait_for_next_hops(&cluster.both());
+    let lb1 = &cluster.nodes[0];
+    assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
+
+    // Only node 1's checks fail: its own stack loses what it sends to the backends'
+    // port; node 2 checks the same backends and finds them UP.
+    let blocked = Instant::now();
+    cluster
+        .topology
+        .lb_ns()
+        .block_tcp_output(HTTP_PORT)
+        .unwrap();
+    cluster.wait_for_next_hops(&[cluster.nodes[1].address]);
+    let withdrawn = blocked.elapsed();
+    assert!(lb1.announced().is_empty());
+    assert_eq!(cluster.nodes[1].announced(), [VIP_V4.to_string()]);
+
+    // Every connection goes through node 2; once node 1's checks pass it announces the
+    // VIP again and takes a share of them, each to the backend it had.
+    let load = cluster.start_load(32);
+    let unblocked = Instant::now();
+    cluster.topology.lb_ns().unblock_tcp_output().unwrap();
+    cluster.wait_for_next_hops(&cluster.both());
+    let announced = unblocked.elapsed();
+    assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
+    let before = lb1.vip_packets();
+    load.wait_for_answers(500, TRAFFIC_TIMEOUT).unwrap();
+    let report = load.stop();
+    eprintln!("{report}");
+    eprintln!(
+        "health checks failing on node 1: withdrawn {:.3}s after they started failing \
+         (fall 2 x 200 ms + 300 ms timeout), announced again {:.3}s after they could pass \
+         (rise 2 x 200 ms); {} of {} connections broken, slowest answer {:.3}s",
         withdrawn.as_secs_f64(),
         announced.as_secs_f64(),
         report.streams_broken,
