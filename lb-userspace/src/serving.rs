@@ -6,8 +6,8 @@
 //! through its rise. Its peers (the other active nodes, or the VRRP backup) kept checking
 //! the same backends and have them all UP: a node that takes traffic again with only the
 //! first risen backend in its Maglev table sends the established connections it receives
-//! to other backends than its peers did, which reset them. The others rise within one
-//! `fastinter` (the node's checks came back together), so the wait is short.
+//! to other backends than its peers did, which reset them. The others usually rise within
+//! one `fastinter` (the node's checks came back together), so the wait is short.
 
 use std::{collections::HashSet, net::IpAddr};
 

@@ -408,49 +408,13 @@ fn losing_an_lb_node_breaks_no_connection() {
 #[test]
 fn a_node_whose_vips_cannot_serve_withdraws_them() {
     let cluster = Cluster::new();
-    cluster.wait_for_next_hops(&cluster.both());
     let lb1 = &cluster.nodes[0];
-    assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
-
-    // No backend takes new flows on node 1: it withdraws the VIP.
-    let unserving = Instant::now();
-    lb1.set_backends("maint");
-    cluster.wait_for_next_hops(&[cluster.nodes[1].address]);
-    let withdrawn = unserving.elapsed();
-    assert!(lb1.announced().is_empty());
-    let addresses = cluster
-        .topology
-        .lb_ns()
-        .ip(&["-j", "addr", "show", "dev", ANNOUNCE_INTERFACE])
-        .unwrap();
-    assert!(!addresses.contains(&VIP_V4.to_string()), "{addresses}");
-
-    // Every connection goes through node 2; node 1 comes back and takes a share of
-    // them, each to the backend it had.
-    let load = cluster.start_load(32);
-    let serving = Instant::now();
-    lb1.set_backends("ready");
-    cluster.wait_for_next_hops(&cluster.both());
-    let announced = serving.elapsed();
-    assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
-    let before = lb1.vip_packets();
-    load.wait_for_answers(500, TRAFFIC_TIMEOUT).unwrap();
-    let report = load.stop();
-    eprintln!("{report}");
-    eprintln!(
-        "VIP unserving on node 1: withdrawn {:.3}s after the backends went to maint, \
-         announced again {:.3}s after they went back to ready; {} of {} connections broken, \
-         slowest answer {:.3}s",
-        withdrawn.as_secs_f64(),
-        announced.as_secs_f64(),
-        report.streams_broken,
-        report.spec.streams,
-        report.slowest_answer.as_secs_f64()
-    );
-    report.assert_clean();
-    assert!(
-        lb1.vip_packets() > before,
-        "the router moved connections back to node 1"
+    // No backend takes new flows on node 1.
+    withdrawn_then_announced_again(
+        &cluster,
+        "every backend of node 1 in maint",
+        || lb1.set_backends("maint"),
+        || lb1.set_backends("ready"),
     );
 }
 
@@ -460,39 +424,57 @@ fn a_node_whose_health_checks_fail_withdraws_the_vip_until_they_pass() {
     let cluster = Cluster::with_agent_extra(
         "[vip.health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n",
     );
-    cluster.wait_for_next_hops(&cluster.both());
-    let lb1 = &cluster.nodes[0];
-    assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
-
     // Only node 1's checks fail: its own stack loses what it sends to the backends'
     // port; node 2 checks the same backends and finds them UP.
-    let blocked = Instant::now();
-    cluster
+    let lb1 = cluster.topology.lb_ns();
+    withdrawn_then_announced_again(
+        &cluster,
+        "node 1's health checks failing (fall 2 x 200 ms + 300 ms timeout, rise 2 x 200 ms)",
+        || lb1.block_tcp_output(HTTP_PORT).unwrap(),
+        || lb1.unblock_tcp_output().unwrap(),
+    );
+}
+
+/// Node 1's VIP stops serving by `unserve`: node 1 withdraws it, node 2 keeps it. With
+/// every connection through node 2, `serve` makes it serve again: node 1 announces it
+/// again and the router moves a share of the connections back, each to the backend it
+/// had. Prints the times, `cause` naming what `unserve` did.
+fn withdrawn_then_announced_again(
+    cluster: &Cluster,
+    cause: &str,
+    unserve: impl FnOnce(),
+    serve: impl FnOnce(),
+) {
+    cluster.wait_for_next_hops(&cluster.both());
+    let [lb1, lb2] = &cluster.nodes;
+    assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
+
+    let unserving = Instant::now();
+    unserve();
+    cluster.wait_for_next_hops(&[lb2.address]);
+    let withdrawn = unserving.elapsed();
+    assert!(lb1.announced().is_empty());
+    assert_eq!(lb2.announced(), [VIP_V4.to_string()]);
+    let addresses = cluster
         .topology
         .lb_ns()
-        .block_tcp_output(HTTP_PORT)
+        .ip(&["-j", "addr", "show", "dev", ANNOUNCE_INTERFACE])
         .unwrap();
-    cluster.wait_for_next_hops(&[cluster.nodes[1].address]);
-    let withdrawn = blocked.elapsed();
-    assert!(lb1.announced().is_empty());
-    assert_eq!(cluster.nodes[1].announced(), [VIP_V4.to_string()]);
+    assert!(!addresses.contains(&VIP_V4.to_string()), "{addresses}");
 
-    // Every connection goes through node 2; once node 1's checks pass it announces the
-    // VIP again and takes a share of them, each to the backend it had.
     let load = cluster.start_load(32);
-    let unblocked = Instant::now();
-    cluster.topology.lb_ns().unblock_tcp_output().unwrap();
+    let serving = Instant::now();
+    serve();
     cluster.wait_for_next_hops(&cluster.both());
-    let announced = unblocked.elapsed();
+    let announced = serving.elapsed();
     assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
     let before = lb1.vip_packets();
     load.wait_for_answers(500, TRAFFIC_TIMEOUT).unwrap();
     let report = load.stop();
     eprintln!("{report}");
     eprintln!(
-        "health checks failing on node 1: withdrawn {:.3}s after they started failing \
-         (fall 2 x 200 ms + 300 ms timeout), announced again {:.3}s after they could pass \
-         (rise 2 x 200 ms); {} of {} connections broken, slowest answer {:.3}s",
+        "{cause}: withdrawn {:.3}s after, announced again {:.3}s after the cause went; \
+         {} of {} connections broken, slowest answer {:.3}s",
         withdrawn.as_secs_f64(),
         announced.as_secs_f64(),
         report.streams_broken,

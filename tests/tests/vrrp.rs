@@ -557,16 +557,7 @@ fn a_master_whose_health_checks_fail_gives_way_and_takes_back_once_they_pass() {
     assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 90);
     assert_eq!(status(&lb2)["vrrp"]["effective_priority"], 100);
     assert!(!holds(topology.lb_ns(), topology.lb_ifname(), vip));
-    assert!(
-        wait_for(Duration::from_secs(3), || client_neighbour(&topology, vip)
-            == Some(peer.mac))
-        .is_some(),
-        "the client still sends the VIP's traffic to LB1"
-    );
-    assert!(
-        wait_for(Duration::from_secs(3), || client_request(&topology, vip)).is_some(),
-        "the client is not served through LB2"
-    );
+    served_through(&topology, vip, peer.mac, "LB2");
     thread::sleep(Duration::from_millis(500));
     let (requests, failed, served) = prober.finish(blocked);
     assert!(
@@ -594,22 +585,28 @@ fn a_master_whose_health_checks_fail_gives_way_and_takes_back_once_they_pass() {
     })
     .unwrap_or_else(|| panic!("LB1 did not take back:\n{}\n{}", lb1.log(), lb2.log()));
     assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 150);
-    assert!(
-        wait_for(Duration::from_secs(3), || client_neighbour(&topology, vip)
-            == Some(topology.lb().mac))
-        .is_some(),
-        "the client still sends the VIP's traffic to LB2"
-    );
-    assert!(
-        wait_for(Duration::from_secs(3), || client_request(&topology, vip)).is_some(),
-        "the client is not served through LB1"
-    );
+    served_through(&topology, vip, topology.lb().mac, "LB1");
     thread::sleep(Duration::from_millis(500));
     let (requests, failed, _) = prober.finish(unblocked);
     println!(
         "tracking by health: LB1 master again {} ms after its checks could pass \
          (rise 2 x 200 ms); {failed} of {requests} client requests failed",
         ms(took_back)
+    );
+}
+
+/// Waits until the client sends `vip`'s traffic to `mac` (the LB named `lb`) and is
+/// served.
+fn served_through(topology: &DsrTopology, vip: IpAddr, mac: MacAddr, lb: &str) {
+    assert!(
+        wait_for(Duration::from_secs(3), || client_neighbour(topology, vip)
+            == Some(mac))
+        .is_some(),
+        "the client does not send the VIP's traffic to {lb}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || client_request(topology, vip)).is_some(),
+        "the client is not served through {lb}"
     );
 }
 
