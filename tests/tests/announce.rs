@@ -409,12 +409,19 @@ fn losing_an_lb_node_breaks_no_connection() {
 fn a_node_whose_vips_cannot_serve_withdraws_them() {
     let cluster = Cluster::new();
     let lb1 = &cluster.nodes[0];
-    // No backend takes new flows on node 1.
+    let bird = lb1.bird.as_ref().expect("node 1 runs");
+    // No backend takes new flows on node 1. Readied one at a time, node 1 would be
+    // announced with the first one alone in its Maglev table, and the connections moved to
+    // it would reach other backends: BIRD holds the route back until all are ready.
     withdrawn_then_announced_again(
         &cluster,
         "every backend of node 1 in maint",
         || lb1.set_backends("maint"),
-        || lb1.set_backends("ready"),
+        || {
+            bird.birdc(&["disable", "vips"]).unwrap();
+            lb1.set_backends("ready");
+            bird.birdc(&["enable", "vips"]).unwrap();
+        },
     );
 }
 
