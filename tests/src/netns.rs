@@ -25,6 +25,9 @@ pub const NETNS_DIR: &str = "/run/netns";
 /// Prefix of every namespace (and interface) the test bed creates.
 pub const PREFIX: &str = "weir-";
 
+/// The nftables table of [`Netns::block_tcp_output`].
+const BLOCK_TABLE: &str = "weir_test_block";
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// `ip netns add` sets up the /run/netns mount on first use; concurrent first uses in one
 /// process can race, so this process adds its namespaces one at a time.
@@ -170,6 +173,30 @@ impl Netns {
             .enter(|| fs::read_to_string(&path))?
             .with_context(|| format!("cannot read sysctl {key} in {}", self.name))?;
         Ok(value.trim().to_owned())
+    }
+
+    /// Drops the TCP packets this namespace's own stack sends to `port` (an LB's health
+    /// checks: XDP-forwarded traffic never meets netfilter), silently, as a network
+    /// that loses them would, until [`Netns::unblock_tcp_output`].
+    pub fn block_tcp_output(&self, port: u16) -> Result<()> {
+        self.run(&["nft", "add", "table", "inet", BLOCK_TABLE])?;
+        self.run(&[
+            "nft",
+            &format!(
+                "add chain inet {BLOCK_TABLE} output {{ type filter hook output priority 0 ; }}"
+            ),
+        ])?;
+        self.run(&[
+            "nft",
+            &format!("add rule inet {BLOCK_TABLE} output tcp dport {port} drop"),
+        ])?;
+        Ok(())
+    }
+
+    /// Lifts [`Netns::block_tcp_output`].
+    pub fn unblock_tcp_output(&self) -> Result<()> {
+        self.run(&["nft", "delete", "table", "inet", BLOCK_TABLE])?;
+        Ok(())
     }
 
     /// Processes running inside the namespace.

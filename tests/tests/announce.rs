@@ -132,9 +132,10 @@ struct Node {
 }
 
 impl Node {
-    fn start(host: &Host) -> Node {
+    /// Starts the node's agent, with `extra` TOML after the VIP's backends.
+    fn start(host: &Host, extra: &str) -> Node {
         let agent =
-            Agent::start(&host.ns, &agent_config(&host.ifname, "")).expect("the agent starts");
+            Agent::start(&host.ns, &agent_config(&host.ifname, extra)).expect("the agent starts");
         let bird = Bird::start(&host.ns, &node_bird_config(host.ipv4)).expect("BIRD starts");
         Node {
             bird: Some(bird),
@@ -213,6 +214,11 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with_agent_extra("")
+    }
+
+    /// The cluster with `extra` TOML at the end of both agents' configuration.
+    fn with_agent_extra(extra: &str) -> Cluster {
         let topology = DsrTopology::with_servers(BACKENDS).expect("the test bed needs root");
         let switch = topology.switch();
         let router = attach_host(switch, topology.bridge(), "router", ROUTER_V4, ROUTER_V6)
@@ -268,7 +274,7 @@ impl Cluster {
             .unwrap();
 
         let router_bird = Bird::start(&router.ns, &router_bird_config()).expect("BIRD starts");
-        let nodes = [Node::start(topology.lb()), Node::start(&lb2)];
+        let nodes = [Node::start(topology.lb(), extra), Node::start(&lb2, extra)];
         Cluster {
             nodes,
             router_bird,
@@ -402,16 +408,60 @@ fn losing_an_lb_node_breaks_no_connection() {
 #[test]
 fn a_node_whose_vips_cannot_serve_withdraws_them() {
     let cluster = Cluster::new();
-    cluster.wait_for_next_hops(&cluster.both());
     let lb1 = &cluster.nodes[0];
+    let bird = lb1.bird.as_ref().expect("node 1 runs");
+    // No backend takes new flows on node 1. Readied one at a time, node 1 would be
+    // announced with the first one alone in its Maglev table, and the connections moved to
+    // it would reach other backends: BIRD holds the route back until all are ready.
+    withdrawn_then_announced_again(
+        &cluster,
+        "every backend of node 1 in maint",
+        || lb1.set_backends("maint"),
+        || {
+            bird.birdc(&["disable", "vips"]).unwrap();
+            lb1.set_backends("ready");
+            bird.birdc(&["enable", "vips"]).unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_node_whose_health_checks_fail_withdraws_the_vip_until_they_pass() {
+    // Fast checks: 200 ms apart, 300 ms timeout, 2 to rise, 2 to fall.
+    let cluster = Cluster::with_agent_extra(
+        "[vip.health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n",
+    );
+    // Only node 1's checks fail: its own stack loses what it sends to the backends'
+    // port; node 2 checks the same backends and finds them UP.
+    let lb1 = cluster.topology.lb_ns();
+    withdrawn_then_announced_again(
+        &cluster,
+        "node 1's health checks failing (fall 2 x 200 ms + 300 ms timeout, rise 2 x 200 ms)",
+        || lb1.block_tcp_output(HTTP_PORT).unwrap(),
+        || lb1.unblock_tcp_output().unwrap(),
+    );
+}
+
+/// Node 1's VIP stops serving by `unserve`: node 1 withdraws it, node 2 keeps it. With
+/// every connection through node 2, `serve` makes it serve again: node 1 announces it
+/// again and the router moves a share of the connections back, each to the backend it
+/// had. Prints the times, `cause` naming what `unserve` did.
+fn withdrawn_then_announced_again(
+    cluster: &Cluster,
+    cause: &str,
+    unserve: impl FnOnce(),
+    serve: impl FnOnce(),
+) {
+    cluster.wait_for_next_hops(&cluster.both());
+    let [lb1, lb2] = &cluster.nodes;
     assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
 
-    // No backend takes new flows on node 1: it withdraws the VIP.
     let unserving = Instant::now();
-    lb1.set_backends("maint");
-    cluster.wait_for_next_hops(&[cluster.nodes[1].address]);
+    unserve();
+    cluster.wait_for_next_hops(&[lb2.address]);
     let withdrawn = unserving.elapsed();
     assert!(lb1.announced().is_empty());
+    assert_eq!(lb2.announced(), [VIP_V4.to_string()]);
     let addresses = cluster
         .topology
         .lb_ns()
@@ -419,11 +469,9 @@ fn a_node_whose_vips_cannot_serve_withdraws_them() {
         .unwrap();
     assert!(!addresses.contains(&VIP_V4.to_string()), "{addresses}");
 
-    // Every connection goes through node 2; node 1 comes back and takes a share of
-    // them, each to the backend it had.
     let load = cluster.start_load(32);
     let serving = Instant::now();
-    lb1.set_backends("ready");
+    serve();
     cluster.wait_for_next_hops(&cluster.both());
     let announced = serving.elapsed();
     assert_eq!(lb1.announced(), [VIP_V4.to_string()]);
@@ -432,9 +480,8 @@ fn a_node_whose_vips_cannot_serve_withdraws_them() {
     let report = load.stop();
     eprintln!("{report}");
     eprintln!(
-        "VIP unserving on node 1: withdrawn {:.3}s after the backends went to maint, \
-         announced again {:.3}s after they went back to ready; {} of {} connections broken, \
-         slowest answer {:.3}s",
+        "{cause}: withdrawn {:.3}s after, announced again {:.3}s after the cause went; \
+         {} of {} connections broken, slowest answer {:.3}s",
         withdrawn.as_secs_f64(),
         announced.as_secs_f64(),
         report.streams_broken,

@@ -523,6 +523,93 @@ fn a_node_whose_vips_cannot_serve_gives_way_to_its_peer() {
     .expect("LB1 did not take the VIP back");
 }
 
+/// `[vrrp]` extra lines for the tracking tests: one VIP without a serving backend takes
+/// 150 - 60 = 90 < 100, so LB2 preempts. Then fast health checks (200 ms apart, 300 ms
+/// timeout, 2 to rise, 2 to fall) of the only VIP: in TOML `[vip.health]` belongs to the
+/// last `[[vip]]`, even after `[vrrp]`.
+const TRACKING: &str = "track_weight = 60\n[vip.health]\ninterval = \"200ms\"\n\
+                        timeout = \"300ms\"\nrise = 2\nfall = 2\n";
+
+#[test]
+fn a_master_whose_health_checks_fail_gives_way_and_takes_back_once_they_pass() {
+    let topology = topology();
+    let lb2 = lb2(&topology, false, TRACKING);
+    let lb1 = lb1(&topology, false, TRACKING);
+    settle(&topology, &lb1, &lb2);
+    let peer = topology.peer_lb().expect("second LB");
+    assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 150);
+    // The client's entry must be older than its locktime (1 s) for a GARP to move it.
+    thread::sleep(Duration::from_millis(1200));
+
+    // Only LB1's checks fail: its own stack loses what it sends to the backends' port;
+    // LB2 checks the same backends and finds them UP.
+    let vip = IpAddr::V4(VIP_V4);
+    let prober = Prober::start(&topology, vip);
+    let blocked = Instant::now();
+    topology
+        .lb_ns()
+        .block_tcp_output(HTTP_PORT)
+        .expect("block LB1's checks");
+    let gave_way = wait_for(Duration::from_secs(10), || {
+        state(&lb2) == "master" && state(&lb1) == "backup"
+    })
+    .unwrap_or_else(|| panic!("LB1 did not give way:\n{}\n{}", lb1.log(), lb2.log()));
+    assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 90);
+    assert_eq!(status(&lb2)["vrrp"]["effective_priority"], 100);
+    assert!(!holds(topology.lb_ns(), topology.lb_ifname(), vip));
+    served_through(&topology, vip, peer.mac, "LB2");
+    thread::sleep(Duration::from_millis(500));
+    let (requests, failed, served) = prober.finish(blocked);
+    assert!(
+        served.is_some(),
+        "the client was not served after the takeover"
+    );
+    println!(
+        "tracking by health: LB2 master {} ms after LB1's checks started failing \
+         (fall 2 x 200 ms + 300 ms timeout); client served again after {:?} ms; \
+         {failed} of {requests} client requests failed",
+        ms(gave_way),
+        served.map(ms)
+    );
+
+    // LB1's checks pass again: its backends rise, its priority is back, it preempts.
+    thread::sleep(Duration::from_millis(1200));
+    let prober = Prober::start(&topology, vip);
+    let unblocked = Instant::now();
+    topology
+        .lb_ns()
+        .unblock_tcp_output()
+        .expect("unblock LB1's checks");
+    let took_back = wait_for(Duration::from_secs(10), || {
+        state(&lb1) == "master" && state(&lb2) == "backup"
+    })
+    .unwrap_or_else(|| panic!("LB1 did not take back:\n{}\n{}", lb1.log(), lb2.log()));
+    assert_eq!(status(&lb1)["vrrp"]["effective_priority"], 150);
+    served_through(&topology, vip, topology.lb().mac, "LB1");
+    thread::sleep(Duration::from_millis(500));
+    let (requests, failed, _) = prober.finish(unblocked);
+    println!(
+        "tracking by health: LB1 master again {} ms after its checks could pass \
+         (rise 2 x 200 ms); {failed} of {requests} client requests failed",
+        ms(took_back)
+    );
+}
+
+/// Waits until the client sends `vip`'s traffic to `mac` (the LB named `lb`) and is
+/// served.
+fn served_through(topology: &DsrTopology, vip: IpAddr, mac: MacAddr, lb: &str) {
+    assert!(
+        wait_for(Duration::from_secs(3), || client_neighbour(topology, vip)
+            == Some(mac))
+        .is_some(),
+        "the client does not send the VIP's traffic to {lb}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || client_request(topology, vip)).is_some(),
+        "the client is not served through {lb}"
+    );
+}
+
 /// keepalived on LB2 with the IPv4 VIP, VRID 51 and 100 ms adverts.
 fn keepalived(topology: &DsrTopology, priority: u8) -> Keepalived {
     let peer = topology.peer_lb().expect("second LB");

@@ -22,11 +22,11 @@ use tracing::{debug, error, info, warn};
 use crate::{
     announce::{self, AnnounceError},
     api::{self, SharedControl},
-    config::{Config, ConfigError, Forwarding},
+    config::{BackendConfig, Config, ConfigError, Forwarding, VipConfig},
     control::AnnounceStatus,
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     flows,
-    health::{self, HealthMonitor, Report, Transition},
+    health::{self, HealthMonitor, Operational, Report, Transition},
     host::{self, HostSetup},
     pins::Pins,
     plan::{PlanError, Reconciler},
@@ -148,8 +148,8 @@ impl Agent {
             config = %options.config_path.display(),
             "dataplane programmed"
         );
-        let serving = watch::Sender::new(serving_vips(&config, |vip, backend| {
-            health.is_up(&vip.name, backend.address)
+        let serving = watch::Sender::new(serving_vips(&config, &[], |vip, backend| {
+            operational(&health, vip, backend)
         }));
         Ok(Agent {
             options,
@@ -259,11 +259,22 @@ impl Agent {
     }
 
     /// Takes check results into account; re-plans once if a backend changed between UP
-    /// and DOWN (each change logged once, with its reason).
+    /// and DOWN (each change logged once, with its reason), else publishes which VIPs
+    /// serve if a backend started or stopped rising (see [`crate::serving`]).
     fn apply_health(&mut self, reports: impl IntoIterator<Item = Report>) {
         let mut changed = false;
+        let mut rising_changed = false;
         for report in reports {
-            let Some(Transition { key, up, result }) = self.health.record(report) else {
+            let key = report.key.clone();
+            let rising = |health: &HealthMonitor| {
+                health
+                    .get(&key.vip, key.address)
+                    .is_some_and(|h| h.state.operational() == Operational::Rising)
+            };
+            let was_rising = rising(&self.health);
+            let transition = self.health.record(report);
+            rising_changed |= was_rising != rising(&self.health);
+            let Some(Transition { key, up, result }) = transition else {
                 continue;
             };
             changed = true;
@@ -281,13 +292,15 @@ impl Agent {
                 Ok(writes) => info!(writes, "dataplane follows backend health"),
                 Err(err) => error!(error = %err, "cannot apply a health change to the dataplane"),
             }
+        } else if rising_changed {
+            self.publish_serving(&self.config);
         }
     }
 
     /// Publishes which VIPs of `config` can take new flows (only when that changed).
     fn publish_serving(&self, config: &Config) {
-        let serving = serving_vips(config, |vip, backend| {
-            self.health.is_up(&vip.name, backend.address)
+        let serving = serving_vips(config, &self.serving.borrow(), |vip, backend| {
+            operational(&self.health, vip, backend)
         });
         self.serving.send_if_modified(|current| {
             let changed = *current != serving;
@@ -498,6 +511,14 @@ fn resolve_nat_sources(config: &Config) -> BTreeMap<IpAddr, IpAddr> {
         }
     }
     sources
+}
+
+/// A backend's operational state; one not checked yet is UP, as for
+/// [`HealthMonitor::is_up`].
+fn operational(health: &HealthMonitor, vip: &VipConfig, backend: &BackendConfig) -> Operational {
+    health
+        .get(&vip.name, backend.address)
+        .map_or(Operational::Up, |h| h.state.operational())
 }
 
 fn resolve_next_hops(host: &mut HostSetup, config: &Config) {
