@@ -63,9 +63,10 @@ pub fn reply(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Result<Coun
     let ingress = ctx.ingress_ifindex() as u32;
     let ports = [client.dst_port, client.src_port];
     let hop = lookup(ctx, ingress, client, &client.dst, &client.src, ports, 0)?;
-    match &packet.icmp {
-        Some(error) => translate::rewrite_icmp(ctx, packet, error, client),
-        None => translate::rewrite(ctx, packet, &client.dst, &client.src, ports),
+    if packet.is_icmp() {
+        translate::rewrite_icmp(ctx, packet, client)
+    } else {
+        translate::rewrite(ctx, packet, &client.dst, &client.src, ports)
     }
     .ok_or(Counter::DropMalformed)?;
     send(ctx, ingress, &hop)

@@ -29,7 +29,7 @@ use lb_common::{
     NextHop, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
 };
 
-use crate::parse::Parsed;
+use crate::parse::{Kind, Packet, Parsed};
 
 /// VIP (address, port, protocol) → its metadata. Port 0 matches every port.
 #[map(name = "VIPS")]
@@ -103,15 +103,13 @@ pub fn weir_xdp(ctx: XdpContext) -> u32 {
 /// NAT VIPs' packets and possible NAT replies go on to `weir_nat`.
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Counter {
-    let packet = match parse::parse(ctx) {
-        Parsed::Packet(packet) => packet,
-        Parsed::NotIp => return Counter::PassNotIp,
-        Parsed::NotVip => return Counter::PassNotVip,
-        Parsed::Malformed => return Counter::DropMalformed,
-        Parsed::Fragment(dst) => return select::fragment_reason(&dst),
+    let parsed = parse::parse(ctx);
+    let packet = match flow_of(&parsed) {
+        Ok(packet) => packet,
+        Err(reason) => return reason,
     };
-    let Some(vip) = select::lookup_vip(&packet) else {
-        if nat::may_be_reply(&packet) {
+    let Some(vip) = select::lookup_vip(packet) else {
+        if nat::may_be_reply(packet) {
             return to_nat(ctx);
         }
         return Counter::PassNotVip;
@@ -119,12 +117,24 @@ fn process(ctx: &XdpContext) -> Counter {
     if vip.flags & VIP_FORWARDING_NAT != 0 {
         return to_nat(ctx);
     }
-    let target = match select::select(&packet, &vip) {
+    let target = match select::select(packet, &vip) {
         Ok(target) => target,
         Err(reason) => return reason,
     };
-    let forwarded = forward::forward(ctx, &packet, &target);
-    counted(ctx, &packet, &target, forwarded)
+    let forwarded = forward::forward(ctx, packet, &target);
+    counted(ctx, packet, &target, forwarded)
+}
+
+/// The packet's flow, or the verdict reason of a packet that is none.
+#[inline(always)]
+fn flow_of(parsed: &Parsed) -> Result<&Packet, Counter> {
+    match (parsed.kind, parsed.packet()) {
+        (Kind::Flow, Some(packet)) => Ok(packet),
+        (Kind::Fragment, Some(fragment)) => Err(select::fragment_reason(&fragment.vip_address())),
+        (Kind::NotIp, _) => Err(Counter::PassNotIp),
+        (Kind::Malformed, _) => Err(Counter::DropMalformed),
+        _ => Err(Counter::PassNotVip),
+    }
 }
 
 /// Tail calls `weir_nat`, which counts the packet; only a missing program returns.
@@ -139,7 +149,7 @@ fn to_nat(ctx: &XdpContext) -> Counter {
 #[inline(always)]
 fn counted(
     ctx: &XdpContext,
-    packet: &parse::Packet,
+    packet: &Packet,
     target: &select::Target,
     forwarded: Result<Counter, Counter>,
 ) -> Counter {
@@ -149,7 +159,7 @@ fn counted(
             if target.new_flow {
                 stats::event(Counter::FlowNew);
             }
-            if packet.icmp.is_some() {
+            if packet.is_icmp() {
                 stats::event(Counter::IcmpTooBigForwarded);
             }
             reason
@@ -172,12 +182,9 @@ pub fn weir_nat(ctx: XdpContext) -> u32 {
 fn process_nat(ctx: &XdpContext) -> Counter {
     // Matched in place: a copy of the packet would cost stack.
     let parsed = parse_apart(ctx);
-    let packet = match &parsed {
-        Parsed::Packet(packet) => packet,
-        Parsed::NotIp => return Counter::PassNotIp,
-        Parsed::NotVip => return Counter::PassNotVip,
-        Parsed::Malformed => return Counter::DropMalformed,
-        Parsed::Fragment(dst) => return select::fragment_reason(dst),
+    let packet = match flow_of(&parsed) {
+        Ok(packet) => packet,
+        Err(reason) => return reason,
     };
     match select::lookup_vip(packet) {
         Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 => nat_forward(ctx, packet, &vip),
@@ -195,10 +202,10 @@ fn parse_apart(ctx: &XdpContext) -> Parsed {
 
 /// A packet for a NAT VIP.
 #[inline(never)]
-fn nat_forward(ctx: &XdpContext, packet: &parse::Packet, vip: &VipMeta) -> Counter {
+fn nat_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
     packet::keep_context(ctx);
     // ICMP errors towards a NAT VIP are the host's.
-    if packet.icmp.is_some() {
+    if packet.is_icmp() {
         return Counter::PassNotVip;
     }
     let target = match nat::select(packet, vip) {
@@ -214,14 +221,14 @@ fn nat_forward(ctx: &XdpContext, packet: &parse::Packet, vip: &VipMeta) -> Count
 
 /// A packet for no VIP: a NAT flow's reply, translated back to its client, or the host's.
 #[inline(never)]
-fn nat_reply(ctx: &XdpContext, packet: &parse::Packet) -> Counter {
+fn nat_reply(ctx: &XdpContext, packet: &Packet) -> Counter {
     packet::keep_context(ctx);
     let Some(client) = nat::reply_flow(packet) else {
         return Counter::PassNotVip;
     };
     match forward::reply(ctx, packet, &client) {
         Ok(reason) => {
-            stats::event(if packet.icmp.is_some() {
+            stats::event(if packet.is_icmp() {
                 Counter::NatIcmpTranslated
             } else {
                 Counter::NatReply

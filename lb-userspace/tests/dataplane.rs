@@ -705,3 +705,17 @@ fn flows_record_when_they_were_seen_and_that_they_close() {
         "a closing flow keeps its backend"
     );
 }
+
+/// The object's BTF is accepted by the kernel, so the programs carry it (bpftool and the
+/// verifier's messages then know their functions and types). When the kernel rejects it
+/// (as it did the unions Rust's enums with data become in the types of non-inlined
+/// functions), aya loads the programs without BTF and only logs a warning.
+#[test]
+fn the_programs_are_loaded_with_their_btf() {
+    let mut bed = Bed::new();
+    let info = bed.dataplane.program().unwrap().info().unwrap();
+    assert!(
+        info.btf_id().is_some(),
+        "the kernel rejected the object's BTF (see the agent's `object BTF couldn't be loaded` warning)"
+    );
+}
