@@ -26,7 +26,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES,
     Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
-    NextHop, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
+    NextHop, OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
 };
 
 use crate::parse::{Kind, Packet, Parsed};
@@ -78,6 +78,11 @@ static NAT_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "TX_PORTS")]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
+/// `[0]`: the MAC addresses of the interfaces the agent attached to: only frames sent to
+/// one of them are load-balanced (see `forward::sent_to_us`).
+#[map(name = "OWN_MACS")]
+static OWN_MACS: Array<OwnMacs> = Array::with_max_entries(1, 0);
+
 /// Per CPU, per backend id: the backend's next hop, cached (see `forward.rs`).
 #[map(name = "NEXT_HOPS")]
 static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
@@ -100,7 +105,8 @@ pub fn weir_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// Handles one packet and returns the reason for its verdict: DSR here, all inline;
-/// NAT VIPs' packets and possible NAT replies go on to `weir_nat`.
+/// NAT VIPs' packets and possible NAT replies go on to `weir_nat`. (`weir_nat` trusts
+/// the check of the destination MAC made here for NAT VIPs' packets.)
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Counter {
     let parsed = parse::parse(ctx);
@@ -114,6 +120,9 @@ fn process(ctx: &XdpContext) -> Counter {
         }
         return Counter::PassNotVip;
     };
+    if !forward::sent_to_us(ctx) {
+        return Counter::PassNotOurMac;
+    }
     if vip.flags & VIP_FORWARDING_NAT != 0 {
         return to_nat(ctx);
     }
@@ -226,6 +235,9 @@ fn nat_reply(ctx: &XdpContext, packet: &Packet) -> Counter {
     let Some(client) = nat::reply_flow(packet) else {
         return Counter::PassNotVip;
     };
+    if !forward::sent_to_us(ctx) {
+        return Counter::PassNotOurMac;
+    }
     match forward::reply(ctx, packet, &client) {
         Ok(reason) => {
             stats::event(if packet.is_icmp() {
