@@ -42,7 +42,7 @@ pub const DEFAULT_NAT_ENTRIES: u32 = 1 << 18;
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -64,6 +64,7 @@ pub mod map_names {
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const NAT_PROGRAM: &str = "NAT_PROGRAM";
+    pub const OWN_MACS: &str = "OWN_MACS";
 }
 
 /// Name of the XDP program in the object (the one attached to interfaces).
@@ -264,6 +265,33 @@ pub struct NextHop {
 }
 const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
 
+/// `OWN_MACS[0]`: the MAC addresses of the interfaces the program is attached to, as
+/// `mac_word`s, from the first slot on; a 0 ends the list. Only frames sent to one of them
+/// are load-balanced. An array of one value rather than a hash: the fast path pays one
+/// inlined lookup and a comparison per interface instead of hashing. Slots are only ever
+/// added, so a reader never sees a known address vanish.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnMacs {
+    pub words: [u64; MAX_INTERFACES as usize],
+}
+const _: () = assert!(core::mem::size_of::<OwnMacs>() == 512);
+
+impl Default for OwnMacs {
+    fn default() -> Self {
+        OwnMacs {
+            words: [0; MAX_INTERFACES as usize],
+        }
+    }
+}
+
+/// A MAC address as one number: its six bytes in order, then two zero bytes. 0 is the
+/// all-zero address, which no interface the agent attaches to has.
+#[inline(always)]
+pub const fn mac_word(mac: [u8; 6]) -> u64 {
+    u64::from_ne_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
+
 /// Per-CPU traffic counters kept per VIP and per backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -286,6 +314,10 @@ pub enum Counter {
     PassNotIp = 0,
     /// IP, but not for a VIP: passed to the kernel.
     PassNotVip,
+    /// For a VIP (or a NAT flow's reply), but in a frame not sent to the MAC address of
+    /// an attached interface (a flooding bridge, a promiscuous NIC): another host's
+    /// frame, passed to the kernel (which drops it) rather than forwarded twice.
+    PassNotOurMac,
     /// Forwarded to a backend out of the ingress interface.
     Tx,
     /// Forwarded to a backend out of another interface.
@@ -334,6 +366,7 @@ impl Counter {
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotIp,
         Counter::PassNotVip,
+        Counter::PassNotOurMac,
         Counter::Tx,
         Counter::Redirect,
         Counter::DropNoBackend,
@@ -358,7 +391,9 @@ impl Counter {
     /// The XDP verdict this reason ends in, or `None` for an event counter.
     pub const fn verdict(self) -> Option<Verdict> {
         match self {
-            Counter::PassNotIp | Counter::PassNotVip => Some(Verdict::Pass),
+            Counter::PassNotIp | Counter::PassNotVip | Counter::PassNotOurMac => {
+                Some(Verdict::Pass)
+            }
             Counter::Tx => Some(Verdict::Tx),
             Counter::Redirect => Some(Verdict::Redirect),
             Counter::DropNoBackend
@@ -386,6 +421,7 @@ impl Counter {
         match self {
             Counter::PassNotIp => "pass_not_ip",
             Counter::PassNotVip => "pass_not_vip",
+            Counter::PassNotOurMac => "pass_not_our_mac",
             Counter::Tx => "tx",
             Counter::Redirect => "redirect",
             Counter::DropNoBackend => "drop_no_backend",

@@ -18,12 +18,12 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{Counter, FAMILY_IPV4, FlowKey, NEXT_HOP_TTL_NS, NextHop};
+use lb_common::{Counter, FAMILY_IPV4, FlowKey, NEXT_HOP_TTL_NS, NextHop, mac_word};
 use network_types::eth::EthHdr;
 
 use crate::{
-    NEXT_HOPS, TX_PORTS,
-    packet::ptr_at_mut,
+    NEXT_HOPS, OWN_MACS, TX_PORTS,
+    packet::{ptr_at_mut, read},
     parse::Packet,
     select::{NatTarget, Target},
     translate,
@@ -63,12 +63,44 @@ pub fn reply(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Result<Coun
     let ingress = ctx.ingress_ifindex() as u32;
     let ports = [client.dst_port, client.src_port];
     let hop = lookup(ctx, ingress, client, &client.dst, &client.src, ports, 0)?;
-    match &packet.icmp {
-        Some(error) => translate::rewrite_icmp(ctx, packet, error, client),
-        None => translate::rewrite(ctx, packet, &client.dst, &client.src, ports),
+    if packet.is_icmp() {
+        translate::rewrite_icmp(ctx, packet, client)
+    } else {
+        translate::rewrite(ctx, packet, &client.dst, &client.src, ports)
     }
     .ok_or(Counter::DropMalformed)?;
     send(ctx, ingress, &hop)
+}
+
+/// Whether the frame was sent to this host: to the MAC address of an interface the
+/// program is attached to. A packet for a VIP in a frame for another host's MAC (a
+/// bridge flooding unknown unicast, a promiscuous NIC, a tap) is that host's copy:
+/// forwarding it would send it to a backend twice. Broadcast and multicast frames are no
+/// one's in particular: a unicast VIP is reached by unicast frames, and a group frame
+/// reaches every load balancer of the segment, which would all forward it. Any of the
+/// host's MACs, not only the ingress interface's: the slaves of a bond run the program
+/// with their own ifindex but receive the bond's MAC. Called for VIP traffic only: the
+/// host's own packets cost nothing.
+#[inline(always)]
+pub fn sent_to_us(ctx: &XdpContext) -> bool {
+    let Some(dst) = read::<[u8; 6]>(ctx, 0) else {
+        return false;
+    };
+    let Some(own) = OWN_MACS.get(0) else {
+        return false;
+    };
+    let dst = mac_word(dst);
+    for slot in 0..own.words.len() {
+        let word = own.words[slot];
+        // Before the match: an all-zero destination is no one's.
+        if word == 0 {
+            return false;
+        }
+        if word == dst {
+            return true;
+        }
+    }
+    false
 }
 
 /// Rewrites the MAC addresses for `hop` and picks XDP_TX or XDP_REDIRECT.

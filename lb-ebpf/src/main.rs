@@ -26,10 +26,10 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES,
     Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
-    NextHop, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
+    NextHop, OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
 };
 
-use crate::parse::Parsed;
+use crate::parse::{Kind, Packet, Parsed};
 
 /// VIP (address, port, protocol) → its metadata. Port 0 matches every port.
 #[map(name = "VIPS")]
@@ -78,6 +78,11 @@ static NAT_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "TX_PORTS")]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
+/// `[0]`: the MAC addresses of the interfaces the agent attached to: only frames sent to
+/// one of them are load-balanced (see `forward::sent_to_us`).
+#[map(name = "OWN_MACS")]
+static OWN_MACS: Array<OwnMacs> = Array::with_max_entries(1, 0);
+
 /// Per CPU, per backend id: the backend's next hop, cached (see `forward.rs`).
 #[map(name = "NEXT_HOPS")]
 static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
@@ -100,31 +105,45 @@ pub fn weir_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// Handles one packet and returns the reason for its verdict: DSR here, all inline;
-/// NAT VIPs' packets and possible NAT replies go on to `weir_nat`.
+/// NAT VIPs' packets and possible NAT replies go on to `weir_nat`. (`weir_nat` trusts
+/// the check of the destination MAC made here for NAT VIPs' packets.)
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Counter {
-    let packet = match parse::parse(ctx) {
-        Parsed::Packet(packet) => packet,
-        Parsed::NotIp => return Counter::PassNotIp,
-        Parsed::NotVip => return Counter::PassNotVip,
-        Parsed::Malformed => return Counter::DropMalformed,
-        Parsed::Fragment(dst) => return select::fragment_reason(&dst),
+    let parsed = parse::parse(ctx);
+    let packet = match flow_of(&parsed) {
+        Ok(packet) => packet,
+        Err(reason) => return reason,
     };
-    let Some(vip) = select::lookup_vip(&packet) else {
-        if nat::may_be_reply(&packet) {
+    let Some(vip) = select::lookup_vip(packet) else {
+        if nat::may_be_reply(packet) {
             return to_nat(ctx);
         }
         return Counter::PassNotVip;
     };
+    if !forward::sent_to_us(ctx) {
+        return Counter::PassNotOurMac;
+    }
     if vip.flags & VIP_FORWARDING_NAT != 0 {
         return to_nat(ctx);
     }
-    let target = match select::select(&packet, &vip) {
+    let target = match select::select(packet, &vip) {
         Ok(target) => target,
         Err(reason) => return reason,
     };
-    let forwarded = forward::forward(ctx, &packet, &target);
-    counted(ctx, &packet, &target, forwarded)
+    let forwarded = forward::forward(ctx, packet, &target);
+    counted(ctx, packet, &target, forwarded)
+}
+
+/// The packet's flow, or the verdict reason of a packet that is none.
+#[inline(always)]
+fn flow_of(parsed: &Parsed) -> Result<&Packet, Counter> {
+    match (parsed.kind, parsed.packet()) {
+        (Kind::Flow, Some(packet)) => Ok(packet),
+        (Kind::Fragment, Some(fragment)) => Err(select::fragment_reason(&fragment.vip_address())),
+        (Kind::NotIp, _) => Err(Counter::PassNotIp),
+        (Kind::Malformed, _) => Err(Counter::DropMalformed),
+        _ => Err(Counter::PassNotVip),
+    }
 }
 
 /// Tail calls `weir_nat`, which counts the packet; only a missing program returns.
@@ -139,7 +158,7 @@ fn to_nat(ctx: &XdpContext) -> Counter {
 #[inline(always)]
 fn counted(
     ctx: &XdpContext,
-    packet: &parse::Packet,
+    packet: &Packet,
     target: &select::Target,
     forwarded: Result<Counter, Counter>,
 ) -> Counter {
@@ -149,7 +168,7 @@ fn counted(
             if target.new_flow {
                 stats::event(Counter::FlowNew);
             }
-            if packet.icmp.is_some() {
+            if packet.is_icmp() {
                 stats::event(Counter::IcmpTooBigForwarded);
             }
             reason
@@ -172,12 +191,9 @@ pub fn weir_nat(ctx: XdpContext) -> u32 {
 fn process_nat(ctx: &XdpContext) -> Counter {
     // Matched in place: a copy of the packet would cost stack.
     let parsed = parse_apart(ctx);
-    let packet = match &parsed {
-        Parsed::Packet(packet) => packet,
-        Parsed::NotIp => return Counter::PassNotIp,
-        Parsed::NotVip => return Counter::PassNotVip,
-        Parsed::Malformed => return Counter::DropMalformed,
-        Parsed::Fragment(dst) => return select::fragment_reason(dst),
+    let packet = match flow_of(&parsed) {
+        Ok(packet) => packet,
+        Err(reason) => return reason,
     };
     match select::lookup_vip(packet) {
         Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 => nat_forward(ctx, packet, &vip),
@@ -195,10 +211,10 @@ fn parse_apart(ctx: &XdpContext) -> Parsed {
 
 /// A packet for a NAT VIP.
 #[inline(never)]
-fn nat_forward(ctx: &XdpContext, packet: &parse::Packet, vip: &VipMeta) -> Counter {
+fn nat_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
     packet::keep_context(ctx);
     // ICMP errors towards a NAT VIP are the host's.
-    if packet.icmp.is_some() {
+    if packet.is_icmp() {
         return Counter::PassNotVip;
     }
     let target = match nat::select(packet, vip) {
@@ -214,14 +230,17 @@ fn nat_forward(ctx: &XdpContext, packet: &parse::Packet, vip: &VipMeta) -> Count
 
 /// A packet for no VIP: a NAT flow's reply, translated back to its client, or the host's.
 #[inline(never)]
-fn nat_reply(ctx: &XdpContext, packet: &parse::Packet) -> Counter {
+fn nat_reply(ctx: &XdpContext, packet: &Packet) -> Counter {
     packet::keep_context(ctx);
     let Some(client) = nat::reply_flow(packet) else {
         return Counter::PassNotVip;
     };
+    if !forward::sent_to_us(ctx) {
+        return Counter::PassNotOurMac;
+    }
     match forward::reply(ctx, packet, &client) {
         Ok(reason) => {
-            stats::event(if packet.icmp.is_some() {
+            stats::event(if packet.is_icmp() {
                 Counter::NatIcmpTranslated
             } else {
                 Counter::NatReply

@@ -218,7 +218,7 @@ pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
     }
     // SAFETY: a map value read once, copied.
     let client = (unsafe { NAT_REVERSE.get(&packet.key) }).copied()?;
-    if packet.icmp.is_none() && closing_flag(packet) != 0 {
+    if !packet.is_icmp() && closing_flag(packet) != 0 {
         // The backend closes: the flow lingers from now on, as when the client closes.
         if let Some(flow) = NAT_FLOWS.get_ptr_mut(&client) {
             touch(flow, FLOW_CLOSING, clock());

@@ -8,7 +8,11 @@ use lb_common::{
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 
-use crate::{BACKENDS, CONNTRACK, MAGLEV_RING, VIP_ADDRESSES, VIPS, parse::Packet, stats};
+use crate::{
+    BACKENDS, CONNTRACK, MAGLEV_RING, VIP_ADDRESSES, VIPS,
+    parse::{IcmpKind, Packet},
+    stats,
+};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -53,12 +57,12 @@ pub fn fragment_reason(dst: &VipAddressKey) -> Counter {
 pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     // DSR forwards the "too big" errors about its flows to their backends; other ICMP
     // errors are the host's.
-    if packet.icmp.is_some_and(|error| !error.too_big) {
+    if packet.icmp.kind == IcmpKind::Unreachable {
         return Err(Counter::PassNotVip);
     }
     let now = clock();
     let key = &packet.key;
-    let icmp = packet.icmp.is_some();
+    let icmp = packet.is_icmp();
     let closing = closing_flag(packet);
 
     if let Some(flow) = CONNTRACK.get_ptr_mut(key) {

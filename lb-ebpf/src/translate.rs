@@ -11,7 +11,7 @@ use lb_common::{
 
 use crate::{
     packet::{ptr_at_mut, read},
-    parse::{IcmpError, Packet},
+    parse::Packet,
 };
 
 /// Offsets in the IPv4 and IPv6 headers.
@@ -55,12 +55,8 @@ pub fn rewrite(
 /// the client: outer addresses VIP → client (the VIP speaks for its backend), quoted
 /// packet client → VIP, the packet as the client sent it.
 #[inline(always)]
-pub fn rewrite_icmp(
-    ctx: &XdpContext,
-    packet: &Packet,
-    error: &IcmpError,
-    client: &FlowKey,
-) -> Option<()> {
+pub fn rewrite_icmp(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Option<()> {
+    let error = &packet.icmp;
     let ipv6 = client.family == FAMILY_IPV6;
     // The quoted packet: as the load balancer sent it, and as the client sent it.
     let old_quoted = packet.key.reversed();

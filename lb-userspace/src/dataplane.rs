@@ -18,8 +18,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NextHop, PROGRAM_NAME,
-    TrafficCounters, VipAddressKey, VipKey, VipMeta, map_names,
+    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NextHop, OwnMacs,
+    PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey, VipMeta, mac_word, map_names,
 };
 use tracing::warn;
 
@@ -69,6 +69,17 @@ pub enum DataplaneError {
     },
     #[error("interface {0} does not exist")]
     UnknownInterface(String),
+    #[error(
+        "the pinned dataplane already knows {} MAC addresses, the most it can hold: \
+         restart the agent once with --detach-on-exit to start afresh",
+        lb_common::MAX_INTERFACES
+    )]
+    TooManyMacs,
+    #[error("reading the MAC address of {interface}: {source}")]
+    MacAddress {
+        interface: String,
+        source: std::io::Error,
+    },
     #[error("counting CPUs: {0}")]
     Cpus(std::io::Error),
 }
@@ -127,6 +138,7 @@ pub struct Dataplane {
     backends: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     tx_ports: DevMapHash<MapData>,
+    own_macs: Array<MapData, OwnMacs>,
     global_stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -210,6 +222,7 @@ impl Dataplane {
             backends: take(&mut ebpf, map_names::BACKENDS)?,
             conntrack: take(&mut ebpf, map_names::CONNTRACK)?,
             tx_ports: take(&mut ebpf, map_names::TX_PORTS)?,
+            own_macs: take(&mut ebpf, map_names::OWN_MACS)?,
             global_stats: take(&mut ebpf, map_names::GLOBAL_STATS)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
@@ -247,8 +260,7 @@ impl Dataplane {
     /// (not a packet sees no program); otherwise a new link is created, and pinned.
     /// `Auto` tries native (driver) mode and falls back to generic mode with a warning.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
-        let ifindex = ifindex(interface)?;
-        self.add_tx_port(ifindex)?;
+        let ifindex = self.add_interface(interface)?;
         let attach_error = |source| DataplaneError::Attach {
             interface: interface.to_owned(),
             source,
@@ -301,6 +313,33 @@ impl Dataplane {
             _unpinned: unpinned,
         });
         Ok(attachment)
+    }
+
+    /// Prepares the maps for an interface the program runs on (done by [`Self::attach`],
+    /// before the program sees a frame): it may redirect frames out of it, and it
+    /// load-balances the frames sent to its MAC address, read now (an adopted dataplane
+    /// gets it afresh). Returns its ifindex.
+    pub fn add_interface(&mut self, interface: &str) -> Result<u32, DataplaneError> {
+        let ifindex = ifindex(interface)?;
+        self.add_tx_port(ifindex)?;
+        let word = mac_word(mac_address(interface)?);
+        let mut own = self
+            .own_macs
+            .get(&0, 0)
+            .map_err(map_err(map_names::OWN_MACS))?;
+        if !own.words.contains(&word) {
+            // Appended, never moved: the program may be reading the list.
+            let free = own
+                .words
+                .iter()
+                .position(|slot| *slot == 0)
+                .ok_or(DataplaneError::TooManyMacs)?;
+            own.words[free] = word;
+            self.own_macs
+                .set(0, own, 0)
+                .map_err(map_err(map_names::OWN_MACS))?;
+        }
+        Ok(ifindex)
     }
 
     /// Lets the program redirect frames out of `ifindex` (done by [`Self::attach`]).
@@ -600,6 +639,52 @@ fn xdp_program_mut<'a>(
         name,
     })?;
     program.try_into().map_err(DataplaneError::Program)
+}
+
+/// The interface's Ethernet address, in the current network namespace
+/// (`SIOCGIFHWADDR`: no dependence on which sysfs is mounted).
+pub fn mac_address(interface: &str) -> Result<[u8; 6], DataplaneError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let error = |source| DataplaneError::MacAddress {
+        interface: interface.to_owned(),
+        source,
+    };
+    // SAFETY: an all-zero `ifreq` is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.len() >= request.ifr_name.len() {
+        return Err(DataplaneError::UnknownInterface(interface.to_owned()));
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(error(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name and writes into `request`.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) } < 0 {
+        return Err(error(std::io::Error::last_os_error()));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the `ifru_hwaddr` member.
+    let address = unsafe { request.ifr_ifru.ifru_hwaddr };
+    if address.sa_family != libc::ARPHRD_ETHER {
+        return Err(error(std::io::Error::other(
+            "not an Ethernet interface (XDP load balancing needs Ethernet frames)",
+        )));
+    }
+    let mut mac = [0u8; 6];
+    for (byte, data) in mac.iter_mut().zip(address.sa_data) {
+        *byte = data as u8;
+    }
+    if mac == [0; 6] {
+        return Err(error(std::io::Error::other("it has no MAC address")));
+    }
+    Ok(mac)
 }
 
 /// The interface's index in the current network namespace.

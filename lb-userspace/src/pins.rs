@@ -15,7 +15,8 @@ use std::{
 use aya::maps::MapInfo;
 use lb_common::{
     Backend, Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS,
-    MAX_INTERFACES, MAX_VIPS, NextHop, TrafficCounters, VipAddressKey, VipKey, VipMeta, map_names,
+    MAX_INTERFACES, MAX_VIPS, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey, VipMeta,
+    map_names,
 };
 
 /// What a map must look like: key and value sizes (`None`: set by the kernel's features)
@@ -42,7 +43,7 @@ pub fn map_specs(
     conntrack_entries: u32,
     maglev_ring_entries: u32,
     nat_entries: u32,
-) -> [MapSpec; 14] {
+) -> [MapSpec; 15] {
     [
         spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
         spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
@@ -62,6 +63,7 @@ pub fn map_specs(
         spec::<FlowKey, FlowKey>(map_names::NAT_REVERSE, nat_entries),
         spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
         spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
+        spec::<u32, OwnMacs>(map_names::OWN_MACS, 1),
     ]
 }
 

@@ -57,6 +57,78 @@ fn forwards_every_family_and_protocol_to_the_maglev_pick() {
     }
 }
 
+/// A frame sent to another MAC address than the attached interfaces' (a bridge flooding
+/// unknown unicast, a promiscuous NIC) is another host's copy: the VIP packet in it goes
+/// to the kernel untouched (which drops it) and is counted, rather than forwarded a
+/// second time. Broadcast and multicast frames are no one's in particular. The host's
+/// own traffic is not looked at.
+#[test]
+fn vip_traffic_sent_to_another_mac_passes_untouched() {
+    let mut bed = Bed::new();
+    let destinations = [
+        ("another host", [0x02, 0, 0, 0, 0x0e, 0x01]),
+        ("broadcast", [0xff; 6]),
+        ("IPv4 multicast", [0x01, 0x00, 0x5e, 0, 0, 0x01]),
+        ("IPv6 multicast", [0x33, 0x33, 0, 0, 0, 0x01]),
+        // One byte off lb0's.
+        ("almost lb0", [0x02, 0, 0, 0, 0x01, 0x01]),
+        ("almost lb0 too", [0x02, 0, 0, 0, 0, 0x11]),
+    ];
+    let frames = [
+        ("tcp4", tcp4(CLIENT4, 40000, VIP4, 80)),
+        ("udp6", udp6(CLIENT6, 40000, VIP6, 53)),
+    ];
+    for (vip, frame) in &frames {
+        for (to, mac) in destinations {
+            let mut frame = frame.clone();
+            frame[..6].copy_from_slice(&mac);
+            bed.expect(
+                &format!("{vip} to {to}"),
+                &frame,
+                Verdict::Pass,
+                &frame,
+                &[(Counter::PassNotOurMac, 1)],
+            );
+        }
+    }
+    // lb2 is not attached: its MAC is not the load balancer's.
+    let mut frame = frames[0].1.clone();
+    frame[..6].copy_from_slice(&LB2_MAC);
+    bed.expect(
+        "tcp4 to lb2's MAC",
+        &frame,
+        Verdict::Pass,
+        &frame,
+        &[(Counter::PassNotOurMac, 1)],
+    );
+    assert!(
+        bed.dataplane.flows().unwrap().is_empty(),
+        "no flow was recorded"
+    );
+
+    // Any attached interface's MAC is the host's (a bond's slaves see the bond's MAC).
+    frame[..6].copy_from_slice(&LB1_MAC);
+    let backend = bed.maglev_pick("tcp4", &key(&frame)).to_string();
+    let expected = rewritten(&frame, mac_of(&backend), LB0_MAC);
+    bed.expect(
+        "tcp4 to lb1's MAC on lb0",
+        &frame,
+        Verdict::Tx,
+        &expected,
+        &forwarded(1),
+    );
+
+    let mut not_for_a_vip = tcp4(CLIENT4, 40000, NOT_A_VIP4, 22);
+    not_for_a_vip[..6].copy_from_slice(&[0x02, 0, 0, 0, 0x0e, 0x01]);
+    bed.expect(
+        "not for a vip, another host",
+        &not_for_a_vip,
+        Verdict::Pass,
+        &not_for_a_vip,
+        &[(Counter::PassNotVip, 1)],
+    );
+}
+
 #[test]
 fn vlan_tag_is_kept() {
     let mut bed = Bed::new();
@@ -703,5 +775,19 @@ fn flows_record_when_they_were_seen_and_that_they_close() {
     assert_eq!(
         closing.backend_id, opened.backend_id,
         "a closing flow keeps its backend"
+    );
+}
+
+/// The object's BTF is accepted by the kernel, so the programs carry it (bpftool and the
+/// verifier's messages then know their functions and types). When the kernel rejects it
+/// (as it did the unions Rust's enums with data become in the types of non-inlined
+/// functions), aya loads the programs without BTF and only logs a warning.
+#[test]
+fn the_programs_are_loaded_with_their_btf() {
+    let mut bed = Bed::new();
+    let info = bed.dataplane.program().unwrap().info().unwrap();
+    assert!(
+        info.btf_id().is_some(),
+        "the kernel rejected the object's BTF (see the agent's `object BTF couldn't be loaded` warning)"
     );
 }

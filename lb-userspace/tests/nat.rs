@@ -381,6 +381,46 @@ fn traffic_from_backends_that_matches_no_flow_passes_untouched() {
 /// Four ports for one backend: four clients get four different ports (collisions
 /// probed past), the fifth is dropped and counted. Once a flow has closed and lingered,
 /// its port goes to the next new flow.
+/// Frames sent to another host's MAC address (a flooding bridge) are not translated, in
+/// either direction: another host's copies pass to the kernel, counted.
+#[test]
+fn frames_sent_to_another_mac_are_not_translated() {
+    let mut bed = nat_bed(PORTS);
+    let other_host = [0x02, 0, 0, 0, 0x0e, 0x01];
+    let mut request = tcp_request(43000);
+    request[..6].copy_from_slice(&other_host);
+    bed.expect(
+        "request to another host",
+        &request,
+        Verdict::Pass,
+        &request,
+        &[(Counter::PassNotOurMac, 1)],
+    );
+    assert!(bed.dataplane.flows().unwrap().is_empty(), "no NAT flow");
+
+    // A flow the load balancer did translate; its reply, as another host's copy.
+    let request = tcp_request(43001);
+    let (verdict, _) = bed.run(&request);
+    assert_eq!(verdict, Verdict::Tx as u32);
+    let key = FlowKey::new(CLIENT4.into(), 43001, NAT_VIP4.into(), 80, PROTO_TCP);
+    let reply = frame(
+        (mac_of("198.18.0.11"), other_host),
+        BACKEND4.into(),
+        8080,
+        SOURCE4.into(),
+        first_port(&key, PORTS),
+        PROTO_TCP,
+        true,
+    );
+    bed.expect(
+        "reply to another host",
+        &reply,
+        Verdict::Pass,
+        &reply,
+        &[(Counter::PassNotOurMac, 1)],
+    );
+}
+
 #[test]
 fn ports_never_collide_run_out_predictably_and_are_reclaimed() {
     let ports = (30000, 30003);

@@ -28,8 +28,8 @@ use lb_common::Verdict;
 use crate::{
     bench_xdp,
     common::{
-        Bed, CLIENT_MAC, CLIENT4, CLIENT6, LB0_MAC, NOT_A_VIP4, ROUTER4, VIP4, VIP6, nat_config,
-        tcp4, udp6,
+        Bed, CLIENT_MAC, CLIENT4, CLIENT6, LB0_MAC, NEIGHBOURS, NOT_A_VIP4, ROUTER4, VIP4, VIP6,
+        mac_string, nat_config, tcp4, udp6,
     },
     cpu,
 };
@@ -277,6 +277,23 @@ impl Harness {
     fn new() -> Result<Harness> {
         let mut bed = Bed::new();
         bed.apply(&nat_config("20000-29999"));
+        // A repeated run sees the frame as the previous run left it, and weir forwards
+        // only frames sent to lb0's MAC: the backends on lb0 take lb0's MAC, so that a
+        // forwarded frame is sent to lb0 again. (NAT's wrapper restores the headers.)
+        let lb0_mac = mac_string(LB0_MAC);
+        for (dev, addr, _) in NEIGHBOURS.iter().filter(|(dev, ..)| *dev == "lb0") {
+            bed.ns.ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &lb0_mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+        }
         let mut bench = bench_xdp::load()?;
         bench_xdp::set_churn_target(&mut bench, bed.dataplane.program()?.fd()?)?;
         Ok(Harness { bed, bench })

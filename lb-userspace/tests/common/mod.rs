@@ -10,7 +10,9 @@
 //!
 //! The namespace: `lb0` (198.18.0.1/24, 2001:db8:0:1::1/64), `lb1` (198.18.2.1/24) and
 //! `lb2` (198.18.3.1/24), veths with fixed MACs; permanent neighbours for the backends;
-//! `lb0` and `lb1` may be redirected to, `lb2` not (as if the agent had not attached it).
+//! `lb0` and `lb1` are the agent's interfaces (they may be redirected to, and frames sent
+//! to their MAC addresses are load-balanced), `lb2` not (as if the agent had not
+//! attached it).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -303,10 +305,8 @@ impl Bed {
                     pins: None,
                 })
                 .expect("the XDP program loads and passes the verifier");
-                let lb0 = weir::dataplane::ifindex("lb0").unwrap();
-                let lb1 = weir::dataplane::ifindex("lb1").unwrap();
-                dataplane.add_tx_port(lb0).unwrap();
-                dataplane.add_tx_port(lb1).unwrap();
+                let lb0 = dataplane.add_interface("lb0").unwrap();
+                let lb1 = dataplane.add_interface("lb1").unwrap();
                 (dataplane, lb0, lb1)
             })
             .unwrap();
