@@ -8,11 +8,22 @@
 //! first risen backend in its Maglev table sends the established connections it receives
 //! to other backends than its peers did, which reset them. The others usually rise within
 //! one `fastinter` (the node's checks came back together), so the wait is short.
+//!
+//! Not rising is not enough: a backend whose check was still waiting for its timeout
+//! when the path came back, or whose next check is a `downinter` away, is DOWN without
+//! rising while the first ones are already UP. So a VIP that stopped serving, and comes
+//! back with some of its backends still DOWN, also waits [`settle_time`] — long enough for
+//! every backend whose path is back to rise — before it serves again ([`Settling`]); with
+//! all of them UP it serves at once.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use crate::{
-    config::{AdminState, BackendConfig, Config, VipConfig},
+    config::{AdminState, BackendConfig, CheckKind, Config, VipConfig},
     health::Operational,
 };
 
@@ -57,6 +68,64 @@ pub fn serving_vips(
         .collect()
 }
 
+/// How long a VIP that stopped serving must be able to serve again before it does: a
+/// backend's check in progress times out (`timeout`), the next one starts at the latest
+/// `downinter` later, and `rise` checks `fastinter` apart bring it UP. Nothing for a VIP
+/// without checks (its backends' states change only by the operator).
+pub fn settle_time(vip: &VipConfig) -> Duration {
+    let health = &vip.health;
+    if health.kind == CheckKind::None {
+        return Duration::ZERO;
+    }
+    health.timeout + health.downinter + health.fastinter * health.rise
+}
+
+/// The hold of VIPs that come back: since when each has been able to serve again.
+#[derive(Debug, Default)]
+pub struct Settling {
+    since: HashMap<String, Instant>,
+}
+
+impl Settling {
+    /// Holds back the VIPs of `candidate` (what [`serving_vips`] says) that did not serve
+    /// in `previous`, while some of their backends are not UP, until they have been able
+    /// to serve for their [`settle_time`]. Returns what to publish, and when the next held
+    /// VIP is due (to be evaluated again then).
+    pub fn hold(
+        &mut self,
+        config: &Config,
+        previous: &[VipServing],
+        mut candidate: ServingVips,
+        now: Instant,
+        health: impl Fn(&VipConfig, &BackendConfig) -> Operational,
+    ) -> (ServingVips, Option<Instant>) {
+        let mut next = None::<Instant>;
+        let mut held = HashMap::new();
+        for (vip, config) in candidate.iter_mut().zip(&config.vips) {
+            let returning = vip.serving
+                && previous
+                    .iter()
+                    .any(|before| before.name == vip.name && !before.serving);
+            let incomplete = config
+                .backends
+                .iter()
+                .any(|backend| takes_new_flows(backend) && !health(config, backend).is_up());
+            if !returning || !incomplete {
+                continue;
+            }
+            let since = self.since.get(&vip.name).copied().unwrap_or(now);
+            let due = since + settle_time(config);
+            if now < due {
+                vip.serving = false;
+                held.insert(vip.name.clone(), since);
+                next = Some(next.map_or(due, |next| next.min(due)));
+            }
+        }
+        self.since = held;
+        (candidate, next)
+    }
+}
+
 /// Whether one backend of `vip` takes new flows: ready, weight above 0, and up.
 pub fn vip_serving(vip: &VipConfig, is_up: impl Fn(&BackendConfig) -> bool) -> bool {
     vip.backends
@@ -91,6 +160,63 @@ mod tests {
             "[[vip.backend]]\naddress = \"198.18.0.11\"\nstate = \"maint\"\n[[vip.backend]]\naddress = \"198.18.0.12\"\nweight = 0\n"
         ));
         assert!(!serving(""));
+    }
+
+    #[test]
+    fn a_vip_that_comes_back_waits_until_its_backends_can_have_risen() {
+        let config = config(
+            "[vip.health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\n\
+             [[vip.backend]]\naddress = \"198.18.0.11\"\n[[vip.backend]]\naddress = \"198.18.0.12\"\n",
+        );
+        let settle = settle_time(&config.vips[0]);
+        assert_eq!(settle, Duration::from_millis(300 + 200 + 2 * 200));
+        let start = Instant::now();
+        let mut settling = Settling::default();
+        let second = "198.18.0.12".parse::<IpAddr>().unwrap();
+        // The first backend is UP again, the second still DOWN (its check is in flight).
+        let partly = |_: &VipConfig, backend: &BackendConfig| {
+            if backend.address == second {
+                Operational::Down
+            } else {
+                Operational::Up
+            }
+        };
+        let up = serving_vips(&config, &[], |_, _| Operational::Up);
+        let down = serving_vips(&config, &up, |_, _| Operational::Down);
+        // At start, and while serving, nothing is held.
+        assert_eq!(
+            settling.hold(&config, &[], up.clone(), start, partly),
+            (up.clone(), None)
+        );
+        assert_eq!(
+            settling.hold(&config, &up, up.clone(), start, partly),
+            (up.clone(), None)
+        );
+        // Able to serve again: held until the settle time has passed since then.
+        let (held, next) = settling.hold(&config, &down, up.clone(), start, partly);
+        assert!(!held[0].serving);
+        assert_eq!(next, Some(start + settle));
+        let (held, next) = settling.hold(&config, &held, up.clone(), start + settle / 2, partly);
+        assert!(!held[0].serving, "still settling");
+        assert_eq!(next, Some(start + settle), "counted from the first time");
+        let (back, next) = settling.hold(&config, &held, up.clone(), start + settle, partly);
+        assert!(back[0].serving);
+        assert_eq!(next, None);
+        // Down again in between: the hold starts over.
+        let (held, _) = settling.hold(&config, &down, up.clone(), start, partly);
+        let (_, _) = settling.hold(&config, &held, down.clone(), start + settle / 2, partly);
+        let (held, next) = settling.hold(&config, &down, up.clone(), start + settle, partly);
+        assert!(!held[0].serving);
+        assert_eq!(next, Some(start + settle * 2));
+        // With every backend UP again nothing waits.
+        let (back, next) = settling.hold(&config, &down, up.clone(), start, |_, _| Operational::Up);
+        assert!(back[0].serving);
+        assert_eq!(next, None);
+        // Without checks nothing waits.
+        let unchecked = self::config(
+            "[vip.health]\nkind = \"none\"\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
+        );
+        assert_eq!(settle_time(&unchecked.vips[0]), Duration::ZERO);
     }
 
     #[test]

@@ -229,16 +229,6 @@ impl Cluster {
             .enable_veth_xdp_receive(&lb2.switch_port)
             .expect("XDP_PASS on lb2's bridge port");
 
-        // A bridge floods frames for a MAC address it no longer knows (it forgets the
-        // lost node's with its port) to every port, and XDP on a veth sees frames for any
-        // address: the other node would forward the lost node's traffic. A NIC filters
-        // other hosts' unicast (unless promiscuous), so the LB ports get no flood.
-        for port in [&topology.lb().switch_port, &lb2.switch_port] {
-            switch
-                .run(&["bridge", "link", "set", "dev", port, "flood", "off"])
-                .unwrap();
-        }
-
         // The client sits behind the router, on a link of its own.
         let far_client = Netns::new("far").unwrap();
         let front = veth_pair(&router.ns, &far_client).unwrap();

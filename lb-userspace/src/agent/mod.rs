@@ -32,7 +32,7 @@ use crate::{
     plan::{PlanError, Reconciler},
     report::StatsReport,
     runtime::{RuntimeError, RuntimeState},
-    serving::{ServingVips, serving_vips},
+    serving::{ServingVips, Settling, serving_vips},
     vrrp::{Vrrp, VrrpError},
 };
 
@@ -90,6 +90,10 @@ pub struct Agent {
     started: Instant,
     /// Which VIPs can take new flows, for failover and route announcement.
     serving: watch::Sender<ServingVips>,
+    /// VIPs held back while they come back (see [`crate::serving::Settling`]).
+    settling: Settling,
+    /// When a held VIP is due: `run` publishes again then.
+    settling_due: watch::Sender<Option<Instant>>,
     /// What the announcer keeps on its interface, while it runs (`[announce]`).
     announce: Option<watch::Receiver<AnnounceStatus>>,
     /// Backend health; DOWN backends are programmed as if in maint.
@@ -161,6 +165,8 @@ impl Agent {
             host,
             started: Instant::now(),
             serving,
+            settling: Settling::default(),
+            settling_due: watch::Sender::new(None),
             announce: None,
             health,
             health_reports: Some(health_reports),
@@ -293,14 +299,34 @@ impl Agent {
                 Err(err) => error!(error = %err, "cannot apply a health change to the dataplane"),
             }
         } else if rising_changed {
-            self.publish_serving(&self.config);
+            self.republish_serving();
         }
     }
 
-    /// Publishes which VIPs of `config` can take new flows (only when that changed).
-    fn publish_serving(&self, config: &Config) {
-        let serving = serving_vips(config, &self.serving.borrow(), |vip, backend| {
+    /// Publishes which VIPs of the running configuration can take new flows.
+    fn republish_serving(&mut self) {
+        let config = self.config.clone();
+        self.publish_serving(&config);
+    }
+
+    /// Publishes which VIPs of `config` can take new flows (only when that changed),
+    /// holding back those that come back until they have settled.
+    fn publish_serving(&mut self, config: &Config) {
+        let previous = self.serving.borrow().clone();
+        let candidate = serving_vips(config, &previous, |vip, backend| {
             operational(&self.health, vip, backend)
+        });
+        let (serving, due) = self.settling.hold(
+            config,
+            &previous,
+            candidate,
+            Instant::now(),
+            |vip, backend| operational(&self.health, vip, backend),
+        );
+        self.settling_due.send_if_modified(|current| {
+            let changed = *current != due;
+            *current = due;
+            changed
         });
         self.serving.send_if_modified(|current| {
             let changed = *current != serving;
@@ -371,6 +397,7 @@ impl Agent {
             .take()
             .expect("run takes the health reports once");
         self.vrrp_status = vrrp.as_ref().map(Vrrp::status);
+        let mut settling_due = self.settling_due.subscribe();
         let agent = Arc::new(Mutex::new(self));
         let control: SharedControl = agent.clone();
         let until_stopped = |mut stopped: watch::Receiver<()>| async move {
@@ -395,7 +422,17 @@ impl Agent {
         let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
         let mut suspects = HashSet::new();
         loop {
+            let due = *settling_due.borrow_and_update();
+            let settled = async move {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = settled => agent.lock().await.republish_serving(),
+                // A new hold (or none): wait for its due time instead.
+                Ok(()) = settling_due.changed() => {}
                 _ = sweep.tick() => {
                     let mut agent = agent.lock().await;
                     match agent.dataplane.sweep_nat(flows::now_ns(), &mut suspects) {
