@@ -2,8 +2,9 @@
 //! this crate must not depend on) and `weir-test-server` (this crate's binary).
 
 use std::{
-    env,
+    env, fs,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use anyhow::{Result, bail};
@@ -37,7 +38,9 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The `weir` binary: `$WEIR_BIN` if set, else `<target>/debug/weir`. Fails, with a hint
-/// to run `cargo xtask test`, when it does not exist.
+/// to run `cargo xtask test`, when it does not exist, or (found in the target directory)
+/// when it is older than the sources it is built from: `cargo test -p weir-tests` alone
+/// does not rebuild it, and a stale agent would test old code.
 pub fn weir_bin() -> Result<PathBuf> {
     if let Some(path) = env::var_os(WEIR_BIN_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -53,7 +56,21 @@ pub fn weir_bin() -> Result<PathBuf> {
     candidates.insert(0, target_dir().join("debug/weir"));
     candidates.dedup();
     match candidates.iter().find(|p| p.is_file()) {
-        Some(path) => Ok(path.clone()),
+        Some(path) => {
+            let built = modified(path).unwrap_or(SystemTime::UNIX_EPOCH);
+            if let Some(newer) = ["lb-userspace", "lb-ebpf", "lb-common"]
+                .iter()
+                .find_map(|krate| newer_source(&workspace_root().join(krate), built))
+            {
+                bail!(
+                    "{} is older than {}: run `cargo build` (or `cargo xtask test`, which builds \
+                     first) so that the tests run the current code",
+                    path.display(),
+                    newer.display()
+                );
+            }
+            Ok(path.clone())
+        }
         None => bail!(
             "the weir binary is not built (looked for {}); run `cargo xtask test` (which builds it \
              and sets ${WEIR_BIN_ENV}), or `cargo build -p lb-userspace` first, or set ${WEIR_BIN_ENV}",
@@ -64,6 +81,30 @@ pub fn weir_bin() -> Result<PathBuf> {
                 .join(", ")
         ),
     }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A source file (`*.rs`, `Cargo.toml`, `build.rs`) under `dir` modified after `built`.
+fn newer_source(dir: &Path, built: SystemTime) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name != "target"
+                && let Some(newer) = newer_source(&path, built)
+            {
+                return Some(newer);
+            }
+        } else if (path.extension().is_some_and(|e| e == "rs") || name == "Cargo.toml")
+            && modified(&path).is_some_and(|m| m > built)
+        {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// The `weir-test-server` binary: `$WEIR_TEST_SERVER_BIN` if set, else next to the
@@ -90,7 +131,21 @@ pub fn test_server_bin() -> Result<PathBuf> {
     }
     candidates.push(target_dir().join("debug").join(NAME));
     match candidates.iter().find(|p| p.is_file()) {
-        Some(path) => Ok(path.clone()),
+        Some(path) => {
+            let built = modified(path).unwrap_or(SystemTime::UNIX_EPOCH);
+            if let Some(newer) = ["lb-userspace", "lb-ebpf", "lb-common"]
+                .iter()
+                .find_map(|krate| newer_source(&workspace_root().join(krate), built))
+            {
+                bail!(
+                    "{} is older than {}: run `cargo build` (or `cargo xtask test`, which builds \
+                     first) so that the tests run the current code",
+                    path.display(),
+                    newer.display()
+                );
+            }
+            Ok(path.clone())
+        }
         None => bail!(
             "{NAME} is not built (looked for {}); run `cargo xtask test`, or \
              `cargo build -p weir-tests --bins` first, or set ${TEST_SERVER_BIN_ENV}",
