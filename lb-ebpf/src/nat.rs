@@ -218,11 +218,13 @@ pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
     }
     // SAFETY: a map value read once, copied.
     let client = (unsafe { NAT_REVERSE.get(&packet.key) }).copied()?;
-    if !packet.is_icmp() && closing_flag(packet) != 0 {
-        // The backend closes: the flow lingers from now on, as when the client closes.
-        if let Some(flow) = NAT_FLOWS.get_ptr_mut(&client) {
-            touch(flow, FLOW_CLOSING, clock());
-        }
+    if !packet.is_icmp()
+        && let Some(flow) = NAT_FLOWS.get_ptr_mut(&client)
+    {
+        // A reply keeps the flow alive, as the client's packets do (a service where only
+        // the server talks is not idle); a backend's FIN or RST makes it linger from now
+        // on, as the client's does.
+        touch(flow, closing_flag(packet), clock());
     }
     Some(client)
 }

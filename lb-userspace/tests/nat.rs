@@ -512,6 +512,45 @@ fn idle_flows_are_swept() {
     );
 }
 
+/// The backend's replies keep a flow alive as the client's packets do.
+#[test]
+fn replies_keep_a_flow_alive() {
+    let mut bed = nat_bed(PORTS);
+    let key = FlowKey::new(CLIENT4.into(), 44100, NAT_VIP4.into(), 53, PROTO_UDP);
+    bed.run(&frame(
+        (CLIENT_MAC, LB0_MAC),
+        CLIENT4.into(),
+        44100,
+        NAT_VIP4.into(),
+        53,
+        PROTO_UDP,
+        false,
+    ));
+    let mut flow = bed.dataplane.nat_flow(&key).unwrap();
+    let nat_port = u16::from_be(flow.nat_port);
+    // Nearly idle: the client has been silent for almost the whole timeout.
+    let silent_since = now_ns() - FlowTimeouts::DEFAULT.udp_idle_ns + 1_000_000_000;
+    flow.last_seen_ns = silent_since;
+    bed.dataplane.set_nat_flow(&key, &flow).unwrap();
+    let reply = frame(
+        (mac_of("198.18.0.12"), LB0_MAC),
+        BACKEND4_UDP.into(),
+        53,
+        SOURCE4.into(),
+        nat_port,
+        PROTO_UDP,
+        true,
+    );
+    let (verdict, _) = bed.run(&reply);
+    assert_eq!(verdict, Verdict::Tx as u32);
+    assert!(bed.dataplane.nat_flow(&key).unwrap().last_seen_ns > silent_since);
+    // Not swept when the client's silence alone would have ended it.
+    let mut suspects = HashSet::new();
+    let later = now_ns() + FlowTimeouts::DEFAULT.udp_idle_ns / 2;
+    assert_eq!(bed.dataplane.sweep_nat(later, &mut suspects).unwrap(), 0);
+    assert!(bed.dataplane.nat_flow(&key).is_some());
+}
+
 /// A backend's FIN marks its flow closing, as the client's does.
 #[test]
 fn a_backend_closing_marks_the_flow() {
