@@ -18,9 +18,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_common::{
-    Counter, FLOW_CLOSING, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, VipMeta, flow_hash,
-};
+use lb_common::{Counter, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, VipMeta, flow_hash};
 
 use crate::{
     BACKENDS, NAT_CONFIG, NAT_FLOWS, NAT_REVERSE,
