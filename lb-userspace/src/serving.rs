@@ -2,22 +2,18 @@
 //! whenever the running state changes (configuration, admin states, health); VIP failover
 //! (VRRP priority tracking) and route announcement follow it instead of polling the agent.
 //!
-//! A VIP that stopped serving comes back only once none of its backends is half-way
-//! through its rise. Its peers (the other active nodes, or the VRRP backup) kept checking
-//! the same backends and have them all UP: a node that takes traffic again with only the
-//! first risen backend in its Maglev table sends the established connections it receives
-//! to other backends than its peers did, which reset them. The others usually rise within
-//! one `fastinter` (the node's checks came back together), so the wait is short.
-//!
-//! Not rising is not enough: a backend whose check was still waiting for its timeout
-//! when the path came back, or whose next check is a `downinter` away, is DOWN without
-//! rising while the first ones are already UP. So a VIP that stopped serving, and comes
-//! back with some of its backends still DOWN, also waits [`settle_time`] — long enough for
-//! every backend whose path is back to rise — before it serves again ([`Settling`]); with
-//! all of them UP it serves at once.
+//! A VIP that stopped serving comes back at once when all of its backends are UP again,
+//! and otherwise only after [`settle_time`] ([`Settling`]). Its peers (the other active
+//! nodes, or the VRRP backup) kept checking the same backends and have them all UP: a
+//! node that takes traffic again with only the first risen backends in its Maglev table
+//! sends the established connections it receives to other backends than its peers did,
+//! which reset them. When the node's own path to the backends comes back, their checks
+//! do not pass together: one may still wait for its timeout, the next check of another
+//! may be a `downinter` away, and each needs `rise` good checks. The settle time covers
+//! that; a backend that is really dead (for the peers too) delays the VIP by no more.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -39,31 +35,19 @@ pub struct VipServing {
 /// Every VIP of the running configuration, in configuration order.
 pub type ServingVips = Vec<VipServing>;
 
-/// The VIPs of `config`, following `previous` (what was published before; empty at
-/// start); `health` tells a backend's operational state.
+/// The VIPs of `config` that can take new flows, by the operator's states and `health`
+/// (a backend's operational state), before [`Settling`] holds back those that come back.
 pub fn serving_vips(
     config: &Config,
-    previous: &[VipServing],
     health: impl Fn(&VipConfig, &BackendConfig) -> Operational,
 ) -> ServingVips {
-    let was_serving: HashSet<&str> = previous
-        .iter()
-        .filter(|vip| vip.serving)
-        .map(|vip| vip.name.as_str())
-        .collect();
     config
         .vips
         .iter()
-        .map(|vip| {
-            let rising = vip.backends.iter().any(|backend| {
-                takes_new_flows(backend) && health(vip, backend) == Operational::Rising
-            });
-            let settled = was_serving.contains(vip.name.as_str()) || !rising;
-            VipServing {
-                name: vip.name.clone(),
-                address: vip.address,
-                serving: settled && vip_serving(vip, |backend| health(vip, backend).is_up()),
-            }
+        .map(|vip| VipServing {
+            name: vip.name.clone(),
+            address: vip.address,
+            serving: vip_serving(vip, |backend| health(vip, backend).is_up()),
         })
         .collect()
 }
@@ -151,8 +135,7 @@ mod tests {
 
     #[test]
     fn a_vip_serves_while_one_backend_takes_new_flows() {
-        let serving =
-            |text: &str| serving_vips(&config(text), &[], |_, _| Operational::Up)[0].serving;
+        let serving = |text: &str| serving_vips(&config(text), |_, _| Operational::Up)[0].serving;
         assert!(serving(
             "[[vip.backend]]\naddress = \"198.18.0.11\"\n[[vip.backend]]\naddress = \"198.18.0.12\"\nstate = \"drain\"\n"
         ));
@@ -181,8 +164,8 @@ mod tests {
                 Operational::Up
             }
         };
-        let up = serving_vips(&config, &[], |_, _| Operational::Up);
-        let down = serving_vips(&config, &up, |_, _| Operational::Down);
+        let up = serving_vips(&config, |_, _| Operational::Up);
+        let down = serving_vips(&config, |_, _| Operational::Down);
         // At start, and while serving, nothing is held.
         assert_eq!(
             settling.hold(&config, &[], up.clone(), start, partly),
@@ -222,7 +205,7 @@ mod tests {
     #[test]
     fn a_vip_whose_backends_are_all_down_does_not_serve() {
         let config = config("[[vip.backend]]\naddress = \"198.18.0.11\"\n");
-        assert!(!serving_vips(&config, &[], |_, _| Operational::Down)[0].serving);
+        assert!(!serving_vips(&config, |_, _| Operational::Down)[0].serving);
     }
 
     #[test]
@@ -239,17 +222,24 @@ mod tests {
                 Operational::Up
             }
         };
-        let down = serving_vips(&config, &[], |_, _| Operational::Down);
-        assert!(!serving_vips(&config, &down, half_risen)[0].serving);
+        let now = Instant::now();
+        let mut settling = Settling::default();
+        type Health<'a> = &'a dyn Fn(&VipConfig, &BackendConfig) -> Operational;
+        let mut publish = |previous: &[VipServing], config: &Config, health: Health| {
+            let candidate = serving_vips(config, health);
+            settling.hold(config, previous, candidate, now, health).0[0].serving
+        };
+        let down = serving_vips(&config, |_, _| Operational::Down);
+        assert!(!publish(&down, &config, &half_risen));
         // Both risen: back.
-        let up = serving_vips(&config, &down, |_, _| Operational::Up);
-        assert!(up[0].serving);
+        let up = serving_vips(&config, |_, _| Operational::Up);
+        assert!(publish(&down, &config, &|_, _| Operational::Up));
         // A serving VIP does not wait for a backend that rises (it only gains one).
-        assert!(serving_vips(&config, &up, half_risen)[0].serving);
+        assert!(publish(&up, &config, &half_risen));
         // A backend that rises while out of rotation by the operator does not hold it.
         let maint = format!(
             "[[vip.backend]]\naddress = \"198.18.0.11\"\n[[vip.backend]]\naddress = \"{second}\"\nstate = \"maint\"\n"
         );
-        assert!(serving_vips(&self::config(&maint), &down, half_risen)[0].serving);
+        assert!(publish(&down, &self::config(&maint), &half_risen));
     }
 }

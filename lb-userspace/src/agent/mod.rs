@@ -152,7 +152,7 @@ impl Agent {
             config = %options.config_path.display(),
             "dataplane programmed"
         );
-        let serving = watch::Sender::new(serving_vips(&config, &[], |vip, backend| {
+        let serving = watch::Sender::new(serving_vips(&config, |vip, backend| {
             operational(&health, vip, backend)
         }));
         Ok(Agent {
@@ -265,22 +265,11 @@ impl Agent {
     }
 
     /// Takes check results into account; re-plans once if a backend changed between UP
-    /// and DOWN (each change logged once, with its reason), else publishes which VIPs
-    /// serve if a backend started or stopped rising (see [`crate::serving`]).
+    /// and DOWN (each change logged once, with its reason).
     fn apply_health(&mut self, reports: impl IntoIterator<Item = Report>) {
         let mut changed = false;
-        let mut rising_changed = false;
         for report in reports {
-            let key = report.key.clone();
-            let rising = |health: &HealthMonitor| {
-                health
-                    .get(&key.vip, key.address)
-                    .is_some_and(|h| h.state.operational() == Operational::Rising)
-            };
-            let was_rising = rising(&self.health);
-            let transition = self.health.record(report);
-            rising_changed |= was_rising != rising(&self.health);
-            let Some(Transition { key, up, result }) = transition else {
+            let Some(Transition { key, up, result }) = self.health.record(report) else {
                 continue;
             };
             changed = true;
@@ -298,8 +287,6 @@ impl Agent {
                 Ok(writes) => info!(writes, "dataplane follows backend health"),
                 Err(err) => error!(error = %err, "cannot apply a health change to the dataplane"),
             }
-        } else if rising_changed {
-            self.republish_serving();
         }
     }
 
@@ -313,7 +300,7 @@ impl Agent {
     /// holding back those that come back until they have settled.
     fn publish_serving(&mut self, config: &Config) {
         let previous = self.serving.borrow().clone();
-        let candidate = serving_vips(config, &previous, |vip, backend| {
+        let candidate = serving_vips(config, |vip, backend| {
             operational(&self.health, vip, backend)
         });
         let (serving, due) = self.settling.hold(
