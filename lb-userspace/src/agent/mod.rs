@@ -22,11 +22,11 @@ use tracing::{debug, error, info, warn};
 use crate::{
     announce::{self, AnnounceError},
     api::{self, SharedControl},
-    config::{BackendConfig, Config, ConfigError, Forwarding, VipConfig},
+    config::{Config, ConfigError, Forwarding},
     control::AnnounceStatus,
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     flows,
-    health::{self, HealthMonitor, Operational, Report, Transition},
+    health::{self, HealthMonitor, Report, Transition},
     host::{self, HostSetup},
     pins::Pins,
     plan::{PlanError, Reconciler},
@@ -153,7 +153,7 @@ impl Agent {
             "dataplane programmed"
         );
         let serving = watch::Sender::new(serving_vips(&config, |vip, backend| {
-            operational(&health, vip, backend)
+            health.operational(&vip.name, backend.address)
         }));
         Ok(Agent {
             options,
@@ -301,14 +301,14 @@ impl Agent {
     fn publish_serving(&mut self, config: &Config) {
         let previous = self.serving.borrow().clone();
         let candidate = serving_vips(config, |vip, backend| {
-            operational(&self.health, vip, backend)
+            self.health.operational(&vip.name, backend.address)
         });
         let (serving, due) = self.settling.hold(
             config,
             &previous,
             candidate,
             Instant::now(),
-            |vip, backend| operational(&self.health, vip, backend),
+            |vip, backend| self.health.operational(&vip.name, backend.address),
         );
         self.settling_due.send_if_modified(|current| {
             let changed = *current != due;
@@ -535,14 +535,6 @@ fn resolve_nat_sources(config: &Config) -> BTreeMap<IpAddr, IpAddr> {
         }
     }
     sources
-}
-
-/// A backend's operational state; one not checked yet is UP, as for
-/// [`HealthMonitor::is_up`].
-fn operational(health: &HealthMonitor, vip: &VipConfig, backend: &BackendConfig) -> Operational {
-    health
-        .get(&vip.name, backend.address)
-        .map_or(Operational::Up, |h| h.state.operational())
 }
 
 fn resolve_next_hops(host: &mut HostSetup, config: &Config) {

@@ -216,9 +216,15 @@ impl HealthMonitor {
             .map(|m| &m.health)
     }
 
+    /// A backend's operational state; one not checked yet is UP (see [`Self::sync`]).
+    pub fn operational(&self, vip: &str, address: IpAddr) -> Operational {
+        self.get(vip, address)
+            .map_or(Operational::Up, |h| h.state.operational())
+    }
+
     /// Whether a backend is UP (one not checked yet counts as UP: see [`Self::sync`]).
     pub fn is_up(&self, vip: &str, address: IpAddr) -> bool {
-        self.get(vip, address).is_none_or(|h| h.state.is_up())
+        self.operational(vip, address).is_up()
     }
 
     /// What the dataplane is programmed from: `config` with every DOWN backend in maint.
