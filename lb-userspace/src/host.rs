@@ -11,7 +11,13 @@
 //! [`HostSetup`] records what it changed, so the agent can put the host back as it found
 //! it when it detaches.
 
-use std::{collections::BTreeSet, net::IpAddr, process::Command};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -30,6 +36,8 @@ pub enum HostError {
     },
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
+    #[error("`{command}` did not finish within {after:?}")]
+    TimedOut { command: String, after: Duration },
     #[error("`{command}` printed no route")]
     NoRoute { command: String },
 }
@@ -142,16 +150,43 @@ struct Route {
     prefsrc: Option<IpAddr>,
 }
 
-/// Runs `ip ARGS…` and returns its stdout; an error quotes its stderr.
-pub(crate) fn ip(args: &[&str]) -> Result<String, HostError> {
+/// How long one `ip` run may take: iproute2 answers in milliseconds, but a wedged netlink
+/// or a stuck `ip` must not hold the agent.
+pub const IP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `ip ARGS…` and returns its stdout; an error quotes its stderr. A run that takes
+/// longer than [`IP_TIMEOUT`] is killed. The one way the agent runs `ip`: async callers use
+/// [`ip_async`].
+pub fn ip(args: &[&str]) -> Result<String, HostError> {
     let command = format!("ip {}", args.join(" "));
-    let output = Command::new("ip")
+    let spawn_error = |source| HostError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let child = Command::new("ip")
         .args(args)
-        .output()
-        .map_err(|source| HostError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let pid = child.id();
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let output = match result.recv_timeout(IP_TIMEOUT) {
+        Ok(output) => output.map_err(spawn_error)?,
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own child, which its waiting thread has
+            // not reaped yet (it is still running).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            return Err(HostError::TimedOut {
+                command,
+                after: IP_TIMEOUT,
+            });
+        }
+    };
     if !output.status.success() {
         return Err(HostError::Failed {
             command,
@@ -159,4 +194,20 @@ pub(crate) fn ip(args: &[&str]) -> Result<String, HostError> {
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// [`ip`] on the blocking pool, so that the calling task keeps its timers.
+pub async fn ip_async(args: &[&str]) -> Result<String, HostError> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ip(&args)
+    })
+    .await
+    .unwrap_or_else(|err| {
+        Err(HostError::Spawn {
+            command: "ip".into(),
+            source: std::io::Error::other(err),
+        })
+    })
 }

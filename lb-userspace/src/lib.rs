@@ -1,20 +1,13 @@
-//! weir's agent and CLI as a library: pure logic (Maglev, configuration, planning map
-//! writes) apart from the I/O that loads the XDP program and programs its maps.
+//! weir's agent and CLI as a library, one folder per domain. Pure logic (Maglev, the
+//! configuration, planning map writes, health and VRRP state machines) lives apart from
+//! the I/O that drives it, so that it can be tested without a kernel.
 
 pub mod agent;
-pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod dataplane;
-pub mod flows;
+pub mod failover;
 pub mod health;
 pub mod host;
-pub mod maglev;
-pub mod pins;
-pub mod plan;
-pub mod report;
-pub mod runtime;
-pub mod serving;
-pub mod vrrp;
+pub mod stats;

@@ -13,7 +13,7 @@ use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableH
 use lb_common::{
     Counter, FLOW_CLOSING, FlowKey, FlowTimeouts, PROTO_TCP, PROTO_UDP, Verdict, flow_hash,
 };
-use weir::flows::now_ns;
+use weir::dataplane::flows::now_ns;
 
 const NAT_VIP4: [u8; 4] = [198, 19, 0, 60];
 const NAT_VIP4_TWO_ARM: [u8; 4] = [198, 19, 0, 61];

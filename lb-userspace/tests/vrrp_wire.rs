@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use weir::vrrp::packet::{Advert, GROUP_V4, HOP_LIMIT, PROTO_VRRP};
+use weir::failover::vrrp::packet::{Advert, GROUP_V4, HOP_LIMIT, PROTO_VRRP};
 use weir_testbed::{
     Netns,
     keepalived::{Instance, Keepalived},

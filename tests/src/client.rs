@@ -3,7 +3,7 @@
 //! hosts are IP literals.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
@@ -15,7 +15,7 @@ use crate::netns::Netns;
 /// How long a client waits to connect, and for each read or write.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An HTTP response.
+/// An HTTP response, with its body as text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpResponse {
     pub status: u16,
@@ -31,6 +31,16 @@ impl HttpResponse {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+}
+
+impl From<http1::Response> for HttpResponse {
+    fn from(response: http1::Response) -> Self {
+        HttpResponse {
+            status: response.status,
+            headers: response.headers,
+            body: String::from_utf8_lossy(&response.body).into_owned(),
+        }
     }
 }
 
@@ -100,81 +110,22 @@ pub fn http_get_keepalive(ns: &Netns, url: &str, count: usize) -> Result<Vec<Htt
         } else {
             "keep-alive"
         };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-testbed\r\nConnection: {connection}\r\n\r\n"
+        let request = http1::encode_request(
+            "GET",
+            &path,
+            &host,
+            &[("User-Agent", "weir-testbed"), ("Connection", connection)],
+            None,
         );
         writer
-            .write_all(request.as_bytes())
+            .write_all(&request)
             .with_context(|| format!("cannot send request {} to {addr}", i + 1))?;
-        let response = read_response(&mut reader)
+        let response = http1::read_response(&mut reader, http1::Limits::default())
+            .map(HttpResponse::from)
             .with_context(|| format!("no valid response to request {} from {url}", i + 1))?;
         responses.push(response);
     }
     Ok(responses)
-}
-
-fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse> {
-    let mut status_line = String::new();
-    ensure!(
-        reader.read_line(&mut status_line)? > 0,
-        "connection closed before a response"
-    );
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    ensure!(
-        version.starts_with("HTTP/1."),
-        "bad status line {status_line:?}"
-    );
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        ensure!(
-            reader.read_line(&mut line)? > 0,
-            "connection closed inside the headers"
-        );
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        let (key, value) = line
-            .split_once(':')
-            .with_context(|| format!("bad header {line:?}"))?;
-        headers.push((key.trim().to_owned(), value.trim().to_owned()));
-        ensure!(headers.len() < 100, "too many headers");
-    }
-    let response = HttpResponse {
-        status,
-        headers,
-        body: String::new(),
-    };
-    if response.header("transfer-encoding").is_some() {
-        bail!("chunked responses are not supported");
-    }
-    let mut body = Vec::new();
-    match response.header("content-length") {
-        Some(len) => {
-            let len: u64 = len
-                .parse()
-                .with_context(|| format!("bad content-length {len:?}"))?;
-            reader.take(len).read_to_end(&mut body)?;
-            ensure!(
-                body.len() as u64 == len,
-                "body cut short ({} of {len} bytes)",
-                body.len()
-            );
-        }
-        None => {
-            reader.read_to_end(&mut body)?;
-        }
-    }
-    Ok(HttpResponse {
-        body: String::from_utf8_lossy(&body).into_owned(),
-        ..response
-    })
 }
 
 /// GETs `url` with `curl` run inside `ns` and returns the body (for checking against a

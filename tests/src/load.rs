@@ -51,6 +51,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use http1::{Limits, ReadError, Response};
 
 use crate::{netns::Netns, topology::is_test_address};
 
@@ -616,10 +617,13 @@ fn run_short(mut worker: Worker, netns_inode: u64) -> WorkerStats {
 /// `GET /` for `target`, keep-alive or `Connection: close`.
 fn request(target: SocketAddr, keep_alive: bool) -> Vec<u8> {
     let connection = if keep_alive { "keep-alive" } else { "close" };
-    format!(
-        "GET / HTTP/1.1\r\nHost: {target}\r\nUser-Agent: weir-load\r\nConnection: {connection}\r\n\r\n"
+    http1::encode_request(
+        "GET",
+        "/",
+        &target.to_string(),
+        &[("User-Agent", "weir-load"), ("Connection", connection)],
+        None,
     )
-    .into_bytes()
 }
 
 /// One request on a new connection.
@@ -669,13 +673,6 @@ impl Connection {
     }
 }
 
-/// An HTTP response, as far as the load cares.
-#[derive(Debug, PartialEq, Eq)]
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-}
-
 /// A correct answer names a backend: status 200, a non-empty body (`NAME\n`).
 fn check_answer(response: Response) -> Result<String> {
     let body = String::from_utf8_lossy(&response.body);
@@ -690,94 +687,17 @@ fn check_answer(response: Response) -> Result<String> {
 }
 
 /// Reads one response framed by `Content-Length` (required: the connection may carry
-/// more). Never panics; every malformed or truncated input is an error.
+/// more), within the load's limits.
 fn read_response(reader: &mut impl BufRead) -> Result<Response> {
-    let mut head_bytes = 0;
-    let mut lines = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        let limit = (MAX_HEAD - head_bytes + 1) as u64;
-        let n = reader
-            .by_ref()
-            .take(limit)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| describe_io(&e))
-            .context("receive")?;
-        if n == 0 {
-            if lines.is_empty() {
-                bail!("receive: connection closed (end of stream) before a response");
-            }
-            bail!("receive: connection closed inside the response head");
-        }
-        head_bytes += n;
-        ensure!(
-            head_bytes <= MAX_HEAD,
-            "response head over {MAX_HEAD} bytes"
-        );
-        ensure!(
-            line.ends_with(b"\n"),
-            "receive: connection closed inside the response head"
-        );
-        let line = String::from_utf8_lossy(&line)
-            .trim_end_matches(['\r', '\n'])
-            .to_owned();
-        if line.is_empty() {
-            ensure!(!lines.is_empty(), "a blank line instead of a status line");
-            break;
-        }
-        lines.push(line);
-    }
-    let Some((status_line, headers)) = lines.split_first() else {
-        bail!("no status line");
+    let limits = Limits {
+        max_head: MAX_HEAD,
+        max_body: MAX_BODY,
+        body_to_eof: false,
     };
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    let status = parts
-        .next()
-        .filter(|code| code.len() == 3)
-        .and_then(|code| code.parse::<u16>().ok())
-        .filter(|_| version.starts_with("HTTP/1."));
-    let Some(status) = status else {
-        bail!("bad status line {status_line:?}");
-    };
-    let mut length: Option<u64> = None;
-    for header in headers {
-        let Some((name, value)) = header.split_once(':') else {
-            bail!("bad header line {header:?}");
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            bail!("unsupported transfer-encoding {value:?}");
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: u64 = value
-                .parse()
-                .ok()
-                .with_context(|| format!("bad content-length {value:?}"))?;
-            ensure!(
-                length.is_none_or(|l| l == n),
-                "conflicting content-length headers"
-            );
-            length = Some(n);
-        }
-    }
-    let Some(length) = length else {
-        bail!("status {status} without a content-length");
-    };
-    ensure!(length <= MAX_BODY, "body of {length} bytes is too large");
-    let mut body = Vec::new();
-    reader
-        .by_ref()
-        .take(length)
-        .read_to_end(&mut body)
-        .map_err(|e| describe_io(&e))
-        .context("receive the body")?;
-    ensure!(
-        body.len() as u64 == length,
-        "receive the body: connection closed after {} of {length} bytes",
-        body.len()
-    );
-    Ok(Response { status, body })
+    http1::read_response(reader, limits).map_err(|e| match e {
+        ReadError::Io(e) => describe_io(&e).context("receive"),
+        ReadError::Malformed(what) => anyhow::anyhow!("{what}"),
+    })
 }
 
 /// An I/O error, with timeouts spelled out.
@@ -818,55 +738,6 @@ mod tests {
         assert!(check_answer(not_ok).is_err());
         let empty = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n \n").unwrap();
         assert!(check_answer(empty).is_err());
-    }
-
-    #[test]
-    fn malformed_input_is_an_error_never_a_panic() {
-        let huge = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
-        let cases: &[&[u8]] = &[
-            b"",
-            b"\r\n",
-            b"\n\n",
-            b"HTTP/1.1",
-            b"HTTP/1.1 200 OK",
-            b"HTTP/1.1 200 OK\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nback",
-            b"HTTP/1.1 200 OK\r\n\r\nbackend1\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-            b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n",
-            b"SSH-2.0-OpenSSH\r\n\r\n",
-            b"\xff\xfe\xfd\r\n\r\n",
-            huge.as_bytes(),
-        ];
-        for case in cases {
-            assert!(
-                parse(case).is_err(),
-                "{:?} parsed",
-                String::from_utf8_lossy(case)
-            );
-        }
-    }
-
-    #[test]
-    fn no_prefix_or_mutation_of_a_response_panics() {
-        let good = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nbackend1\n";
-        for end in 0..good.len() {
-            assert!(parse(&good[..end]).is_err(), "prefix of {end} bytes parsed");
-        }
-        for at in 0..good.len() {
-            for byte in [0, b'\r', b'\n', b':', b' ', b'9', 0xff] {
-                let mut bad = good.to_vec();
-                bad[at] = byte;
-                let _ = parse(&bad);
-            }
-        }
     }
 
     /// A stream against a fake server on loopback that answers as backend1 twice, then

@@ -33,9 +33,8 @@ use etherparse::PacketBuilder;
 use lb_common::{Counter, DEFAULT_MAGLEV_RING_ENTRIES};
 use weir::{
     config::{Config, Forwarding, XdpMode},
-    dataplane::{self, Dataplane, LoadOptions},
+    dataplane::{self, Dataplane, LoadOptions, plan::Reconciler},
     host::HostSetup,
-    plan::Reconciler,
 };
 use weir_testbed::{MacAddr, Netns, veth_pair};
 

@@ -1,8 +1,9 @@
 //! The agent: loads the program, programs the maps from the configuration (the file with
 //! the runtime changes on top), attaches to the interfaces, serves the control API
-//! (`control.rs`), reloads on SIGHUP, and stops on SIGINT/SIGTERM.
+//! (`operations.rs`), reloads on SIGHUP, and stops on SIGINT/SIGTERM.
 
-mod control;
+mod operations;
+pub mod runtime;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -20,20 +21,20 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    announce::{self, AnnounceError},
-    api::{self, SharedControl},
+    agent::runtime::{RuntimeError, RuntimeState},
+    api::model::AnnounceStatus,
+    api::server::{self as api, SharedControl},
     config::{Config, ConfigError, Forwarding},
-    control::AnnounceStatus,
+    dataplane::flows,
+    dataplane::pins::Pins,
+    dataplane::plan::{PlanError, Reconciler},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
-    flows,
+    failover::announce::{self, AnnounceError},
+    failover::serving::{ServingVips, Settling, serving_vips},
+    failover::vrrp::{Vrrp, VrrpError},
     health::{self, HealthMonitor, Report, Transition},
     host::{self, HostSetup},
-    pins::Pins,
-    plan::{PlanError, Reconciler},
-    report::StatsReport,
-    runtime::{RuntimeError, RuntimeState},
-    serving::{ServingVips, Settling, serving_vips},
-    vrrp::{Vrrp, VrrpError},
+    stats::report::StatsReport,
 };
 
 /// How often ended NAT flows are removed from the NAT tables (the program also takes
@@ -90,7 +91,7 @@ pub struct Agent {
     started: Instant,
     /// Which VIPs can take new flows, for failover and route announcement.
     serving: watch::Sender<ServingVips>,
-    /// VIPs held back while they come back (see [`crate::serving::Settling`]).
+    /// VIPs held back while they come back (see [`crate::failover::serving::Settling`]).
     settling: Settling,
     /// When a held VIP is due: `run` publishes again then.
     settling_due: watch::Sender<Option<Instant>>,
@@ -101,7 +102,7 @@ pub struct Agent {
     /// Where the checks report, until `run` takes it.
     health_reports: Option<mpsc::UnboundedReceiver<Report>>,
     /// The VRRP instances' state, while `[vrrp]` runs.
-    vrrp_status: Option<watch::Receiver<crate::control::VrrpStatus>>,
+    vrrp_status: Option<watch::Receiver<crate::api::model::VrrpStatus>>,
 }
 
 impl Agent {

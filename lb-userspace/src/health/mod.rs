@@ -244,7 +244,7 @@ impl HealthMonitor {
 /// lets them take flows: a previous agent found them DOWN.
 pub fn down_in_dataplane<'a>(
     config: &Config,
-    programmed: impl Iterator<Item = &'a crate::plan::VipState>,
+    programmed: impl Iterator<Item = &'a crate::dataplane::plan::VipState>,
 ) -> BTreeSet<BackendKey> {
     let mut down = BTreeSet::new();
     for vip in programmed {
@@ -478,7 +478,7 @@ mod tests {
     /// and backends that stop accepting flows only after no slot names them.
     #[test]
     fn a_vip_whose_backends_are_all_down_gets_a_table_without_backends() {
-        use crate::plan::{MapWrite, Reconciler};
+        use crate::dataplane::plan::{MapWrite, Reconciler};
         let config = config("kind = \"none\"\n", &["127.0.0.1", "127.0.0.2"]);
         let mut effective = config.clone();
         for backend in &mut effective.vips[0].backends {
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_pinned_dataplane_tells_which_backends_were_down() {
-        use crate::plan::Reconciler;
+        use crate::dataplane::plan::Reconciler;
         let mut config = config(
             "kind = \"none\"\n",
             &["127.0.0.1", "127.0.0.2", "127.0.0.3"],

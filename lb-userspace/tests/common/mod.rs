@@ -21,9 +21,11 @@ use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Verdict, flow_hash};
 use weir::{
     config::Config,
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{
+        Dataplane, LoadOptions,
+        plan::{Reconciler, VipState},
+    },
     host::HostSetup,
-    plan::{Reconciler, VipState},
 };
 use weir_testbed::Netns;
 

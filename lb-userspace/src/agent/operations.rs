@@ -11,17 +11,17 @@ use lb_common::{FlowKey, VipKey};
 
 use super::Agent;
 use crate::{
-    config::{DEFAULT_WEIGHT, Forwarding, MAX_WEIGHT, Protocol, VipConfig},
-    control::{
+    agent::runtime::{BackendOverride, RuntimeState, VipOverride, validate_vip},
+    api::model::{
         BackendChange, BackendView, Control, ControlError, FlowView, HealthView, InterfaceStatus,
         LastCheck, NewBackend, NewVip, ReloadOutcome, Status, VipStatus, VipView, unix_ms,
     },
-    flows,
+    config::{DEFAULT_WEIGHT, Forwarding, MAX_WEIGHT, Protocol, VipConfig},
+    dataplane::flows,
+    dataplane::plan::vip_key,
+    failover::serving::vip_serving,
     health::BackendHealth,
-    plan::vip_key,
-    report::StatsReport,
-    runtime::{BackendOverride, RuntimeState, VipOverride, validate_vip},
-    serving::vip_serving,
+    stats::report::StatsReport,
 };
 
 fn internal(err: impl std::fmt::Display) -> ControlError {
@@ -144,7 +144,7 @@ impl Agent {
     }
 
     /// The VIP a connection-table key belongs to: exact port first, then port 0.
-    fn vip_of(&self, key: &FlowKey) -> Option<&crate::plan::VipState> {
+    fn vip_of(&self, key: &FlowKey) -> Option<&crate::dataplane::plan::VipState> {
         let exact = VipKey {
             addr: key.dst,
             port: key.dst_port,

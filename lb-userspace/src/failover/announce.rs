@@ -17,7 +17,7 @@
 //!   recognises it as its own.
 //!
 //! The desired set and the difference from the link are pure ([`wanted`],
-//! [`changes`]); the link is driven through iproute2, as `host.rs` does.
+//! [`changes`]); the link is driven through iproute2 with [`crate::host::ip`].
 
 use std::{collections::BTreeSet, fmt, net::IpAddr, time::Duration};
 
@@ -26,10 +26,10 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::{
+    api::model::AnnounceStatus,
     config::AnnounceConfig,
-    control::AnnounceStatus,
+    failover::serving::ServingVips,
     host::{HostError, ip},
-    serving::ServingVips,
 };
 
 /// How often the link is checked even when no VIP changed.
@@ -400,7 +400,7 @@ fn json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, AnnounceErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serving::VipServing;
+    use crate::failover::serving::VipServing;
 
     fn vip(name: &str, address: &str, serving: bool) -> VipServing {
         VipServing {

@@ -1,5 +1,12 @@
 //! The XDP program and its maps: loading, attaching, applying [`MapWrite`]s and reading
-//! counters. The only module that talks to the kernel's BPF side.
+//! counters. The only module that talks to the kernel's BPF side; its submodules are pure:
+//! what to write (`plan`, with `maglev`), which pinned maps to expect (`pins`) and when a
+//! flow has ended (`flows`).
+
+pub mod flows;
+pub mod maglev;
+pub mod pins;
+pub mod plan;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -25,9 +32,11 @@ use tracing::warn;
 
 use crate::{
     config::XdpMode,
-    flows::{Sweep, sweep_decision},
-    pins::{PinError, Pins, map_specs},
-    plan::MapWrite,
+    dataplane::{
+        flows::{Sweep, sweep_decision},
+        pins::{PinError, Pins, map_specs},
+        plan::{MapWrite, ProgrammedState, ProgrammedVip},
+    },
 };
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
@@ -102,23 +111,6 @@ pub struct Attachment {
     pub ifindex: u32,
     /// "native" or "generic", or "adopted" for a link a previous agent attached.
     pub mode: &'static str,
-}
-
-/// A VIP as the maps hold it.
-#[derive(Clone, Debug)]
-pub struct ProgrammedVip {
-    pub key: VipKey,
-    pub meta: VipMeta,
-    /// Its slice of the Maglev ring.
-    pub table: Vec<u32>,
-}
-
-/// The maps' contents that the planner needs to take over from a previous agent.
-#[derive(Clone, Debug, Default)]
-pub struct ProgrammedState {
-    pub vips: Vec<ProgrammedVip>,
-    pub backends: Vec<(u32, Backend)>,
-    pub timeouts: FlowTimeouts,
 }
 
 /// An attachment and what keeps it alive: a pin, which outlives the agent, or (pinning
@@ -527,7 +519,7 @@ impl Dataplane {
     }
 
     /// Removes the NAT entries of flows that have ended at `now_ns`: reply entries first
-    /// (see [`crate::flows::sweep_decision`]), then the flows. A reply entry without a
+    /// (see [`crate::dataplane::flows::sweep_decision`]), then the flows. A reply entry without a
     /// flow may be a flow being created this very instant (the program writes the reply
     /// entry first), so it goes only when `suspects`, carried from one sweep to the next,
     /// already held it. Returns how many flows were removed.

@@ -15,9 +15,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    api::model::NewVip,
     config::{AdminState, BackendConfig, Config, ConfigError, VipConfig},
-    control::NewVip,
-    plan::vip_key,
+    dataplane::plan::vip_key,
 };
 
 /// The file runtime changes are kept in, inside `state_dir`.
@@ -373,7 +373,7 @@ mod tests {
             health: None,
             forwarding: None,
             nat_source: None,
-            backends: vec![crate::control::NewBackend {
+            backends: vec![crate::api::model::NewBackend {
                 address: ip("198.18.1.21"),
                 port: None,
                 weight: Some(7),

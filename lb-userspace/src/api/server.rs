@@ -38,11 +38,11 @@ use tokio::{
     sync::Mutex,
 };
 
-use crate::control::{
+use crate::api::model::{
     BackendChange, BackendView, Control, ControlError, ErrorBody, FlowView, NewBackend, NewVip,
     ReloadOutcome, Status, VipView,
 };
-use crate::report::StatsReport;
+use crate::stats::report::StatsReport;
 
 /// The agent's state as the server holds it. An `Arc<Mutex<Agent>>` coerces to it.
 pub type SharedControl = Arc<Mutex<dyn Control>>;
@@ -611,8 +611,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        api::model::fake::FakeControl,
         config::{AdminState, HashMode, Protocol},
-        control::fake::FakeControl,
     };
 
     // -- A fake agent ---------------------------------------------------------------

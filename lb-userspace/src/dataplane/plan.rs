@@ -27,9 +27,25 @@ use lb_common::{
 
 use crate::{
     config::{AdminState, BackendConfig, Config, Forwarding, HashMode, VipConfig},
-    dataplane::ProgrammedState,
-    maglev::{self, MaglevBackend},
+    dataplane::maglev::{self, MaglevBackend},
 };
+
+/// A VIP as the maps hold it.
+#[derive(Clone, Debug)]
+pub struct ProgrammedVip {
+    pub key: VipKey,
+    pub meta: VipMeta,
+    /// Its slice of the Maglev ring.
+    pub table: Vec<u32>,
+}
+
+/// The maps' contents that the planner needs to take over from a previous agent.
+#[derive(Clone, Debug, Default)]
+pub struct ProgrammedState {
+    pub vips: Vec<ProgrammedVip>,
+    pub backends: Vec<(u32, Backend)>,
+    pub timeouts: FlowTimeouts,
+}
 
 /// One write to the dataplane's maps.
 #[derive(Clone, Debug, PartialEq, Eq)]

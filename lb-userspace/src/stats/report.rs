@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Protocol,
+    dataplane::plan::Reconciler,
     dataplane::{Dataplane, DataplaneError},
-    plan::Reconciler,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

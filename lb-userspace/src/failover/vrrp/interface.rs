@@ -1,12 +1,12 @@
 //! The VRRP interface as iproute2 shows it, and the VIP addresses held on it. Like the
-//! rest of the agent's host changes, this goes through `ip` (`host.rs`).
+//! rest of the agent's host changes, this goes through [`crate::host::ip_async`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
 use super::VrrpError;
-use crate::host::{self, HostError};
+use crate::host::ip_async as ip;
 
 /// What the instances need to know about their interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,23 +105,6 @@ pub async fn release(interface: &str, addresses: &[IpAddr]) -> Result<(), VrrpEr
         .await?;
     }
     Ok(())
-}
-
-/// `ip ARGS…` (`host.rs`) on the blocking pool: the VRRP task keeps its timers.
-async fn ip(args: &[&str]) -> Result<String, VrrpError> {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        host::ip(&args)
-    })
-    .await
-    .unwrap_or_else(|err| {
-        Err(HostError::Spawn {
-            command: "ip".into(),
-            source: std::io::Error::other(err),
-        })
-    })?;
-    Ok(output)
 }
 
 #[cfg(test)]

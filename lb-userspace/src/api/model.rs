@@ -1,9 +1,9 @@
 //! The operations the control API offers, and the JSON shapes it exchanges (`/v1`).
 //!
-//! The HTTP layer (`api.rs`) maps routes to [`Control`] and errors to status codes; the
-//! agent implements [`Control`]; the CLI (`cli.rs`) speaks the same shapes. Keeping the
-//! shapes here, apart from both, is what lets the OpenAPI document, the server and the
-//! client agree.
+//! The HTTP layer (`server.rs`) maps routes to [`Control`] and errors to status codes; the
+//! agent implements [`Control`] (`agent/operations.rs`); the CLI (`cli/`) speaks the same
+//! shapes. Keeping the shapes here, apart from both, is what lets the OpenAPI document,
+//! the server and the client agree.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{AdminState, CheckKind, Forwarding, HashMode, Protocol},
+    failover::vrrp::state::State as VrrpState,
     health::Operational,
-    report::StatsReport,
-    vrrp::state::State as VrrpState,
+    stats::report::StatsReport,
 };
 
 /// Unix time in milliseconds, as the API's `*_unix_ms` fields carry it (0 before 1970).
@@ -317,7 +317,7 @@ pub(crate) mod fake {
         BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
         NewVip, ReloadOutcome, Status, VipView,
     };
-    use crate::report::StatsReport;
+    use crate::stats::report::StatsReport;
 
     /// The VIPs and flows are public, as are the knobs the tests turn.
     pub(crate) struct FakeControl {

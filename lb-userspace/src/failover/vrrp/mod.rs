@@ -28,9 +28,9 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::{
+    api::model::{VrrpInstanceStatus, VrrpStatus, VrrpTransition},
     config::VrrpConfig,
-    control::{VrrpInstanceStatus, VrrpStatus, VrrpTransition},
-    serving::ServingVips,
+    failover::serving::ServingVips,
 };
 use packet::{Advert, GROUP_V4, GROUP_V6, HOP_LIMIT};
 use socket::{AdvertSocket, Announcer, Received};
@@ -462,7 +462,7 @@ impl Runner {
             instance.transitions.pop_front();
         }
         instance.transitions.push_back(VrrpTransition {
-            unix_ms: crate::control::unix_ms(SystemTime::now()),
+            unix_ms: crate::api::model::unix_ms(SystemTime::now()),
             from,
             to,
             reason: reason.to_owned(),
@@ -553,7 +553,7 @@ fn notify(config: &VrrpConfig, family: &str, state: State, priority: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serving::VipServing;
+    use crate::failover::serving::VipServing;
 
     fn vips(serving: &[bool]) -> ServingVips {
         serving

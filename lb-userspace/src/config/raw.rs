@@ -1,0 +1,141 @@
+//! The file as written: serde's view of it, every value with its span.
+
+use std::fmt;
+
+use serde::{
+    Deserialize,
+    de::{self, Deserializer, Visitor},
+};
+use toml::Spanned;
+
+use super::*;
+
+// Raw structs: the file as written. Every field is optional, so that validation reports a
+// missing key with its full path, and every value is spanned, so that errors point at it.
+// Tables are not spanned: toml has no span for a table made by dotted keys
+// (`agent.interfaces = …`) and refuses to deserialize one into `Spanned`, so the
+// position of a table is looked up in the document instead (`Source::table`).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) agent: Option<RawAgent>,
+    pub(super) flows: Option<RawFlows>,
+    #[serde(default)]
+    pub(super) vip: Vec<RawVip>,
+    pub(super) announce: Option<RawAnnounce>,
+    pub(super) vrrp: Option<RawVrrp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) interface: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVrrp {
+    pub(super) interface: Option<Spanned<String>>,
+    pub(super) vrid: Option<Spanned<Integer>>,
+    pub(super) priority: Option<Spanned<Integer>>,
+    pub(super) advert_interval: Option<Spanned<String>>,
+    pub(super) preempt: Option<bool>,
+    pub(super) preempt_delay: Option<Spanned<String>>,
+    pub(super) unicast_peers: Option<Vec<Spanned<String>>>,
+    pub(super) track_vips: Option<bool>,
+    pub(super) track_weight: Option<Spanned<Integer>>,
+    pub(super) garp_repeat: Option<Spanned<Integer>>,
+    pub(super) garp_refresh: Option<Spanned<String>>,
+    pub(super) notify: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgent {
+    pub(super) interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) xdp_mode: Option<XdpMode>,
+    pub(super) conntrack_entries: Option<Spanned<Integer>>,
+    pub(super) bpf_pin_dir: Option<Spanned<String>>,
+    pub(super) state_dir: Option<Spanned<String>>,
+    pub(super) api_socket: Option<Spanned<String>>,
+    pub(super) api_listen: Option<Spanned<String>>,
+    pub(super) api_token_file: Option<Spanned<String>>,
+    pub(super) nat_entries: Option<Spanned<Integer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlows {
+    pub(super) tcp_idle_timeout: Option<Spanned<String>>,
+    pub(super) udp_idle_timeout: Option<Spanned<String>>,
+    pub(super) tcp_linger: Option<Spanned<String>>,
+    pub(super) nat_ports: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVip {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<Integer>>,
+    pub(super) protocol: Option<Protocol>,
+    pub(super) forwarding: Option<Forwarding>,
+    pub(super) nat_source: Option<Spanned<String>>,
+    pub(super) hash: Option<HashMode>,
+    pub(super) table_size: Option<Spanned<Integer>>,
+    pub(super) health: Option<RawHealth>,
+    #[serde(default)]
+    pub(super) backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub(super) kind: Option<Spanned<CheckKind>>,
+    pub(super) port: Option<Spanned<Integer>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) expect_status: Option<Spanned<Vec<Spanned<Integer>>>>,
+    pub(super) interval: Option<Spanned<String>>,
+    pub(super) fastinter: Option<Spanned<String>>,
+    pub(super) downinter: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) rise: Option<Spanned<Integer>>,
+    pub(super) fall: Option<Spanned<Integer>>,
+    pub(super) command: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<Integer>>,
+    pub(super) weight: Option<Spanned<Integer>>,
+    pub(super) state: Option<AdminState>,
+}
+
+/// A TOML integer of any size, range-checked by validation so that the error can state
+/// the allowed range ("expected an integer" rather than serde's "expected u16").
+pub(super) struct Integer(pub(super) i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntegerVisitor;
+        impl Visitor<'_> for IntegerVisitor {
+            type Value = Integer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Integer, E> {
+                Ok(Integer(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Integer, E> {
+                i64::try_from(v)
+                    .map(Integer)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        deserializer.deserialize_i64(IntegerVisitor)
+    }
+}

@@ -1,0 +1,3 @@
+//! What the dataplane counted, for people and scripts.
+
+pub mod report;
