@@ -189,11 +189,11 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
-        program_mut(&mut ebpf)?.load()?;
+        load_verified(program_mut(&mut ebpf)?)?;
         // The NAT program goes into the tail-call slot before anything is attached (in
         // an adopted dataplane, the old program starts calling the new one: same layout).
         let nat = xdp_program_mut(&mut ebpf, NAT_PROGRAM_NAME)?;
-        nat.load()?;
+        load_verified(nat)?;
         let nat_fd = nat
             .fd()?
             .try_clone()
@@ -616,6 +616,29 @@ fn attach_new(
             }
         },
     }
+}
+
+/// How often a load the verifier gave up on because of a signal is tried again (libbpf's
+/// number).
+const VERIFIER_ATTEMPTS: u32 = 5;
+
+/// Loads `program` through the verifier. The verifier gives up with EAGAIN when a signal
+/// reaches the loading thread while it works (a child exiting, a timer): as libbpf does,
+/// such a load is tried again.
+fn load_verified(program: &mut Xdp) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(err) if attempt < VERIFIER_ATTEMPTS && interrupted(&err) => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// Whether a load failed only because the verifier was interrupted.
+fn interrupted(err: &ProgramError) -> bool {
+    matches!(err, ProgramError::LoadError { io_error, .. }
+        if io_error.raw_os_error() == Some(libc::EAGAIN))
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
