@@ -5,6 +5,7 @@
 //!   object) and the test server.
 //! * `test`: setup, fmt check, clippy, build, every test. The project's test command.
 //! * `demo`, `bench`: setup, build, then the demo or the benchmark.
+//! * `fuzz`: setup, then the fuzzers for longer than the tests run them.
 //!
 //! This crate must build before the eBPF toolchain exists (it installs it): it depends
 //! on nothing of weir's but the test bed.
@@ -13,6 +14,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod style;
 mod test;
@@ -55,6 +57,19 @@ enum Task {
     Demo,
     /// Setup, release build, then run the benchmark (needs root).
     Bench,
+    /// Setup, then the datapath fuzzer and the parsers' property tests, longer than
+    /// `test` runs them (needs root).
+    Fuzz {
+        /// Frames through the XDP program.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Cases per parser property.
+        #[arg(long, default_value_t = 100_000)]
+        cases: u32,
+        /// Replay a run: the seed it printed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +107,15 @@ fn run(task: Task) -> Result<()> {
             setup::setup()?;
             let built = build::build(true, false)?;
             bench::run_bench(&built)
+        }
+        Task::Fuzz {
+            frames,
+            cases,
+            seed,
+        } => {
+            require_root("the datapath fuzzer runs the XDP program in a network namespace")?;
+            setup::setup()?;
+            fuzz::run_fuzz(frames, cases, seed)
         }
     }
 }
