@@ -25,7 +25,7 @@ use crate::{
     NEXT_HOPS, OWN_MACS, TX_PORTS,
     packet::{ptr_at_mut, read},
     parse::Packet,
-    select::{NatTarget, Target},
+    target::{NatTarget, Target},
     translate,
 };
 

@@ -15,6 +15,7 @@ mod packet;
 mod parse;
 mod select;
 mod stats;
+mod target;
 mod translate;
 
 use aya_ebpf::{
@@ -159,7 +160,7 @@ fn to_nat(ctx: &XdpContext) -> Counter {
 fn counted(
     ctx: &XdpContext,
     packet: &Packet,
-    target: &select::Target,
+    target: &target::Target,
     forwarded: Result<Counter, Counter>,
 ) -> Counter {
     match forwarded {

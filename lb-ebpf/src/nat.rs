@@ -23,8 +23,9 @@ use lb_common::{Counter, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, VipMeta, 
 use crate::{
     BACKENDS, NAT_CONFIG, NAT_FLOWS, NAT_REVERSE,
     parse::Packet,
-    select::{NatTarget, Target, clock, closing_flag, maglev_pick, touch, usable_backend},
+    select::{clock, closing_flag, maglev_pick, touch, usable_backend},
     stats,
+    target::{NatTarget, Target},
 };
 
 /// `-EEXIST`: a BPF_NOEXIST insert found the key taken.
