@@ -42,7 +42,7 @@ pub const DEFAULT_NAT_ENTRIES: u32 = 1 << 18;
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -119,6 +119,10 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
 /// `Backend::flags`: established flows may keep using this backend. Cleared when a
 /// backend is removed, so its flows move to the backend that now owns their slot.
 pub const BACKEND_ACCEPTS_FLOWS: u8 = 1 << 0;
+/// `Backend::flags`: the backend is in rotation (ready, up, weight above 0): Maglev may
+/// give it new flows. A SYN that finds a flow of a backend without it (draining) is a
+/// new connection reusing the 5-tuple, and is placed by Maglev.
+pub const BACKEND_TAKES_NEW_FLOWS: u8 = 1 << 1;
 
 /// Value of the backend array, indexed by backend id (a Maglev slot's content).
 #[repr(C)]
@@ -357,11 +361,15 @@ pub enum Counter {
     NatPortReclaimed,
     /// An ICMP error from a backend's side about a NAT flow was translated to its client.
     NatIcmpTranslated,
+    /// A TCP SYN (ACK clear) reused the 5-tuple of a flow that is closing, or whose
+    /// backend takes no new flows (draining): a new connection, placed by Maglev as a new
+    /// flow (also counted `flow_new`).
+    FlowReused,
 }
 
 impl Counter {
     /// Number of `GLOBAL_STATS` slots.
-    pub const COUNT: u32 = Counter::NatIcmpTranslated as u32 + 1;
+    pub const COUNT: u32 = Counter::FlowReused as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotIp,
@@ -386,6 +394,7 @@ impl Counter {
         Counter::NatReply,
         Counter::NatPortReclaimed,
         Counter::NatIcmpTranslated,
+        Counter::FlowReused,
     ];
 
     /// The XDP verdict this reason ends in, or `None` for an event counter.
@@ -412,7 +421,8 @@ impl Counter {
             | Counter::IcmpTooBigForwarded
             | Counter::NatReply
             | Counter::NatPortReclaimed
-            | Counter::NatIcmpTranslated => None,
+            | Counter::NatIcmpTranslated
+            | Counter::FlowReused => None,
         }
     }
 
@@ -441,6 +451,7 @@ impl Counter {
             Counter::NatReply => "nat_reply",
             Counter::NatPortReclaimed => "nat_port_reclaimed",
             Counter::NatIcmpTranslated => "nat_icmp_translated",
+            Counter::FlowReused => "flow_reused",
         }
     }
 }

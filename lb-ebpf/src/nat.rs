@@ -23,7 +23,7 @@ use lb_common::{Counter, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, VipMeta, 
 use crate::{
     BACKENDS, NAT_CONFIG, NAT_FLOWS, NAT_REVERSE,
     parse::Packet,
-    select::{clock, closing_flag, maglev_pick, touch, usable_backend},
+    select::{clock, closing_flag, maglev_pick, reuses, touch, usable_backend},
     stats,
     target::{NatTarget, Target},
 };
@@ -43,21 +43,25 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
         // SAFETY: a map value pointer from a successful lookup.
         let current = unsafe { *flow };
         if !config.expired(&current, key.protocol, now) {
-            if let Some(backend) = usable_backend(current.backend_id, vip.id) {
-                touch(flow, closing, now);
-                return Ok(target(
-                    packet,
-                    vip,
-                    current.backend_id,
-                    backend,
-                    current.nat_port,
-                    false,
-                    now,
-                ));
+            match usable_backend(current.backend_id, vip.id) {
+                Some(backend) if !reuses(packet, flow, backend) => {
+                    touch(flow, closing, now);
+                    return Ok(target(
+                        packet,
+                        vip,
+                        current.backend_id,
+                        backend,
+                        current.nat_port,
+                        false,
+                        now,
+                    ));
+                }
+                Some(_) => stats::event(Counter::FlowReused),
+                None => stats::event(Counter::FlowRescheduled),
             }
-            stats::event(Counter::FlowRescheduled);
         }
-        // An ended flow starts afresh; its reply entry is taken over or swept.
+        // An ended or reused flow starts afresh; its reply entry is taken over or swept
+        // (the new flow probes past it while the old one lingers).
     }
 
     let (backend_id, backend) = maglev_pick(key, vip)?;

@@ -705,19 +705,15 @@ fn drain_keeps_established_flows_and_maint_moves_them() {
         .map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80))
         .collect();
     let before = backends_of(&mut bed, &flows);
+    let established: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4_established(CLIENT4, 20000 + i, VIP4, 80, false))
+        .collect();
     let target = mac_of("198.18.0.13");
     assert!(before.contains(&target));
-    let with_state = |state: &str| {
-        BASE_CONFIG.replacen(
-            "[[vip.backend]]\naddress = \"198.18.0.13\"\n",
-            &format!("[[vip.backend]]\naddress = \"198.18.0.13\"\nstate = \"{state}\"\n"),
-            1,
-        )
-    };
 
-    bed.apply(&with_state("drain"));
+    bed.apply(&with_state("198.18.0.13", "drain"));
     assert_eq!(
-        backends_of(&mut bed, &flows),
+        backends_of(&mut bed, &established),
         before,
         "drain keeps every established flow"
     );
@@ -729,8 +725,8 @@ fn drain_keeps_established_flows_and_maint_moves_them() {
         "no new flow reaches a drained backend"
     );
 
-    bed.apply(&with_state("maint"));
-    let after = backends_of(&mut bed, &flows);
+    bed.apply(&with_state("198.18.0.13", "maint"));
+    let after = backends_of(&mut bed, &established);
     for (old, new) in before.iter().zip(&after) {
         if *old == target {
             assert_ne!(new, &target, "a maint backend gets no traffic");
@@ -738,6 +734,119 @@ fn drain_keeps_established_flows_and_maint_moves_them() {
             assert_eq!(old, new, "other flows stay");
         }
     }
+}
+
+/// The base configuration with one of the tcp4 VIP's backends in `state`.
+fn with_state(backend: &str, state: &str) -> String {
+    let entry = format!("[[vip.backend]]\naddress = \"{backend}\"\n");
+    BASE_CONFIG.replacen(&entry, &format!("{entry}state = \"{state}\"\n"), 1)
+}
+
+/// A client that reuses the 5-tuple of a flow whose backend drains opens a new
+/// connection: its SYN (ACK clear) is placed by Maglev as a new flow, counted
+/// `flow_reused`, and the flow's later packets follow it. The old connection's segments
+/// that came before stay on the drained backend, and a SYN on a flow of a backend in
+/// rotation (a retransmitted SYN) keeps its backend.
+#[test]
+fn a_syn_on_a_flow_of_a_draining_backend_is_a_new_flow() {
+    let mut bed = Bed::new();
+    let flows: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80))
+        .collect();
+    let before = backends_of(&mut bed, &flows);
+    let drained = mac_of("198.18.0.13");
+    bed.apply(&with_state("198.18.0.13", "drain"));
+    let mut reused = 0;
+    for (i, (syn, old)) in (0u16..).zip(flows.iter().zip(&before)) {
+        let segment = tcp4_established(CLIENT4, 20000 + i, VIP4, 80, false);
+        if *old != drained {
+            bed.expect(
+                &format!("retransmitted SYN {i}"),
+                syn,
+                Verdict::Tx,
+                &rewritten(syn, *old, LB0_MAC),
+                &forwarded(0),
+            );
+            continue;
+        }
+        bed.expect(
+            &format!("old connection {i}"),
+            &segment,
+            Verdict::Tx,
+            &rewritten(&segment, drained, LB0_MAC),
+            &forwarded(0),
+        );
+        let pick = mac_of(&bed.maglev_pick("tcp4", &key(syn)).to_string());
+        assert_ne!(pick, drained);
+        bed.expect(
+            &format!("new connection {i}"),
+            syn,
+            Verdict::Tx,
+            &rewritten(syn, pick, LB0_MAC),
+            &[
+                (Counter::Tx, 1),
+                (Counter::FlowNew, 1),
+                (Counter::FlowReused, 1),
+            ],
+        );
+        bed.expect(
+            &format!("new connection {i} established"),
+            &segment,
+            Verdict::Tx,
+            &rewritten(&segment, pick, LB0_MAC),
+            &forwarded(0),
+        );
+        reused += 1;
+    }
+    assert!(reused > 50, "the drained backend had flows");
+}
+
+/// A client that reuses the 5-tuple of a flow it closed (FIN or RST seen) opens a new
+/// connection: its SYN is placed by Maglev as a new flow (here after a backend was
+/// added, so that Maglev's pick differs for some), counted `flow_reused`, and the new
+/// flow is not closing.
+#[test]
+fn a_syn_on_a_closing_flow_is_a_new_flow() {
+    let mut bed = Bed::new();
+    let flows: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp4(CLIENT4, 20000 + i, VIP4, 80))
+        .collect();
+    let before = backends_of(&mut bed, &flows);
+    for i in 0..300 {
+        let fin = tcp4_established(CLIENT4, 20000 + i, VIP4, 80, true);
+        let (verdict, _) = bed.run(&fin);
+        assert_eq!(verdict, Verdict::Tx as u32);
+    }
+    bed.apply(&BASE_CONFIG.replacen(
+        "[[vip.backend]]\naddress = \"198.18.0.13\"\n",
+        "[[vip.backend]]\naddress = \"198.18.0.13\"\n[[vip.backend]]\naddress = \"198.18.0.14\"\nweight = 300\n",
+        1,
+    ));
+    let mut moved = 0;
+    for (i, (syn, old)) in flows.iter().zip(&before).enumerate() {
+        let pick = mac_of(&bed.maglev_pick("tcp4", &key(syn)).to_string());
+        moved += usize::from(pick != *old);
+        bed.expect(
+            &format!("new connection {i}"),
+            syn,
+            Verdict::Tx,
+            &rewritten(syn, pick, LB0_MAC),
+            &[
+                (Counter::Tx, 1),
+                (Counter::FlowNew, 1),
+                (Counter::FlowReused, 1),
+            ],
+        );
+    }
+    assert!(moved > 50, "Maglev's pick changed for many flows");
+    assert!(
+        bed.dataplane
+            .flows()
+            .unwrap()
+            .iter()
+            .all(|(_, flow)| flow.flags == 0),
+        "the new flows are open"
+    );
 }
 
 /// The program keeps each flow's last-seen time and marks it closing on the client's FIN

@@ -583,6 +583,154 @@ fn a_backend_closing_marks_the_flow() {
     );
 }
 
+/// The NAT port a flow gets when the first `taken` ports of its probe sequence are held.
+fn probed_port(client: &FlowKey, ports: (u16, u16), taken: u16) -> u16 {
+    let count = ports.1 - ports.0 + 1;
+    ports.0 + (first_port(client, ports) - ports.0 + taken) % count
+}
+
+/// A segment of an established TCP flow from the client to the v4 NAT VIP's port 80.
+fn tcp_segment(client_port: u16, fin: bool) -> Vec<u8> {
+    tcp4_established(CLIENT4, client_port, NAT_VIP4, 80, fin)
+}
+
+/// The client's TCP frame as it leaves towards `backend`:8080 from `nat_port`.
+fn translated_tcp(frame: &[u8], backend: [u8; 4], nat_port: u16) -> Vec<u8> {
+    let mut headers = etherparse::PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let payload = headers.payload.slice().to_vec();
+    let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &mut headers.net else {
+        unreachable!("a v4 frame")
+    };
+    ip.source = SOURCE4;
+    ip.destination = backend;
+    ip.header_checksum = ip.calc_header_checksum();
+    let ip = ip.clone();
+    let Some(etherparse::TransportHeader::Tcp(tcp)) = &mut headers.transport else {
+        unreachable!("a TCP frame")
+    };
+    tcp.source_port = nat_port;
+    tcp.destination_port = 8080;
+    tcp.checksum = tcp.calc_checksum_ipv4(&ip, &payload).unwrap();
+    let mut out = Vec::new();
+    etherparse::Ethernet2Header {
+        source: LB0_MAC,
+        destination: mac_of(&std::net::Ipv4Addr::from(backend).to_string()),
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    ip.write(&mut out).unwrap();
+    tcp.write(&mut out).unwrap();
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// A client that reuses the 5-tuple of a NAT flow it closed opens a new connection: its
+/// SYN starts a fresh NAT flow (counted `flow_reused`) on another NAT port — the old
+/// port's connection may still linger on the backend — and the flow is open again.
+#[test]
+fn a_syn_on_a_closing_nat_flow_starts_a_new_one() {
+    let mut bed = nat_bed(PORTS);
+    let client_port = 47000;
+    let key = FlowKey::new(CLIENT4.into(), client_port, NAT_VIP4.into(), 80, PROTO_TCP);
+    let syn = tcp_request(client_port);
+    let old_port = first_port(&key, PORTS);
+    bed.expect(
+        "first connection",
+        &syn,
+        Verdict::Tx,
+        &translated_tcp(&syn, BACKEND4, old_port),
+        &[(Counter::Tx, 1), (Counter::FlowNew, 1)],
+    );
+    let fin = tcp_segment(client_port, true);
+    bed.expect(
+        "its FIN",
+        &fin,
+        Verdict::Tx,
+        &translated_tcp(&fin, BACKEND4, old_port),
+        &[(Counter::Tx, 1)],
+    );
+    let new_port = probed_port(&key, PORTS, 1);
+    bed.expect(
+        "a new connection on the same tuple",
+        &syn,
+        Verdict::Tx,
+        &translated_tcp(&syn, BACKEND4, new_port),
+        &[
+            (Counter::Tx, 1),
+            (Counter::FlowNew, 1),
+            (Counter::FlowReused, 1),
+        ],
+    );
+    let flow = bed.dataplane.nat_flow(&key).unwrap();
+    assert_eq!(
+        (flow.flags & FLOW_CLOSING, u16::from_be(flow.nat_port)),
+        (0, new_port)
+    );
+    let segment = tcp_segment(client_port, false);
+    bed.expect(
+        "the new connection's next segment",
+        &segment,
+        Verdict::Tx,
+        &translated_tcp(&segment, BACKEND4, new_port),
+        &[(Counter::Tx, 1)],
+    );
+}
+
+/// A client that reuses the 5-tuple of a NAT flow whose backend drains opens a new
+/// connection: its SYN starts a fresh NAT flow on a backend in rotation, counted
+/// `flow_reused`; the old connection's segments before it stay on the drained backend.
+#[test]
+fn a_syn_on_a_nat_flow_of_a_draining_backend_starts_a_new_one() {
+    let mut bed = nat_bed(PORTS);
+    let two_backends = |state: &str| {
+        nat_config(&format!("{}-{}", PORTS.0, PORTS.1)).replacen(
+            "[[vip.backend]]\naddress = \"198.18.0.11\"\nport = 8080\n",
+            &format!(
+                "[[vip.backend]]\naddress = \"198.18.0.11\"\nport = 8080\nstate = \"{state}\"\n\
+                 [[vip.backend]]\naddress = \"198.18.0.13\"\nport = 8080\n"
+            ),
+            1,
+        )
+    };
+    bed.apply(&two_backends("ready"));
+    let backend: IpAddr = BACKEND4.into();
+    let client_port = (48000..49000)
+        .find(|port| {
+            let key = FlowKey::new(CLIENT4.into(), *port, NAT_VIP4.into(), 80, PROTO_TCP);
+            bed.maglev_pick("nat-tcp4", &key) == backend
+        })
+        .unwrap();
+    let key = FlowKey::new(CLIENT4.into(), client_port, NAT_VIP4.into(), 80, PROTO_TCP);
+    let syn = tcp_request(client_port);
+    let nat_port = first_port(&key, PORTS);
+    let (verdict, out) = bed.run(&syn);
+    assert_eq!(verdict, Verdict::Tx as u32);
+    assert_eq!(out, translated_tcp(&syn, BACKEND4, nat_port));
+
+    bed.apply(&two_backends("drain"));
+    let segment = tcp_segment(client_port, false);
+    bed.expect(
+        "the old connection",
+        &segment,
+        Verdict::Tx,
+        &translated_tcp(&segment, BACKEND4, nat_port),
+        &[(Counter::Tx, 1)],
+    );
+    // Another backend: the reply key differs, so the first port is free for it.
+    bed.expect(
+        "a new connection on the same tuple",
+        &syn,
+        Verdict::Tx,
+        &translated_tcp(&syn, [198, 18, 0, 13], nat_port),
+        &[
+            (Counter::Tx, 1),
+            (Counter::FlowNew, 1),
+            (Counter::FlowReused, 1),
+        ],
+    );
+}
+
 /// A full NAT table refuses new flows (counted) and keeps translating the flows it has.
 #[test]
 fn a_full_table_refuses_new_flows_and_keeps_the_others() {

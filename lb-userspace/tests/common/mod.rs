@@ -463,6 +463,18 @@ pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     frame
 }
 
+/// A segment of an established TCP flow (ACK set), with FIN when `fin`.
+pub fn tcp4_established(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, fin: bool) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1001, 64240)
+        .ack(1);
+    let builder = if fin { builder.fin() } else { builder };
+    let mut frame = Vec::new();
+    builder.write(&mut frame, PAYLOAD).unwrap();
+    frame
+}
+
 pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
         .ipv4(src, dst, 64)
