@@ -173,8 +173,12 @@ impl FlowKey {
     }
 }
 
-/// `Flow::flags`: the client sent a FIN or RST; the flow is ending.
+/// `Flow::flags`: the client (or, NAT, the backend) sent a FIN or RST; the flow is ending.
 pub const FLOW_CLOSING: u16 = 1 << 0;
+/// `Flow::flags`, NAT only: a TCP flow opened by a SYN that its backend has not answered
+/// yet; it ends `FlowTimeouts::tcp_embryonic_ns` after its last packet. The backend's
+/// first reply clears it.
+pub const FLOW_EMBRYONIC: u16 = 1 << 1;
 
 /// How often a flow's `last_seen_ns` is refreshed: writing it on every packet would
 /// dirty the entry's cache line for nothing.
@@ -208,18 +212,22 @@ pub struct FlowTimeouts {
     pub udp_idle_ns: u64,
     /// A flow whose client sent FIN or RST is over once its packets stop for this long.
     pub closing_linger_ns: u64,
+    /// An embryonic flow (`FLOW_EMBRYONIC`: its backend has not answered) with no packet
+    /// for this long is over.
+    pub tcp_embryonic_ns: u64,
     /// The NAT source ports: `nat_port_first .. nat_port_first + nat_port_count` (host
     /// order). A count of 0 means no VIP uses NAT, and replies are not even looked up.
     pub nat_port_first: u32,
     pub nat_port_count: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 40);
 
 impl FlowTimeouts {
     pub const DEFAULT: FlowTimeouts = FlowTimeouts {
         tcp_idle_ns: 300_000_000_000,
         udp_idle_ns: 30_000_000_000,
         closing_linger_ns: 2_000_000_000,
+        tcp_embryonic_ns: 5_000_000_000,
         nat_port_first: 0,
         nat_port_count: 0,
     };
@@ -231,6 +239,8 @@ impl FlowTimeouts {
         let quiet = now_ns.saturating_sub(flow.last_seen_ns);
         let limit = if flow.flags & FLOW_CLOSING != 0 {
             self.closing_linger_ns
+        } else if flow.flags & FLOW_EMBRYONIC != 0 {
+            self.tcp_embryonic_ns
         } else if protocol == PROTO_UDP {
             self.udp_idle_ns
         } else {
@@ -347,6 +357,10 @@ pub enum Counter {
     DropNatTableFull,
     /// The NAT program is not in place (`NAT_PROGRAM`): an agent that failed half-way.
     DropNatUnavailable,
+    /// A TCP segment for a NAT VIP that is not a SYN and has no NAT flow (or one that
+    /// has ended, or whose backend left): only a SYN creates NAT state, so a spoofed ACK
+    /// flood cannot fill the NAT tables.
+    DropNatNoFlow,
     /// A new flow was scheduled by Maglev.
     FlowNew,
     /// A flow's backend was removed; the flow moved to its slot's current backend.
@@ -387,6 +401,7 @@ impl Counter {
         Counter::DropNatPortsExhausted,
         Counter::DropNatTableFull,
         Counter::DropNatUnavailable,
+        Counter::DropNatNoFlow,
         Counter::FlowNew,
         Counter::FlowRescheduled,
         Counter::ConntrackInsertFailed,
@@ -414,7 +429,8 @@ impl Counter {
             | Counter::DropEgressNotAttached
             | Counter::DropNatPortsExhausted
             | Counter::DropNatTableFull
-            | Counter::DropNatUnavailable => Some(Verdict::Drop),
+            | Counter::DropNatUnavailable
+            | Counter::DropNatNoFlow => Some(Verdict::Drop),
             Counter::FlowNew
             | Counter::FlowRescheduled
             | Counter::ConntrackInsertFailed
@@ -444,6 +460,7 @@ impl Counter {
             Counter::DropNatPortsExhausted => "drop_nat_ports_exhausted",
             Counter::DropNatTableFull => "drop_nat_table_full",
             Counter::DropNatUnavailable => "drop_nat_unavailable",
+            Counter::DropNatNoFlow => "drop_nat_no_flow",
             Counter::FlowNew => "flow_new",
             Counter::FlowRescheduled => "flow_rescheduled",
             Counter::ConntrackInsertFailed => "conntrack_insert_failed",

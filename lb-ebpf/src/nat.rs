@@ -18,12 +18,15 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_common::{Counter, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, VipMeta, flow_hash};
+use lb_common::{
+    Counter, FLOW_EMBRYONIC, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, PROTO_TCP, VipMeta,
+    flow_hash,
+};
 
 use crate::{
     BACKENDS, NAT_CONFIG, NAT_FLOWS, NAT_REVERSE,
     parse::Packet,
-    select::{clock, closing_flag, maglev_pick, reuses, touch, usable_backend},
+    select::{clock, closing_flag, is_syn, maglev_pick, reuses, touch, usable_backend},
     stats,
     target::{NatTarget, Target},
 };
@@ -39,6 +42,8 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     let config = NAT_CONFIG.get(0).ok_or(Counter::DropNatPortsExhausted)?;
     let key = &packet.key;
     let closing = closing_flag(packet);
+    // Why the packet's flow, if it has one, cannot go on: counted once a new one starts.
+    let mut restart = None;
     if let Some(flow) = NAT_FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer from a successful lookup.
         let current = unsafe { *flow };
@@ -56,12 +61,21 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
                         now,
                     ));
                 }
-                Some(_) => stats::event(Counter::FlowReused),
-                None => stats::event(Counter::FlowRescheduled),
+                Some(_) => restart = Some(Counter::FlowReused),
+                None => restart = Some(Counter::FlowRescheduled),
             }
         }
         // An ended or reused flow starts afresh; its reply entry is taken over or swept
         // (the new flow probes past it while the old one lingers).
+    }
+    // Only a SYN creates TCP state: a segment of no (live) flow is a spoofed ACK, or a
+    // connection the backend would reset anyway.
+    let tcp = key.protocol == PROTO_TCP;
+    if tcp && !is_syn(packet) {
+        return Err(Counter::DropNatNoFlow);
+    }
+    if let Some(event) = restart {
+        stats::event(event);
     }
 
     let (backend_id, backend) = maglev_pick(key, vip)?;
@@ -77,7 +91,7 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     let nat_port = allocate_port(&mut reply, key, config, now)?;
     let flow = Flow {
         backend_id,
-        flags: closing,
+        flags: closing | if tcp { FLOW_EMBRYONIC } else { 0 },
         nat_port,
         last_seen_ns: now,
     };
@@ -201,6 +215,19 @@ fn ended(reply: &FlowKey, owner: &FlowKey, config: &FlowTimeouts, now: u64) -> b
     }
 }
 
+/// Clears `FLOW_EMBRYONIC`: the backend answered. Written once per flow.
+#[inline(always)]
+fn promote(flow: *mut Flow, now: u64) {
+    // SAFETY: a map value pointer from a successful lookup; a racing writer on another
+    // CPU can only set the closing flag or store a similar time.
+    unsafe {
+        if (*flow).flags & FLOW_EMBRYONIC != 0 {
+            (*flow).flags &= !FLOW_EMBRYONIC;
+            (*flow).last_seen_ns = now;
+        }
+    }
+}
+
 /// Whether a packet for no VIP may be a NAT reply: its destination port is in the NAT
 /// range. The host's own traffic uses other ports, so it costs no more than this.
 #[inline(always)]
@@ -226,8 +253,10 @@ pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
     {
         // A reply keeps the flow alive, as the client's packets do (a service where only
         // the server talks is not idle); a backend's FIN or RST makes it linger from now
-        // on, as the client's does.
-        touch(flow, closing_flag(packet), clock());
+        // on, as the client's does. The first one ends its embryonic time.
+        let now = clock();
+        promote(flow, now);
+        touch(flow, closing_flag(packet), now);
     }
     Some(client)
 }

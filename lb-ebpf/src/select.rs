@@ -121,10 +121,16 @@ pub fn closing_flag(packet: &Packet) -> u16 {
 /// Established packets carry ACK: they pay the flags test only.
 #[inline(always)]
 pub fn reuses(packet: &Packet, flow: *const Flow, backend: &Backend) -> bool {
-    packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    is_syn(packet)
         // SAFETY: a map value pointer from a successful lookup.
         && (unsafe { (*flow).flags } & FLOW_CLOSING != 0
             || backend.flags & BACKEND_TAKES_NEW_FLOWS == 0)
+}
+
+/// Whether the packet is a TCP SYN with ACK clear: a client opening a connection.
+#[inline(always)]
+pub fn is_syn(packet: &Packet) -> bool {
+    packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Refreshes a flow's last-seen time (at most once per `FLOW_TOUCH_INTERVAL_NS`) and

@@ -110,6 +110,9 @@ pub struct FlowSettings {
     /// How long a TCP flow lingers after a FIN or RST (late retransmissions, the last ACK).
     #[serde(serialize_with = "serialize_duration")]
     pub tcp_linger: Duration,
+    /// How long a NAT flow opened by a SYN lives without a packet until its backend answers.
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_embryonic_timeout: Duration,
     /// The source ports NAT flows use towards backends.
     pub nat_ports: PortRange,
 }
@@ -121,6 +124,7 @@ impl Default for FlowSettings {
             tcp_idle_timeout: Duration::from_nanos(defaults.tcp_idle_ns),
             udp_idle_timeout: Duration::from_nanos(defaults.udp_idle_ns),
             tcp_linger: Duration::from_nanos(defaults.closing_linger_ns),
+            tcp_embryonic_timeout: Duration::from_nanos(defaults.tcp_embryonic_ns),
             nat_ports: DEFAULT_NAT_PORTS,
         }
     }
@@ -136,6 +140,7 @@ impl FlowSettings {
             tcp_idle_ns: ns(self.tcp_idle_timeout),
             udp_idle_ns: ns(self.udp_idle_timeout),
             closing_linger_ns: ns(self.tcp_linger),
+            tcp_embryonic_ns: ns(self.tcp_embryonic_timeout),
             nat_port_first: if nat { self.nat_ports.first as u32 } else { 0 },
             nat_port_count: if nat { self.nat_ports.count() } else { 0 },
         }
@@ -651,6 +656,7 @@ struct RawFlows {
     tcp_idle_timeout: Option<Spanned<String>>,
     udp_idle_timeout: Option<Spanned<String>>,
     tcp_linger: Option<Spanned<String>>,
+    tcp_embryonic_timeout: Option<Spanned<String>>,
     nat_ports: Option<Spanned<String>>,
 }
 
@@ -1033,6 +1039,11 @@ impl RawFlows {
                 defaults.udp_idle_timeout,
             )?,
             tcp_linger: timeout(&self.tcp_linger, "tcp_linger", defaults.tcp_linger)?,
+            tcp_embryonic_timeout: timeout(
+                &self.tcp_embryonic_timeout,
+                "tcp_embryonic_timeout",
+                defaults.tcp_embryonic_timeout,
+            )?,
             nat_ports,
         })
     }
@@ -1922,7 +1933,7 @@ vip = [
     fn flow_settings() {
         let config = parse(&format!(
             "{AGENT}nat_entries = 4096\n[flows]\ntcp_idle_timeout = \"10m\"\nudp_idle_timeout = \"10s\"\n\
-             tcp_linger = \"500ms\"\nnat_ports = \"40000-40009\"\n"
+             tcp_linger = \"500ms\"\ntcp_embryonic_timeout = \"3s\"\nnat_ports = \"40000-40009\"\n"
         ))
         .expect("valid");
         assert_eq!(config.agent.nat_entries, 4096);
@@ -1932,6 +1943,7 @@ vip = [
                 tcp_idle_timeout: Duration::from_secs(600),
                 udp_idle_timeout: Duration::from_secs(10),
                 tcp_linger: Duration::from_millis(500),
+                tcp_embryonic_timeout: Duration::from_secs(3),
                 nat_ports: PortRange {
                     first: 40000,
                     last: 40009
@@ -1944,6 +1956,7 @@ vip = [
             (40000, 10)
         );
         assert_eq!(timeouts.udp_idle_ns, 10_000_000_000);
+        assert_eq!(timeouts.tcp_embryonic_ns, 3_000_000_000);
         assert_eq!(config.flows.timeouts(false).nat_port_count, 0);
 
         let flows = |text: &str| error(&format!("{AGENT}[flows]\n{text}\n"));

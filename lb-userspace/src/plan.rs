@@ -157,6 +157,7 @@ impl Reconciler {
                 tcp_idle_ns: 0,
                 udp_idle_ns: 0,
                 closing_linger_ns: 0,
+                tcp_embryonic_ns: 0,
                 nat_port_first: 0,
                 nat_port_count: 0,
             },

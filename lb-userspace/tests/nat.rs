@@ -731,6 +731,88 @@ fn a_syn_on_a_nat_flow_of_a_draining_backend_starts_a_new_one() {
     );
 }
 
+/// Only a SYN creates NAT state: a TCP segment without a NAT flow (a spoofed ACK, a
+/// connection the load balancer never saw open) is dropped, counted, and leaves nothing
+/// in the tables.
+#[test]
+fn only_a_syn_creates_a_nat_flow() {
+    let mut bed = nat_bed(PORTS);
+    for (name, frame) in [
+        ("ACK", tcp_segment(47100, false)),
+        ("FIN", tcp_segment(47101, true)),
+        (
+            "SYN-ACK",
+            frame(
+                (CLIENT_MAC, LB0_MAC),
+                CLIENT4.into(),
+                47102,
+                NAT_VIP4.into(),
+                80,
+                PROTO_TCP,
+                true,
+            ),
+        ),
+    ] {
+        bed.expect(
+            name,
+            &frame,
+            Verdict::Drop,
+            &frame,
+            &[(Counter::DropNatNoFlow, 1)],
+        );
+    }
+    assert!(bed.dataplane.flows().unwrap().is_empty(), "no NAT flow");
+    assert!(
+        bed.dataplane.nat_replies().unwrap().is_empty(),
+        "no reply entry"
+    );
+}
+
+/// A NAT flow opened by a SYN is embryonic until its backend answers: unanswered, it
+/// ends `tcp_embryonic_timeout` after the client's last packet (a SYN flood's state
+/// goes in seconds, not `tcp_idle_timeout`); the backend's first reply promotes it, and
+/// it then lives as long as any open flow.
+#[test]
+fn an_unanswered_nat_flow_ends_after_the_embryonic_timeout() {
+    let mut bed = nat_bed(PORTS);
+    let timeouts = bed.dataplane.flow_timeouts().unwrap();
+    assert_eq!(timeouts.tcp_embryonic_ns, 5_000_000_000, "the default");
+    let key = |port| FlowKey::new(CLIENT4.into(), port, NAT_VIP4.into(), 80, PROTO_TCP);
+    let (unanswered, answered) = (key(47200), key(47201));
+    for client in [&unanswered, &answered] {
+        let (verdict, _) = bed.run(&tcp_request(client.src_port.to_be()));
+        assert_eq!(verdict, Verdict::Tx as u32);
+    }
+    let reply = frame(
+        (mac_of("198.18.0.11"), LB0_MAC),
+        BACKEND4.into(),
+        8080,
+        SOURCE4.into(),
+        first_port(&answered, PORTS),
+        PROTO_TCP,
+        true,
+    );
+    let (verdict, _) = bed.run(&reply);
+    assert_eq!(verdict, Verdict::Tx as u32);
+
+    let now = now_ns();
+    let later = now + timeouts.tcp_embryonic_ns + 2_000_000_000;
+    let mut suspects = HashSet::new();
+    assert_eq!(bed.dataplane.sweep_nat(now, &mut suspects).unwrap(), 0);
+    assert_eq!(bed.dataplane.sweep_nat(later, &mut suspects).unwrap(), 1);
+    assert!(bed.dataplane.nat_flow(&unanswered).is_none(), "swept");
+    assert!(bed.dataplane.nat_flow(&answered).is_some(), "promoted");
+    let replies = bed.dataplane.nat_replies().unwrap();
+    assert_eq!(
+        replies
+            .iter()
+            .map(|(_, client)| *client)
+            .collect::<Vec<_>>(),
+        vec![answered],
+        "the unanswered flow's reply entry went with it"
+    );
+}
+
 /// A full NAT table refuses new flows (counted) and keeps translating the flows it has.
 #[test]
 fn a_full_table_refuses_new_flows_and_keeps_the_others() {
