@@ -256,6 +256,24 @@ impl Default for FlowTimeouts {
     }
 }
 
+/// Value of `NAT_REVERSE`: the flow that holds a reply key, and when it claimed it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReply {
+    /// The client flow key (its `NAT_FLOWS` key).
+    pub client: FlowKey,
+    /// `bpf_ktime_get_coarse_ns` when the flow claimed the key. A flow that takes the key
+    /// over from an ended one swaps it with a compare-and-swap, so that of two CPUs
+    /// reclaiming the key at once only one does.
+    pub claimed_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatReply>() == 48);
+
+/// A reply key claimed less than this long ago is never taken over, even if no flow
+/// holds it: the flow may be being created on another CPU, which claims the key before
+/// it writes the flow.
+pub const NAT_CLAIM_GRACE_NS: u64 = FLOW_TOUCH_INTERVAL_NS;
+
 /// How many source ports a new NAT flow tries (consecutive from a hash of the flow)
 /// before it is dropped as `drop_nat_ports_exhausted`: bounds the work per packet.
 pub const NAT_PORT_PROBES: u32 = 16;

@@ -8,7 +8,10 @@
 //! verdict reason (see `lb_common::Counter`).
 #![no_std]
 #![no_main]
+// Inline BPF assembly (`atomic.rs`), as aya-ebpf itself uses.
+#![feature(asm_experimental_arch)]
 
+mod atomic;
 mod forward;
 mod nat;
 mod packet;
@@ -27,7 +30,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES,
     Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
-    NextHop, OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
+    NatReply, NextHop, OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey,
+    VipMeta,
 };
 
 use crate::parse::{Kind, Packet, Parsed};
@@ -63,9 +67,10 @@ static CONNTRACK: LruHashMap<FlowKey, Flow> =
 static NAT_FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
 
 /// NAT replies: (backend, backend port, NAT source, NAT port, protocol) as the reply
-/// carries it → the client flow key. A plain hash for the same reason.
+/// carries it → the client flow key and when it claimed the key. A plain hash for the
+/// same reason.
 #[map(name = "NAT_REVERSE")]
-static NAT_REVERSE: HashMap<FlowKey, FlowKey> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
+static NAT_REVERSE: HashMap<FlowKey, NatReply> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
 
 /// `[0]`: flow timeouts and the NAT port range, written by the agent.
 #[map(name = "NAT_CONFIG")]

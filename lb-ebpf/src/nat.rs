@@ -7,9 +7,12 @@
 //!
 //! - `NAT_FLOWS`: client flow key → `Flow` (backend id, NAT port, last seen, closing);
 //! - `NAT_REVERSE`: the reply's key (backend, backend port, NAT source, NAT port,
-//!   protocol) → the client flow key. Inserted with BPF_NOEXIST while probing ports
-//!   from a hash of the flow, so two live flows never share a reply key; an entry whose
-//!   flow has ended (closing + linger, or idle) is taken over (`nat_port_reclaimed`).
+//!   protocol) → the client flow key and when it claimed the key. Inserted with
+//!   BPF_NOEXIST while probing ports from a hash of the flow, *before* the flow is
+//!   written, so two live flows never share a reply key; an entry whose flow has ended
+//!   (closing + linger, idle, or gone) is taken over (`nat_port_reclaimed`) once its
+//!   claim is older than `NAT_CLAIM_GRACE_NS` (a newer one may belong to a flow that
+//!   another CPU is writing), by compare-and-swap of its claim time.
 //!
 //! The agent sweeps both tables for ended flows (`Dataplane::sweep_nat`).
 
@@ -19,12 +22,13 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    Counter, FLOW_EMBRYONIC, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, PROTO_TCP, VipMeta,
-    flow_hash,
+    Counter, FLOW_EMBRYONIC, Flow, FlowKey, FlowTimeouts, NAT_CLAIM_GRACE_NS, NAT_PORT_PROBES,
+    NatReply, PROTO_TCP, VipMeta, flow_hash,
 };
 
 use crate::{
     BACKENDS, NAT_CONFIG, NAT_FLOWS, NAT_REVERSE,
+    atomic::compare_and_swap,
     parse::Packet,
     select::{clock, closing_flag, is_syn, maglev_pick, reuses, touch, usable_backend},
     stats,
@@ -137,7 +141,7 @@ fn target(
 }
 
 /// Finds a NAT port for `client` towards the backend in `reply` (whose `dst_port` it
-/// sets), and records the reply key. Ports are tried consecutively from a hash of the
+/// sets), and claims the reply key. Ports are tried consecutively from a hash of the
 /// flow, at most `NAT_PORT_PROBES` of them. A function of its own (a BPF-to-BPF call):
 /// the verifier would otherwise walk the probe loop unrolled inside every path.
 #[inline(never)]
@@ -151,14 +155,18 @@ fn allocate_port(
     if count == 0 {
         return Err(Counter::DropNatPortsExhausted);
     }
+    let claim = NatReply {
+        client: *client,
+        claimed_ns: now,
+    };
     let start = flow_hash(client, false);
     for probe in 0..NAT_PORT_PROBES {
         let port = (config.nat_port_first + start.wrapping_add(probe) % count) as u16;
         reply.dst_port = port.to_be();
-        match NAT_REVERSE.insert(&*reply, client, BPF_NOEXIST as u64) {
+        match NAT_REVERSE.insert(&*reply, &claim, BPF_NOEXIST as u64) {
             Ok(()) => return Ok(reply.dst_port),
             Err(EEXIST) => {
-                if reclaim(reply, client, config, now) {
+                if reclaim(reply, &claim, config) {
                     return Ok(reply.dst_port);
                 }
             }
@@ -168,29 +176,41 @@ fn allocate_port(
     Err(Counter::DropNatPortsExhausted)
 }
 
-/// Takes over the reply key `reply` if the flow that holds it has ended: its forward
-/// entry is gone, points elsewhere (an orphan left by a rescheduled or restarted flow),
-/// or has expired. The write is re-read, so that of two CPUs reclaiming the same key in
-/// the same instant only one keeps it.
+/// Takes over the reply key `reply` for `claim` if the flow that holds it has ended: its
+/// forward entry is gone, points elsewhere (an orphan left by a rescheduled or restarted
+/// flow), or has expired. Never a claim younger than `NAT_CLAIM_GRACE_NS`: its flow may
+/// be being written on another CPU this instant. The holder's claim time is swapped by
+/// compare-and-swap before the entry is rewritten, so that of two CPUs reclaiming the
+/// key at once only one does; the loser probes on.
 #[inline(always)]
-fn reclaim(reply: &FlowKey, client: &FlowKey, config: &FlowTimeouts, now: u64) -> bool {
-    // SAFETY: a map value, read in place (a copy would cost stack).
-    let Some(owner) = (unsafe { NAT_REVERSE.get(reply) }) else {
+fn reclaim(reply: &FlowKey, claim: &NatReply, config: &FlowTimeouts) -> bool {
+    let Some(held) = NAT_REVERSE.get_ptr_mut(reply) else {
         return false;
     };
-    if !ended(reply, owner, config, now) {
+    // SAFETY: a map value pointer from a successful lookup; fields read in place (a copy
+    // would cost stack). A racing reclaim changes `claimed_ns` first, then the value as
+    // a whole (a map update), so a torn read here loses the compare-and-swap below.
+    let (claimed, owner) = unsafe { ((*held).claimed_ns, &(*held).client) };
+    if claim.claimed_ns.saturating_sub(claimed) < NAT_CLAIM_GRACE_NS
+        || !ended(reply, owner, config, claim.claimed_ns)
+    {
         return false;
     }
-    let taken_over = !same_flow(owner, client);
-    if NAT_REVERSE.insert(reply, client, 0).is_err() {
+    let taken_over = !same_flow(owner, &claim.client);
+    // SAFETY: `held` is a map value pointer; `claimed_ns` an aligned u64 inside it.
+    let stamp = unsafe { &raw mut (*held).claimed_ns };
+    if !compare_and_swap(stamp, claimed, claim.claimed_ns) {
         return false;
     }
-    // SAFETY: as above.
-    let kept = unsafe { NAT_REVERSE.get(reply) }.is_some_and(|holder| same_flow(holder, client));
-    if kept && taken_over {
+    // Ours now: no other CPU gets past the grace check until the next second. A map
+    // update, so that a reply being translated sees the old holder or the new, whole.
+    if NAT_REVERSE.insert(reply, claim, 0).is_err() {
+        return false;
+    }
+    if taken_over {
         stats::event(Counter::NatPortReclaimed);
     }
-    kept
+    true
 }
 
 /// Field by field: `==` on the whole key would call `bcmp`.
@@ -247,7 +267,7 @@ pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
         return None;
     }
     // SAFETY: a map value read once, copied.
-    let client = (unsafe { NAT_REVERSE.get(&packet.key) }).copied()?;
+    let client = (unsafe { NAT_REVERSE.get(&packet.key) })?.client;
     if !packet.is_icmp()
         && let Some(flow) = NAT_FLOWS.get_ptr_mut(&client)
     {

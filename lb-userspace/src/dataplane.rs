@@ -18,7 +18,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NextHop, OwnMacs,
+    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NatReply, NextHop, OwnMacs,
     PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey, VipMeta, mac_word, map_names,
 };
 use tracing::warn;
@@ -144,7 +144,7 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     next_hops: PerCpuArray<MapData, NextHop>,
     nat_flows: HashMap<MapData, FlowKey, Flow>,
-    nat_reverse: HashMap<MapData, FlowKey, FlowKey>,
+    nat_reverse: HashMap<MapData, FlowKey, NatReply>,
     nat_config: Array<MapData, FlowTimeouts>,
     /// Holds `weir_nat` for `weir_xdp`'s tail call. Kept open: the kernel empties a
     /// program array when its last user reference (an fd or a pin) goes.
@@ -511,10 +511,23 @@ impl Dataplane {
             .map_err(map_err(map_names::NAT_FLOWS))
     }
 
+    /// Overwrites a NAT reply entry (tests' tool: the state another CPU leaves half-way
+    /// through creating a flow, an orphan).
+    pub fn set_nat_reply(
+        &mut self,
+        reply: &FlowKey,
+        owner: &NatReply,
+    ) -> Result<(), DataplaneError> {
+        self.nat_reverse
+            .insert(reply, owner, 0)
+            .map_err(map_err(map_names::NAT_REVERSE))
+    }
+
     /// The NAT reply entries: reply key → client flow key.
     pub fn nat_replies(&self) -> Result<Vec<(FlowKey, FlowKey)>, DataplaneError> {
         self.nat_reverse
             .iter()
+            .map(|entry| entry.map(|(reply, owner)| (reply, owner.client)))
             .collect::<Result<_, _>>()
             .map_err(map_err(map_names::NAT_REVERSE))
     }
@@ -550,7 +563,12 @@ impl Dataplane {
             };
             // Re-read right before deleting: the program may have handed the port to a
             // new flow since.
-            if remove && self.nat_reverse.get(&reply, 0).ok() == Some(client) {
+            if remove
+                && self
+                    .nat_reverse
+                    .get(&reply, 0)
+                    .is_ok_and(|owner| owner.client == client)
+            {
                 let _ = self.nat_reverse.remove(&reply);
             }
         }

@@ -15,8 +15,8 @@ use std::{
 use aya::maps::MapInfo;
 use lb_common::{
     Backend, Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS,
-    MAX_INTERFACES, MAX_VIPS, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey, VipMeta,
-    map_names,
+    MAX_INTERFACES, MAX_VIPS, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey,
+    VipMeta, map_names,
 };
 
 /// What a map must look like: key and value sizes (`None`: set by the kernel's features)
@@ -60,7 +60,7 @@ pub fn map_specs(
         spec::<u32, TrafficCounters>(map_names::BACKEND_STATS, MAX_BACKENDS),
         spec::<u32, NextHop>(map_names::NEXT_HOPS, MAX_BACKENDS),
         spec::<FlowKey, Flow>(map_names::NAT_FLOWS, nat_entries),
-        spec::<FlowKey, FlowKey>(map_names::NAT_REVERSE, nat_entries),
+        spec::<FlowKey, NatReply>(map_names::NAT_REVERSE, nat_entries),
         spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
         spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
         spec::<u32, OwnMacs>(map_names::OWN_MACS, 1),

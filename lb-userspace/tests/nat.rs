@@ -11,7 +11,8 @@ use std::{collections::HashSet, net::IpAddr};
 use common::*;
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader};
 use lb_common::{
-    Counter, FLOW_CLOSING, FlowKey, FlowTimeouts, PROTO_TCP, PROTO_UDP, Verdict, flow_hash,
+    Counter, FLOW_CLOSING, FlowKey, FlowTimeouts, NAT_CLAIM_GRACE_NS, NatReply, PROTO_TCP,
+    PROTO_UDP, Verdict, flow_hash,
 };
 use weir::flows::now_ns;
 
@@ -453,11 +454,8 @@ fn ports_never_collide_run_out_predictably_and_are_reclaimed() {
 
     // The first client's flow closed long ago: its port is reclaimed.
     let first = FlowKey::new(CLIENT4.into(), 50000, NAT_VIP4.into(), 80, PROTO_TCP);
-    let mut flow = bed.dataplane.nat_flow(&first).unwrap();
-    let port = flow.nat_port;
-    flow.flags |= FLOW_CLOSING;
-    flow.last_seen_ns = now_ns() - 10 * FlowTimeouts::DEFAULT.closing_linger_ns;
-    bed.dataplane.set_nat_flow(&first, &flow).unwrap();
+    let port = bed.dataplane.nat_flow(&first).unwrap().nat_port;
+    end_long_ago(&mut bed, |client| *client == first);
     let before = bed.counters();
     let (verdict, out) = bed.run(&fifth);
     assert_eq!(verdict, Verdict::Tx as u32);
@@ -478,6 +476,28 @@ fn ports_never_collide_run_out_predictably_and_are_reclaimed() {
         !owners.contains(&first),
         "the reclaimed reply entry is the new flow's"
     );
+}
+
+/// Ends the NAT flows of the clients `which` picks as if they had closed long ago: closing,
+/// silent for longer than the linger, their ports claimed as long ago.
+fn end_long_ago(bed: &mut Bed, which: impl Fn(&FlowKey) -> bool) {
+    let long_ago = now_ns() - 10 * FlowTimeouts::DEFAULT.closing_linger_ns;
+    for (client, mut flow) in bed.dataplane.flows().unwrap() {
+        if which(&client) {
+            flow.flags |= FLOW_CLOSING;
+            flow.last_seen_ns = long_ago;
+            bed.dataplane.set_nat_flow(&client, &flow).unwrap();
+        }
+    }
+    for (reply, client) in bed.dataplane.nat_replies().unwrap() {
+        if which(&client) {
+            let claim = NatReply {
+                client,
+                claimed_ns: long_ago,
+            };
+            bed.dataplane.set_nat_reply(&reply, &claim).unwrap();
+        }
+    }
 }
 
 /// An idle UDP flow ends after its timeout: the sweep removes it, and its client starts
@@ -957,4 +977,215 @@ fn icmp_errors_about_a_flow_are_translated_for_the_client() {
             &[(Counter::Tx, 1), (Counter::NatIcmpTranslated, 1)],
         );
     }
+}
+
+/// The reply key of a flow to the v4 TCP NAT VIP's backend from `nat_port`.
+fn tcp_reply_key(nat_port: u16) -> FlowKey {
+    FlowKey::new(BACKEND4.into(), 8080, SOURCE4.into(), nat_port, PROTO_TCP)
+}
+
+/// The interleaving of two CPUs creating flows at once: one CPU has claimed a port (its
+/// reply entry is written) but not yet written its flow. Another client whose probe
+/// starts at that port must not take it over: it probes on.
+#[test]
+fn a_port_being_claimed_by_another_cpu_is_not_taken_over() {
+    let mut bed = nat_bed(PORTS);
+    let owner = FlowKey::new(CLIENT4.into(), 47300, NAT_VIP4.into(), 80, PROTO_TCP);
+    let client = FlowKey::new(CLIENT4.into(), 47301, NAT_VIP4.into(), 80, PROTO_TCP);
+    let port = first_port(&client, PORTS);
+    let claim = |claimed_ns| NatReply {
+        client: owner,
+        claimed_ns,
+    };
+    bed.dataplane
+        .set_nat_reply(&tcp_reply_key(port), &claim(now_ns()))
+        .unwrap();
+    let syn = tcp_request(47301);
+    bed.expect(
+        "the other client",
+        &syn,
+        Verdict::Tx,
+        &translated_tcp(&syn, BACKEND4, probed_port(&client, PORTS, 1)),
+        &[(Counter::Tx, 1), (Counter::FlowNew, 1)],
+    );
+    let owners: Vec<(u16, FlowKey)> = bed
+        .dataplane
+        .nat_replies()
+        .unwrap()
+        .into_iter()
+        .map(|(reply, owner)| (u16::from_be(reply.dst_port), owner))
+        .collect();
+    assert!(
+        owners.contains(&(port, owner)),
+        "the claim stays its owner's: {owners:?}"
+    );
+
+    // An orphan: claimed long ago, no flow. A new client takes it over.
+    let late = FlowKey::new(CLIENT4.into(), 47302, NAT_VIP4.into(), 80, PROTO_TCP);
+    let port = first_port(&late, PORTS);
+    bed.dataplane
+        .set_nat_reply(
+            &tcp_reply_key(port),
+            &claim(now_ns() - 10 * NAT_CLAIM_GRACE_NS),
+        )
+        .unwrap();
+    let syn = tcp_request(47302);
+    bed.expect(
+        "a client on an orphan's port",
+        &syn,
+        Verdict::Tx,
+        &translated_tcp(&syn, BACKEND4, port),
+        &[
+            (Counter::Tx, 1),
+            (Counter::FlowNew, 1),
+            (Counter::NatPortReclaimed, 1),
+        ],
+    );
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is a plain bit set, valid when zeroed; 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "pinning to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Two CPUs create NAT flows at the same instant, many times over, for clients whose
+/// port probes start at the same port: first on free ports (one claims, the other must
+/// probe on), then on ports held by ended flows (both reclaim at once; one must win).
+/// However the two interleave, no two flows share a port, and every flow's reply entry
+/// is its own.
+#[test]
+fn two_cpus_creating_flows_at_once_never_share_a_port() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs, the machine has {cpus}"
+    );
+    const PAIRS: usize = 4000;
+    let ports = (1024, 65535);
+    let mut bed = Bed::with_nat_entries(5 * PAIRS as u32);
+    bed.apply(&nat_config(&format!("{}-{}", ports.0, ports.1)));
+    // Four clients per port, whose first probe is that port, a different one per group:
+    // two for each wave.
+    let mut by_port: std::collections::HashMap<u16, Vec<FlowKey>> =
+        std::collections::HashMap::new();
+    let mut groups = Vec::new();
+    'search: for client_port in 1024u16..=u16::MAX {
+        for address in [CLIENT4, [198, 18, 0, 101]] {
+            let client = FlowKey::new(address.into(), client_port, NAT_VIP4.into(), 80, PROTO_TCP);
+            let group = by_port.entry(first_port(&client, ports)).or_default();
+            group.push(client);
+            if group.len() == 4 {
+                groups.push(std::mem::take(group));
+                if groups.len() == PAIRS {
+                    break 'search;
+                }
+            }
+        }
+    }
+    assert_eq!(groups.len(), PAIRS);
+    let first_wave: Vec<[FlowKey; 2]> = groups.iter().map(|g| [g[0], g[1]]).collect();
+    let second_wave: Vec<[FlowKey; 2]> = groups.iter().map(|g| [g[2], g[3]]).collect();
+    let request = |client: &FlowKey| {
+        frame(
+            (CLIENT_MAC, LB0_MAC),
+            IpAddr::from(std::net::Ipv4Addr::from(client.src[0].to_ne_bytes())),
+            u16::from_be(client.src_port),
+            NAT_VIP4.into(),
+            80,
+            PROTO_TCP,
+            false,
+        )
+    };
+    let run_wave = |bed: &mut Bed, wave: &[[FlowKey; 2]]| {
+        let frames: Vec<[Vec<u8>; 2]> =
+            wave.iter().map(|[a, b]| [request(a), request(b)]).collect();
+        let lb0 = bed.lb0;
+        let Bed { ns, dataplane, .. } = bed;
+        let program: &aya::programs::Xdp = dataplane.program().unwrap();
+        let arrived = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for side in 0..2 {
+                let (frames, arrived, ns) = (&frames, &arrived, &*ns);
+                scope.spawn(move || {
+                    pin_to_cpu(side);
+                    ns.enter(|| {
+                        let ctx: Vec<u8> = [0, frames[0][side].len() as u32, 0, lb0, 0, 0]
+                            .iter()
+                            .flat_map(|word: &u32| word.to_ne_bytes())
+                            .collect();
+                        let mut out = vec![0u8; 1024];
+                        for (round, pair) in frames.iter().enumerate() {
+                            // Both sides leave this spin within a few ns of each other.
+                            arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            while arrived.load(std::sync::atomic::Ordering::SeqCst)
+                                < 2 * (round + 1)
+                            {
+                                std::hint::spin_loop();
+                            }
+                            aya::programs::TestRun::test_run(
+                                program,
+                                aya::programs::TestRunOptions {
+                                    data_in: Some(&pair[side]),
+                                    data_out: Some(&mut out),
+                                    ctx_in: Some(&ctx),
+                                    ..Default::default()
+                                },
+                            )
+                            .unwrap();
+                        }
+                    })
+                    .unwrap();
+                });
+            }
+        });
+    };
+    let check = |bed: &Bed, wave: &str| {
+        let replies: std::collections::HashMap<u16, FlowKey> = bed
+            .dataplane
+            .nat_replies()
+            .unwrap()
+            .into_iter()
+            .map(|(reply, client)| (reply.dst_port, client))
+            .collect();
+        let mut shared = 0;
+        let mut ports_seen = HashSet::new();
+        let flows = bed.dataplane.flows().unwrap();
+        let live: Vec<_> = flows
+            .iter()
+            .filter(|(_, flow)| flow.flags & FLOW_CLOSING == 0)
+            .collect();
+        for (client, flow) in &live {
+            if !ports_seen.insert(flow.nat_port) || replies.get(&flow.nat_port) != Some(client) {
+                shared += 1;
+            }
+        }
+        assert_eq!(
+            shared,
+            0,
+            "{wave}: flows whose port is not their own, of {}",
+            live.len()
+        );
+        live.len()
+    };
+
+    let before = bed.counters();
+    run_wave(&mut bed, &first_wave);
+    let opened = check(&bed, "free ports");
+    assert_eq!(opened, 2 * PAIRS, "every client got a port");
+    // The first wave's flows end; the second wave's pairs start on their ports.
+    end_long_ago(&mut bed, |_| true);
+    run_wave(&mut bed, &second_wave);
+    assert_eq!(check(&bed, "ended flows' ports"), 2 * PAIRS);
+    let moved = bed.counters_moved(&before);
+    assert_eq!(moved[&Counter::FlowNew], 4 * PAIRS as u64, "{moved:?}");
 }

@@ -257,6 +257,11 @@ pub struct Bed {
 
 impl Bed {
     pub fn new() -> Bed {
+        Bed::with_nat_entries(NAT_ENTRIES)
+    }
+
+    /// A bed whose NAT tables hold `nat_entries` flows.
+    pub fn with_nat_entries(nat_entries: u32) -> Bed {
         let ns = Netns::new("dataplane").expect("dataplane tests need root and network namespaces");
         for (dev, peer, mac) in [
             ("lb0", "lb0p", LB0_MAC),
@@ -301,7 +306,7 @@ impl Bed {
                 let mut dataplane = Dataplane::load(LoadOptions {
                     conntrack_entries: 65536,
                     maglev_ring_entries: 1 << 16,
-                    nat_entries: NAT_ENTRIES,
+                    nat_entries,
                     pins: None,
                 })
                 .expect("the XDP program loads and passes the verifier");
