@@ -26,7 +26,7 @@ use tracing::warn;
 use crate::{
     config::XdpMode,
     flows::{Sweep, sweep_decision},
-    pins::{PinError, Pins, map_specs},
+    pins::{MapSpec, PinError, Pins, map_specs, per_cpu_lru_capacity},
     plan::MapWrite,
 };
 
@@ -174,16 +174,20 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 impl Dataplane {
     /// Loads the program into the kernel (verifier included) without attaching it. With
     /// pins, maps a previous agent pinned are adopted (after checking their layout) and
-    /// missing ones are created and pinned.
+    /// missing ones are created and pinned; a load that fails after creating pins
+    /// removes them (an adopted dataplane is left as it was).
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::Cpus(err))?;
+        // Asked for as the kernel makes it, so that the pinned map compares equal.
+        let conntrack_entries = per_cpu_lru_capacity(options.conntrack_entries, cpus as u32);
         let specs = map_specs(
-            options.conntrack_entries,
+            conntrack_entries,
             options.maglev_ring_entries,
             options.nat_entries,
         );
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(map_names::CONNTRACK, options.conntrack_entries)
+            .map_max_entries(map_names::CONNTRACK, conntrack_entries)
             .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries)
             .map_max_entries(map_names::NAT_FLOWS, options.nat_entries)
             .map_max_entries(map_names::NAT_REVERSE, options.nat_entries);
@@ -196,6 +200,25 @@ impl Dataplane {
                 loader.map_pin_path(spec.name, pins.map(spec.name));
             }
         }
+        let loaded = Self::load_pinned(loader, &specs, options.pins.clone(), adopted, cpus);
+        if let Err(err) = &loaded
+            && !adopted
+            && let Some(pins) = &options.pins
+            && let Err(cleanup) = pins.remove()
+        {
+            warn!(error = %err, cleanup = %cleanup, "a failed load left pins behind");
+        }
+        loaded
+    }
+
+    /// The rest of [`Self::load`], from the object's maps on.
+    fn load_pinned(
+        mut loader: EbpfLoader<'_>,
+        specs: &[MapSpec],
+        pins: Option<Pins>,
+        adopted: bool,
+        cpus: usize,
+    ) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
         // The NAT program goes into the tail-call slot before anything is attached (in
@@ -210,11 +233,10 @@ impl Dataplane {
         nat_program
             .set(0, &nat_fd, 0)
             .map_err(map_err(map_names::NAT_PROGRAM))?;
-        if let Some(pins) = &options.pins {
+        if let Some(pins) = &pins {
             // What the program declares must be what this agent expects (and adopts).
-            pins.check(&specs)?;
+            pins.check(specs)?;
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::Cpus(err))?;
         Ok(Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             vip_addresses: take(&mut ebpf, map_names::VIP_ADDRESSES)?,
@@ -232,7 +254,7 @@ impl Dataplane {
             nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
             _nat_program: nat_program,
             links: Vec::new(),
-            pins: options.pins,
+            pins,
             adopted,
             cpus,
             ebpf,
