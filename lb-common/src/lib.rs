@@ -391,7 +391,8 @@ pub enum Counter {
     NatReply,
     /// A new NAT flow took over the source port of a flow that had ended.
     NatPortReclaimed,
-    /// An ICMP error from a backend's side about a NAT flow was translated to its client.
+    /// An ICMP error about a NAT flow was translated: from the backend's side to its
+    /// client, or a "too big" from the client's side to its backend.
     NatIcmpTranslated,
     /// A TCP SYN (ACK clear) reused the 5-tuple of a flow that is closing, or whose
     /// backend takes no new flows (draining): a new connection, placed by Maglev as a new

@@ -57,6 +57,32 @@ pub fn forward_nat(
     send(ctx, ingress, &hop)
 }
 
+/// Sends an ICMP error about a NAT flow's reply, from the client's side, to the flow's
+/// backend (`target`, `nat`): translated as if about the backend's own packet.
+#[inline(always)]
+pub fn icmp_to_backend(
+    ctx: &XdpContext,
+    packet: &Packet,
+    target: &Target,
+    nat: &NatTarget,
+) -> Result<Counter, Counter> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, ingress, packet, target)?;
+    let key = &packet.key;
+    // The backend's packet: backend → NAT source, as the reply lookup keys it.
+    let sent = FlowKey {
+        src: target.backend_addr,
+        dst: nat.source,
+        src_port: nat.backend_port,
+        dst_port: nat.source_port,
+        protocol: key.protocol,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    translate::rewrite_icmp(ctx, packet, &sent).ok_or(Counter::DropMalformed)?;
+    send(ctx, ingress, &hop)
+}
+
 /// Sends a NAT flow's reply (or an ICMP error about it) back to `client`, translated.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Result<Counter, Counter> {

@@ -34,7 +34,7 @@ use lb_common::{
     VipMeta,
 };
 
-use crate::parse::{Kind, Packet, Parsed};
+use crate::parse::{IcmpKind, Kind, Packet, Parsed};
 
 /// VIP (address, port, protocol) → its metadata. Port 0 matches every port.
 #[map(name = "VIPS")]
@@ -202,6 +202,10 @@ fn process_nat(ctx: &XdpContext) -> Counter {
         Err(reason) => return reason,
     };
     match select::lookup_vip(packet) {
+        // Each its own BPF-to-BPF call, so that neither's stack adds to the other's.
+        Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 && packet.is_icmp() => {
+            nat_icmp_to_backend(ctx, packet, &vip)
+        }
         Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 => nat_forward(ctx, packet, &vip),
         // `weir_xdp` sends no DSR VIP here.
         Some(_) => Counter::PassNotVip,
@@ -219,10 +223,6 @@ fn parse_apart(ctx: &XdpContext) -> Parsed {
 #[inline(never)]
 fn nat_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
     packet::keep_context(ctx);
-    // ICMP errors towards a NAT VIP are the host's.
-    if packet.is_icmp() {
-        return Counter::PassNotVip;
-    }
     let target = match nat::select(packet, vip) {
         Ok(target) => target,
         Err(reason) => return reason,
@@ -232,6 +232,31 @@ fn nat_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
     };
     let forwarded = forward::forward_nat(ctx, packet, &target, nat);
     counted(ctx, packet, &target, forwarded)
+}
+
+/// An ICMP error towards a NAT VIP, about a reply on the client's path: a "too big"
+/// about a NAT flow goes to its backend, translated (PMTU discovery); the rest are the
+/// host's.
+#[inline(never)]
+fn nat_icmp_to_backend(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
+    packet::keep_context(ctx);
+    if packet.icmp.kind != IcmpKind::TooBig {
+        return Counter::PassNotVip;
+    }
+    let Some(target) = nat::flow_target(packet, vip) else {
+        return Counter::PassNotVip;
+    };
+    let Some(nat) = &target.nat else {
+        return Counter::DropNatUnavailable;
+    };
+    match forward::icmp_to_backend(ctx, packet, &target, nat) {
+        Ok(reason) => {
+            stats::count_traffic(ctx, &target);
+            stats::event(Counter::NatIcmpTranslated);
+            reason
+        }
+        Err(reason) => reason,
+    }
 }
 
 /// A packet for no VIP: a NAT flow's reply, translated back to its client, or the host's.

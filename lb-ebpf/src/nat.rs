@@ -108,6 +108,24 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     ))
 }
 
+/// The target of the NAT flow `packet` belongs to, as it stands (nothing created or
+/// touched): for an ICMP error about the flow from the client's side.
+#[inline(always)]
+pub fn flow_target(packet: &Packet, vip: &VipMeta) -> Option<Target> {
+    // SAFETY: a map value read once, copied.
+    let flow = (unsafe { NAT_FLOWS.get(&packet.key) })?;
+    let backend = usable_backend(flow.backend_id, vip.id)?;
+    Some(target(
+        packet,
+        vip,
+        flow.backend_id,
+        backend,
+        flow.nat_port,
+        false,
+        clock(),
+    ))
+}
+
 /// The backend's port in network order: its own, or the client's destination port when
 /// it has none (VIPs on every port).
 #[inline(always)]

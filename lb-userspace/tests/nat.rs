@@ -1189,3 +1189,106 @@ fn two_cpus_creating_flows_at_once_never_share_a_port() {
     let moved = bed.counters_moved(&before);
     assert_eq!(moved[&Counter::FlowNew], 4 * PAIRS as u64, "{moved:?}");
 }
+
+/// A router on the client's path sends "fragmentation needed" / "packet too big" about
+/// a reply (VIP → client, as the load balancer sent it): it reaches the flow's backend,
+/// translated as if about the backend's own packet (outer header NAT source → backend,
+/// quoted packet backend → NAT source and port), so that PMTU discovery works through
+/// the NAT. Checksums as etherparse computes them.
+#[test]
+fn icmp_too_big_from_the_clients_side_reaches_the_backend() {
+    let mut bed = nat_bed(PORTS);
+    let router6: [u8; 16] = ROUTER6;
+    let cases: [(&str, IpAddr, IpAddr, IpAddr, IpAddr, IpAddr); 2] = [
+        (
+            "v4 fragmentation needed",
+            CLIENT4.into(),
+            NAT_VIP4.into(),
+            SOURCE4.into(),
+            BACKEND4.into(),
+            ROUTER4.into(),
+        ),
+        (
+            "v6 packet too big",
+            CLIENT6.into(),
+            NAT_VIP6.into(),
+            SOURCE6.into(),
+            BACKEND6.into(),
+            router6.into(),
+        ),
+    ];
+    for (name, client, vip, source, backend, router) in cases {
+        let key = FlowKey::new(client, 46100, vip, 80, PROTO_TCP);
+        let nat_port = first_port(&key, PORTS);
+        let (verdict, _) = bed.run(&frame(
+            (CLIENT_MAC, LB0_MAC),
+            client,
+            46100,
+            vip,
+            80,
+            PROTO_TCP,
+            false,
+        ));
+        assert_eq!(verdict, Verdict::Tx as u32, "{name}: the flow");
+        // The reply as the client got it, and as the backend sent it.
+        let to_client = frame(
+            (LB0_MAC, CLIENT_MAC),
+            vip,
+            80,
+            client,
+            46100,
+            PROTO_TCP,
+            true,
+        );
+        let from_backend = frame(
+            (mac_of(&backend.to_string()), LB0_MAC),
+            backend,
+            8080,
+            source,
+            nat_port,
+            PROTO_TCP,
+            true,
+        );
+        let quote = |frame: &[u8]| frame[14..].to_vec();
+        let mut error = Vec::new();
+        let mut expected = Vec::new();
+        let backend_mac = mac_of(&backend.to_string());
+        match (router, vip, source, backend) {
+            (IpAddr::V4(router), IpAddr::V4(vip), IpAddr::V4(source), IpAddr::V4(backend)) => {
+                let kind = Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                );
+                PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+                    .ipv4(router.octets(), vip.octets(), 64)
+                    .icmpv4(kind.clone())
+                    .write(&mut error, &quote(&to_client)[..28])
+                    .unwrap();
+                PacketBuilder::ethernet2(LB0_MAC, backend_mac)
+                    .ipv4(source.octets(), backend.octets(), 64)
+                    .icmpv4(kind)
+                    .write(&mut expected, &quote(&from_backend)[..28])
+                    .unwrap();
+            }
+            (IpAddr::V6(router), IpAddr::V6(vip), IpAddr::V6(source), IpAddr::V6(backend)) => {
+                PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+                    .ipv6(router.octets(), vip.octets(), 64)
+                    .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                    .write(&mut error, &quote(&to_client))
+                    .unwrap();
+                PacketBuilder::ethernet2(LB0_MAC, backend_mac)
+                    .ipv6(source.octets(), backend.octets(), 64)
+                    .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                    .write(&mut expected, &quote(&from_backend))
+                    .unwrap();
+            }
+            _ => unreachable!(),
+        }
+        bed.expect(
+            name,
+            &error,
+            Verdict::Tx,
+            &expected,
+            &[(Counter::Tx, 1), (Counter::NatIcmpTranslated, 1)],
+        );
+    }
+}
