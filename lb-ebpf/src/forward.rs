@@ -49,12 +49,10 @@ pub fn forward_nat(
     target: &Target,
     nat: &NatTarget,
 ) -> Result<Counter, Counter> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, ingress, packet, target)?;
     let ports = [nat.source_port, nat.backend_port];
-    translate::rewrite(ctx, packet, &nat.source, &target.backend_addr, ports)
-        .ok_or(Counter::DropMalformed)?;
-    send(ctx, ingress, &hop)
+    forward_translated(ctx, packet, target, || {
+        translate::rewrite(ctx, packet, &nat.source, &target.backend_addr, ports)
+    })
 }
 
 /// Sends an ICMP error about a NAT flow's reply, from the client's side, to the flow's
@@ -66,8 +64,6 @@ pub fn icmp_to_backend(
     target: &Target,
     nat: &NatTarget,
 ) -> Result<Counter, Counter> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, ingress, packet, target)?;
     let key = &packet.key;
     // The backend's packet: backend → NAT source, as the reply lookup keys it.
     let sent = FlowKey {
@@ -79,7 +75,22 @@ pub fn icmp_to_backend(
         family: key.family,
         _pad: [0; 2],
     };
-    translate::rewrite_icmp(ctx, packet, &sent).ok_or(Counter::DropMalformed)?;
+    forward_translated(ctx, packet, target, || {
+        translate::rewrite_icmp(ctx, packet, &sent)
+    })
+}
+
+/// Forwards the packet to `target` of a NAT flow once `rewrite` has translated it.
+#[inline(always)]
+fn forward_translated(
+    ctx: &XdpContext,
+    packet: &Packet,
+    target: &Target,
+    rewrite: impl FnOnce() -> Option<()>,
+) -> Result<Counter, Counter> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, ingress, packet, target)?;
+    rewrite().ok_or(Counter::DropMalformed)?;
     send(ctx, ingress, &hop)
 }
 

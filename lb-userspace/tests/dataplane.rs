@@ -742,6 +742,22 @@ fn with_state(backend: &str, state: &str) -> String {
     BASE_CONFIG.replacen(&entry, &format!("{entry}state = \"{state}\"\n"), 1)
 }
 
+/// Checks that `syn` opens a new flow on a reused 5-tuple, to the backend `mac`.
+fn expect_reused(bed: &mut Bed, name: &str, syn: &[u8], mac: [u8; 6]) {
+    let counters = [
+        (Counter::Tx, 1),
+        (Counter::FlowNew, 1),
+        (Counter::FlowReused, 1),
+    ];
+    bed.expect(
+        name,
+        syn,
+        Verdict::Tx,
+        &rewritten(syn, mac, LB0_MAC),
+        &counters,
+    );
+}
+
 /// A client that reuses the 5-tuple of a flow whose backend drains opens a new
 /// connection: its SYN (ACK clear) is placed by Maglev as a new flow, counted
 /// `flow_reused`, and the flow's later packets follow it. The old connection's segments
@@ -778,17 +794,7 @@ fn a_syn_on_a_flow_of_a_draining_backend_is_a_new_flow() {
         );
         let pick = mac_of(&bed.maglev_pick("tcp4", &key(syn)).to_string());
         assert_ne!(pick, drained);
-        bed.expect(
-            &format!("new connection {i}"),
-            syn,
-            Verdict::Tx,
-            &rewritten(syn, pick, LB0_MAC),
-            &[
-                (Counter::Tx, 1),
-                (Counter::FlowNew, 1),
-                (Counter::FlowReused, 1),
-            ],
-        );
+        expect_reused(&mut bed, &format!("new connection {i}"), syn, pick);
         bed.expect(
             &format!("new connection {i} established"),
             &segment,
@@ -826,17 +832,7 @@ fn a_syn_on_a_closing_flow_is_a_new_flow() {
     for (i, (syn, old)) in flows.iter().zip(&before).enumerate() {
         let pick = mac_of(&bed.maglev_pick("tcp4", &key(syn)).to_string());
         moved += usize::from(pick != *old);
-        bed.expect(
-            &format!("new connection {i}"),
-            syn,
-            Verdict::Tx,
-            &rewritten(syn, pick, LB0_MAC),
-            &[
-                (Counter::Tx, 1),
-                (Counter::FlowNew, 1),
-                (Counter::FlowReused, 1),
-            ],
-        );
+        expect_reused(&mut bed, &format!("new connection {i}"), syn, pick);
     }
     assert!(moved > 50, "Maglev's pick changed for many flows");
     assert!(
