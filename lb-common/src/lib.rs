@@ -42,7 +42,7 @@ pub const DEFAULT_NAT_ENTRIES: u32 = 1 << 18;
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -119,6 +119,10 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
 /// `Backend::flags`: established flows may keep using this backend. Cleared when a
 /// backend is removed, so its flows move to the backend that now owns their slot.
 pub const BACKEND_ACCEPTS_FLOWS: u8 = 1 << 0;
+/// `Backend::flags`: the backend is in rotation (ready, up, weight above 0): Maglev may
+/// give it new flows. A SYN that finds a flow of a backend without it (draining) is a
+/// new connection reusing the 5-tuple, and is placed by Maglev.
+pub const BACKEND_TAKES_NEW_FLOWS: u8 = 1 << 1;
 
 /// Value of the backend array, indexed by backend id (a Maglev slot's content).
 #[repr(C)]
@@ -169,8 +173,12 @@ impl FlowKey {
     }
 }
 
-/// `Flow::flags`: the client sent a FIN or RST; the flow is ending.
+/// `Flow::flags`: the client (or, NAT, the backend) sent a FIN or RST; the flow is ending.
 pub const FLOW_CLOSING: u16 = 1 << 0;
+/// `Flow::flags`, NAT only: a TCP flow opened by a SYN that its backend has not answered
+/// yet; it ends `FlowTimeouts::tcp_embryonic_ns` after its last packet. The backend's
+/// first reply clears it.
+pub const FLOW_EMBRYONIC: u16 = 1 << 1;
 
 /// How often a flow's `last_seen_ns` is refreshed: writing it on every packet would
 /// dirty the entry's cache line for nothing.
@@ -204,18 +212,22 @@ pub struct FlowTimeouts {
     pub udp_idle_ns: u64,
     /// A flow whose client sent FIN or RST is over once its packets stop for this long.
     pub closing_linger_ns: u64,
+    /// An embryonic flow (`FLOW_EMBRYONIC`: its backend has not answered) with no packet
+    /// for this long is over.
+    pub tcp_embryonic_ns: u64,
     /// The NAT source ports: `nat_port_first .. nat_port_first + nat_port_count` (host
     /// order). A count of 0 means no VIP uses NAT, and replies are not even looked up.
     pub nat_port_first: u32,
     pub nat_port_count: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 40);
 
 impl FlowTimeouts {
     pub const DEFAULT: FlowTimeouts = FlowTimeouts {
         tcp_idle_ns: 300_000_000_000,
         udp_idle_ns: 30_000_000_000,
         closing_linger_ns: 2_000_000_000,
+        tcp_embryonic_ns: 5_000_000_000,
         nat_port_first: 0,
         nat_port_count: 0,
     };
@@ -227,6 +239,8 @@ impl FlowTimeouts {
         let quiet = now_ns.saturating_sub(flow.last_seen_ns);
         let limit = if flow.flags & FLOW_CLOSING != 0 {
             self.closing_linger_ns
+        } else if flow.flags & FLOW_EMBRYONIC != 0 {
+            self.tcp_embryonic_ns
         } else if protocol == PROTO_UDP {
             self.udp_idle_ns
         } else {
@@ -241,6 +255,24 @@ impl Default for FlowTimeouts {
         FlowTimeouts::DEFAULT
     }
 }
+
+/// Value of `NAT_REVERSE`: the flow that holds a reply key, and when it claimed it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReply {
+    /// The client flow key (its `NAT_FLOWS` key).
+    pub client: FlowKey,
+    /// `bpf_ktime_get_coarse_ns` when the flow claimed the key. A flow that takes the key
+    /// over from an ended one swaps it with a compare-and-swap, so that of two CPUs
+    /// reclaiming the key at once only one does.
+    pub claimed_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatReply>() == 48);
+
+/// A reply key claimed less than this long ago is never taken over, even if no flow
+/// holds it: the flow may be being created on another CPU, which claims the key before
+/// it writes the flow.
+pub const NAT_CLAIM_GRACE_NS: u64 = FLOW_TOUCH_INTERVAL_NS;
 
 /// How many source ports a new NAT flow tries (consecutive from a hash of the flow)
 /// before it is dropped as `drop_nat_ports_exhausted`: bounds the work per packet.
@@ -343,6 +375,10 @@ pub enum Counter {
     DropNatTableFull,
     /// The NAT program is not in place (`NAT_PROGRAM`): an agent that failed half-way.
     DropNatUnavailable,
+    /// A TCP segment for a NAT VIP that is not a SYN and has no NAT flow (or one that
+    /// has ended, or whose backend left): only a SYN creates NAT state, so a spoofed ACK
+    /// flood cannot fill the NAT tables.
+    DropNatNoFlow,
     /// A new flow was scheduled by Maglev.
     FlowNew,
     /// A flow's backend was removed; the flow moved to its slot's current backend.
@@ -355,13 +391,18 @@ pub enum Counter {
     NatReply,
     /// A new NAT flow took over the source port of a flow that had ended.
     NatPortReclaimed,
-    /// An ICMP error from a backend's side about a NAT flow was translated to its client.
+    /// An ICMP error about a NAT flow was translated: from the backend's side to its
+    /// client, or a "too big" from the client's side to its backend.
     NatIcmpTranslated,
+    /// A TCP SYN (ACK clear) reused the 5-tuple of a flow that is closing, or whose
+    /// backend takes no new flows (draining): a new connection, placed by Maglev as a new
+    /// flow (also counted `flow_new`).
+    FlowReused,
 }
 
 impl Counter {
     /// Number of `GLOBAL_STATS` slots.
-    pub const COUNT: u32 = Counter::NatIcmpTranslated as u32 + 1;
+    pub const COUNT: u32 = Counter::FlowReused as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotIp,
@@ -379,6 +420,7 @@ impl Counter {
         Counter::DropNatPortsExhausted,
         Counter::DropNatTableFull,
         Counter::DropNatUnavailable,
+        Counter::DropNatNoFlow,
         Counter::FlowNew,
         Counter::FlowRescheduled,
         Counter::ConntrackInsertFailed,
@@ -386,6 +428,7 @@ impl Counter {
         Counter::NatReply,
         Counter::NatPortReclaimed,
         Counter::NatIcmpTranslated,
+        Counter::FlowReused,
     ];
 
     /// The XDP verdict this reason ends in, or `None` for an event counter.
@@ -405,14 +448,16 @@ impl Counter {
             | Counter::DropEgressNotAttached
             | Counter::DropNatPortsExhausted
             | Counter::DropNatTableFull
-            | Counter::DropNatUnavailable => Some(Verdict::Drop),
+            | Counter::DropNatUnavailable
+            | Counter::DropNatNoFlow => Some(Verdict::Drop),
             Counter::FlowNew
             | Counter::FlowRescheduled
             | Counter::ConntrackInsertFailed
             | Counter::IcmpTooBigForwarded
             | Counter::NatReply
             | Counter::NatPortReclaimed
-            | Counter::NatIcmpTranslated => None,
+            | Counter::NatIcmpTranslated
+            | Counter::FlowReused => None,
         }
     }
 
@@ -434,6 +479,7 @@ impl Counter {
             Counter::DropNatPortsExhausted => "drop_nat_ports_exhausted",
             Counter::DropNatTableFull => "drop_nat_table_full",
             Counter::DropNatUnavailable => "drop_nat_unavailable",
+            Counter::DropNatNoFlow => "drop_nat_no_flow",
             Counter::FlowNew => "flow_new",
             Counter::FlowRescheduled => "flow_rescheduled",
             Counter::ConntrackInsertFailed => "conntrack_insert_failed",
@@ -441,6 +487,7 @@ impl Counter {
             Counter::NatReply => "nat_reply",
             Counter::NatPortReclaimed => "nat_port_reclaimed",
             Counter::NatIcmpTranslated => "nat_icmp_translated",
+            Counter::FlowReused => "flow_reused",
         }
     }
 }

@@ -5,7 +5,7 @@ extern crate std;
 use std::net::IpAddr;
 
 use crate::{
-    Backend, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, FlowTimeouts, NextHop, OwnMacs,
+    Backend, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, FlowTimeouts, NatReply, NextHop, OwnMacs,
     TrafficCounters, VipAddressKey, VipKey, VipMeta,
 };
 
@@ -20,6 +20,7 @@ unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for TrafficCounters {}
 unsafe impl aya::Pod for NextHop {}
 unsafe impl aya::Pod for FlowTimeouts {}
+unsafe impl aya::Pod for NatReply {}
 unsafe impl aya::Pod for OwnMacs {}
 
 /// An address as the maps store it: its family tag and four words of network-order bytes.

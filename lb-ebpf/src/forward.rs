@@ -25,7 +25,7 @@ use crate::{
     NEXT_HOPS, OWN_MACS, TX_PORTS,
     packet::{ptr_at_mut, read},
     parse::Packet,
-    select::{NatTarget, Target},
+    target::{NatTarget, Target},
     translate,
 };
 
@@ -49,11 +49,48 @@ pub fn forward_nat(
     target: &Target,
     nat: &NatTarget,
 ) -> Result<Counter, Counter> {
+    let ports = [nat.source_port, nat.backend_port];
+    forward_translated(ctx, packet, target, || {
+        translate::rewrite(ctx, packet, &nat.source, &target.backend_addr, ports)
+    })
+}
+
+/// Sends an ICMP error about a NAT flow's reply, from the client's side, to the flow's
+/// backend (`target`, `nat`): translated as if about the backend's own packet.
+#[inline(always)]
+pub fn icmp_to_backend(
+    ctx: &XdpContext,
+    packet: &Packet,
+    target: &Target,
+    nat: &NatTarget,
+) -> Result<Counter, Counter> {
+    let key = &packet.key;
+    // The backend's packet: backend → NAT source, as the reply lookup keys it.
+    let sent = FlowKey {
+        src: target.backend_addr,
+        dst: nat.source,
+        src_port: nat.backend_port,
+        dst_port: nat.source_port,
+        protocol: key.protocol,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    forward_translated(ctx, packet, target, || {
+        translate::rewrite_icmp(ctx, packet, &sent)
+    })
+}
+
+/// Forwards the packet to `target` of a NAT flow once `rewrite` has translated it.
+#[inline(always)]
+fn forward_translated(
+    ctx: &XdpContext,
+    packet: &Packet,
+    target: &Target,
+    rewrite: impl FnOnce() -> Option<()>,
+) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, ingress, packet, target)?;
-    let ports = [nat.source_port, nat.backend_port];
-    translate::rewrite(ctx, packet, &nat.source, &target.backend_addr, ports)
-        .ok_or(Counter::DropMalformed)?;
+    rewrite().ok_or(Counter::DropMalformed)?;
     send(ctx, ingress, &hop)
 }
 

@@ -8,13 +8,17 @@
 //! verdict reason (see `lb_common::Counter`).
 #![no_std]
 #![no_main]
+// Inline BPF assembly (`atomic.rs`), as aya-ebpf itself uses.
+#![feature(asm_experimental_arch)]
 
+mod atomic;
 mod forward;
 mod nat;
 mod packet;
 mod parse;
 mod select;
 mod stats;
+mod target;
 mod translate;
 
 use aya_ebpf::{
@@ -26,10 +30,11 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES,
     Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
-    NextHop, OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
+    NatReply, NextHop, OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey,
+    VipMeta,
 };
 
-use crate::parse::{Kind, Packet, Parsed};
+use crate::parse::{IcmpKind, Kind, Packet, Parsed};
 
 /// VIP (address, port, protocol) → its metadata. Port 0 matches every port.
 #[map(name = "VIPS")]
@@ -62,9 +67,10 @@ static CONNTRACK: LruHashMap<FlowKey, Flow> =
 static NAT_FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
 
 /// NAT replies: (backend, backend port, NAT source, NAT port, protocol) as the reply
-/// carries it → the client flow key. A plain hash for the same reason.
+/// carries it → the client flow key and when it claimed the key. A plain hash for the
+/// same reason.
 #[map(name = "NAT_REVERSE")]
-static NAT_REVERSE: HashMap<FlowKey, FlowKey> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
+static NAT_REVERSE: HashMap<FlowKey, NatReply> = HashMap::with_max_entries(DEFAULT_NAT_ENTRIES, 0);
 
 /// `[0]`: flow timeouts and the NAT port range, written by the agent.
 #[map(name = "NAT_CONFIG")]
@@ -159,7 +165,7 @@ fn to_nat(ctx: &XdpContext) -> Counter {
 fn counted(
     ctx: &XdpContext,
     packet: &Packet,
-    target: &select::Target,
+    target: &target::Target,
     forwarded: Result<Counter, Counter>,
 ) -> Counter {
     match forwarded {
@@ -196,6 +202,10 @@ fn process_nat(ctx: &XdpContext) -> Counter {
         Err(reason) => return reason,
     };
     match select::lookup_vip(packet) {
+        // Each its own BPF-to-BPF call, so that neither's stack adds to the other's.
+        Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 && packet.is_icmp() => {
+            nat_icmp_to_backend(ctx, packet, &vip)
+        }
         Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 => nat_forward(ctx, packet, &vip),
         // `weir_xdp` sends no DSR VIP here.
         Some(_) => Counter::PassNotVip,
@@ -213,10 +223,6 @@ fn parse_apart(ctx: &XdpContext) -> Parsed {
 #[inline(never)]
 fn nat_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
     packet::keep_context(ctx);
-    // ICMP errors towards a NAT VIP are the host's.
-    if packet.is_icmp() {
-        return Counter::PassNotVip;
-    }
     let target = match nat::select(packet, vip) {
         Ok(target) => target,
         Err(reason) => return reason,
@@ -226,6 +232,31 @@ fn nat_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
     };
     let forwarded = forward::forward_nat(ctx, packet, &target, nat);
     counted(ctx, packet, &target, forwarded)
+}
+
+/// An ICMP error towards a NAT VIP, about a reply on the client's path: a "too big"
+/// about a NAT flow goes to its backend, translated (PMTU discovery); the rest are the
+/// host's.
+#[inline(never)]
+fn nat_icmp_to_backend(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Counter {
+    packet::keep_context(ctx);
+    if packet.icmp.kind != IcmpKind::TooBig {
+        return Counter::PassNotVip;
+    }
+    let Some(target) = nat::flow_target(packet, vip) else {
+        return Counter::PassNotVip;
+    };
+    let Some(nat) = &target.nat else {
+        return Counter::DropNatUnavailable;
+    };
+    match forward::icmp_to_backend(ctx, packet, &target, nat) {
+        Ok(reason) => {
+            stats::count_traffic(ctx, &target);
+            stats::event(Counter::NatIcmpTranslated);
+            reason
+        }
+        Err(reason) => reason,
+    }
 }
 
 /// A packet for no VIP: a NAT flow's reply, translated back to its client, or the host's.

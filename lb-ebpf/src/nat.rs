@@ -7,9 +7,12 @@
 //!
 //! - `NAT_FLOWS`: client flow key → `Flow` (backend id, NAT port, last seen, closing);
 //! - `NAT_REVERSE`: the reply's key (backend, backend port, NAT source, NAT port,
-//!   protocol) → the client flow key. Inserted with BPF_NOEXIST while probing ports
-//!   from a hash of the flow, so two live flows never share a reply key; an entry whose
-//!   flow has ended (closing + linger, or idle) is taken over (`nat_port_reclaimed`).
+//!   protocol) → the client flow key and when it claimed the key. Inserted with
+//!   BPF_NOEXIST while probing ports from a hash of the flow, *before* the flow is
+//!   written, so two live flows never share a reply key; an entry whose flow has ended
+//!   (closing + linger, idle, or gone) is taken over (`nat_port_reclaimed`) once its
+//!   claim is older than `NAT_CLAIM_GRACE_NS` (a newer one may belong to a flow that
+//!   another CPU is writing), by compare-and-swap of its claim time.
 //!
 //! The agent sweeps both tables for ended flows (`Dataplane::sweep_nat`).
 
@@ -18,13 +21,18 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_common::{Counter, Flow, FlowKey, FlowTimeouts, NAT_PORT_PROBES, VipMeta, flow_hash};
+use lb_common::{
+    Counter, FLOW_EMBRYONIC, Flow, FlowKey, FlowTimeouts, NAT_CLAIM_GRACE_NS, NAT_PORT_PROBES,
+    NatReply, PROTO_TCP, VipMeta, flow_hash,
+};
 
 use crate::{
     BACKENDS, NAT_CONFIG, NAT_FLOWS, NAT_REVERSE,
+    atomic::compare_and_swap,
     parse::Packet,
-    select::{NatTarget, Target, clock, closing_flag, maglev_pick, touch, usable_backend},
+    select::{clock, closing_flag, is_syn, maglev_pick, reuses, touch, usable_backend},
     stats,
+    target::{NatTarget, Target},
 };
 
 /// `-EEXIST`: a BPF_NOEXIST insert found the key taken.
@@ -38,25 +46,40 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     let config = NAT_CONFIG.get(0).ok_or(Counter::DropNatPortsExhausted)?;
     let key = &packet.key;
     let closing = closing_flag(packet);
+    // Why the packet's flow, if it has one, cannot go on: counted once a new one starts.
+    let mut restart = None;
     if let Some(flow) = NAT_FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer from a successful lookup.
         let current = unsafe { *flow };
         if !config.expired(&current, key.protocol, now) {
-            if let Some(backend) = usable_backend(current.backend_id, vip.id) {
-                touch(flow, closing, now);
-                return Ok(target(
-                    packet,
-                    vip,
-                    current.backend_id,
-                    backend,
-                    current.nat_port,
-                    false,
-                    now,
-                ));
+            match usable_backend(current.backend_id, vip.id) {
+                Some(backend) if !reuses(packet, flow, backend) => {
+                    touch(flow, closing, now);
+                    return Ok(target(
+                        packet,
+                        vip,
+                        current.backend_id,
+                        backend,
+                        current.nat_port,
+                        false,
+                        now,
+                    ));
+                }
+                Some(_) => restart = Some(Counter::FlowReused),
+                None => restart = Some(Counter::FlowRescheduled),
             }
-            stats::event(Counter::FlowRescheduled);
         }
-        // An ended flow starts afresh; its reply entry is taken over or swept.
+        // An ended or reused flow starts afresh; its reply entry is taken over or swept
+        // (the new flow probes past it while the old one lingers).
+    }
+    // Only a SYN creates TCP state: a segment of no (live) flow is a spoofed ACK, or a
+    // connection the backend would reset anyway.
+    let tcp = key.protocol == PROTO_TCP;
+    if tcp && !is_syn(packet) {
+        return Err(Counter::DropNatNoFlow);
+    }
+    if let Some(event) = restart {
+        stats::event(event);
     }
 
     let (backend_id, backend) = maglev_pick(key, vip)?;
@@ -72,7 +95,7 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     let nat_port = allocate_port(&mut reply, key, config, now)?;
     let flow = Flow {
         backend_id,
-        flags: closing,
+        flags: closing | if tcp { FLOW_EMBRYONIC } else { 0 },
         nat_port,
         last_seen_ns: now,
     };
@@ -82,6 +105,24 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     }
     Ok(target(
         packet, vip, backend_id, backend, nat_port, true, now,
+    ))
+}
+
+/// The target of the NAT flow `packet` belongs to, as it stands (nothing created or
+/// touched): for an ICMP error about the flow from the client's side.
+#[inline(always)]
+pub fn flow_target(packet: &Packet, vip: &VipMeta) -> Option<Target> {
+    // SAFETY: a map value read once, copied.
+    let flow = (unsafe { NAT_FLOWS.get(&packet.key) })?;
+    let backend = usable_backend(flow.backend_id, vip.id)?;
+    Some(target(
+        packet,
+        vip,
+        flow.backend_id,
+        backend,
+        flow.nat_port,
+        false,
+        clock(),
     ))
 }
 
@@ -118,7 +159,7 @@ fn target(
 }
 
 /// Finds a NAT port for `client` towards the backend in `reply` (whose `dst_port` it
-/// sets), and records the reply key. Ports are tried consecutively from a hash of the
+/// sets), and claims the reply key. Ports are tried consecutively from a hash of the
 /// flow, at most `NAT_PORT_PROBES` of them. A function of its own (a BPF-to-BPF call):
 /// the verifier would otherwise walk the probe loop unrolled inside every path.
 #[inline(never)]
@@ -132,14 +173,18 @@ fn allocate_port(
     if count == 0 {
         return Err(Counter::DropNatPortsExhausted);
     }
+    let claim = NatReply {
+        client: *client,
+        claimed_ns: now,
+    };
     let start = flow_hash(client, false);
     for probe in 0..NAT_PORT_PROBES {
         let port = (config.nat_port_first + start.wrapping_add(probe) % count) as u16;
         reply.dst_port = port.to_be();
-        match NAT_REVERSE.insert(&*reply, client, BPF_NOEXIST as u64) {
+        match NAT_REVERSE.insert(&*reply, &claim, BPF_NOEXIST as u64) {
             Ok(()) => return Ok(reply.dst_port),
             Err(EEXIST) => {
-                if reclaim(reply, client, config, now) {
+                if reclaim(reply, &claim, config) {
                     return Ok(reply.dst_port);
                 }
             }
@@ -149,29 +194,41 @@ fn allocate_port(
     Err(Counter::DropNatPortsExhausted)
 }
 
-/// Takes over the reply key `reply` if the flow that holds it has ended: its forward
-/// entry is gone, points elsewhere (an orphan left by a rescheduled or restarted flow),
-/// or has expired. The write is re-read, so that of two CPUs reclaiming the same key in
-/// the same instant only one keeps it.
+/// Takes over the reply key `reply` for `claim` if the flow that holds it has ended: its
+/// forward entry is gone, points elsewhere (an orphan left by a rescheduled or restarted
+/// flow), or has expired. Never a claim younger than `NAT_CLAIM_GRACE_NS`: its flow may
+/// be being written on another CPU this instant. The holder's claim time is swapped by
+/// compare-and-swap before the entry is rewritten, so that of two CPUs reclaiming the
+/// key at once only one does; the loser probes on.
 #[inline(always)]
-fn reclaim(reply: &FlowKey, client: &FlowKey, config: &FlowTimeouts, now: u64) -> bool {
-    // SAFETY: a map value, read in place (a copy would cost stack).
-    let Some(owner) = (unsafe { NAT_REVERSE.get(reply) }) else {
+fn reclaim(reply: &FlowKey, claim: &NatReply, config: &FlowTimeouts) -> bool {
+    let Some(held) = NAT_REVERSE.get_ptr_mut(reply) else {
         return false;
     };
-    if !ended(reply, owner, config, now) {
+    // SAFETY: a map value pointer from a successful lookup; fields read in place (a copy
+    // would cost stack). A racing reclaim changes `claimed_ns` first, then the value as
+    // a whole (a map update), so a torn read here loses the compare-and-swap below.
+    let (claimed, owner) = unsafe { ((*held).claimed_ns, &(*held).client) };
+    if claim.claimed_ns.saturating_sub(claimed) < NAT_CLAIM_GRACE_NS
+        || !ended(reply, owner, config, claim.claimed_ns)
+    {
         return false;
     }
-    let taken_over = !same_flow(owner, client);
-    if NAT_REVERSE.insert(reply, client, 0).is_err() {
+    let taken_over = !same_flow(owner, &claim.client);
+    // SAFETY: `held` is a map value pointer; `claimed_ns` an aligned u64 inside it.
+    let stamp = unsafe { &raw mut (*held).claimed_ns };
+    if !compare_and_swap(stamp, claimed, claim.claimed_ns) {
         return false;
     }
-    // SAFETY: as above.
-    let kept = unsafe { NAT_REVERSE.get(reply) }.is_some_and(|holder| same_flow(holder, client));
-    if kept && taken_over {
+    // Ours now: no other CPU gets past the grace check until the next second. A map
+    // update, so that a reply being translated sees the old holder or the new, whole.
+    if NAT_REVERSE.insert(reply, claim, 0).is_err() {
+        return false;
+    }
+    if taken_over {
         stats::event(Counter::NatPortReclaimed);
     }
-    kept
+    true
 }
 
 /// Field by field: `==` on the whole key would call `bcmp`.
@@ -196,6 +253,19 @@ fn ended(reply: &FlowKey, owner: &FlowKey, config: &FlowTimeouts, now: u64) -> b
     }
 }
 
+/// Clears `FLOW_EMBRYONIC`: the backend answered. Written once per flow.
+#[inline(always)]
+fn promote(flow: *mut Flow, now: u64) {
+    // SAFETY: a map value pointer from a successful lookup; a racing writer on another
+    // CPU can only set the closing flag or store a similar time.
+    unsafe {
+        if (*flow).flags & FLOW_EMBRYONIC != 0 {
+            (*flow).flags &= !FLOW_EMBRYONIC;
+            (*flow).last_seen_ns = now;
+        }
+    }
+}
+
 /// Whether a packet for no VIP may be a NAT reply: its destination port is in the NAT
 /// range. The host's own traffic uses other ports, so it costs no more than this.
 #[inline(always)]
@@ -215,14 +285,16 @@ pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
         return None;
     }
     // SAFETY: a map value read once, copied.
-    let client = (unsafe { NAT_REVERSE.get(&packet.key) }).copied()?;
+    let client = (unsafe { NAT_REVERSE.get(&packet.key) })?.client;
     if !packet.is_icmp()
         && let Some(flow) = NAT_FLOWS.get_ptr_mut(&client)
     {
         // A reply keeps the flow alive, as the client's packets do (a service where only
         // the server talks is not idle); a backend's FIN or RST makes it linger from now
-        // on, as the client's does.
-        touch(flow, closing_flag(packet), clock());
+        // on, as the client's does. The first one ends its embryonic time.
+        let now = clock();
+        promote(flow, now);
+        touch(flow, closing_flag(packet), now);
     }
     Some(client)
 }

@@ -2,8 +2,9 @@
 //! NAT VIPs keep their flows in the NAT tables instead (`nat.rs`).
 
 use lb_common::{
-    BACKEND_ACCEPTS_FLOWS, Backend, Counter, FLOW_CLOSING, FLOW_TOUCH_INTERVAL_NS, Flow, FlowKey,
-    NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta, flow_hash,
+    BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, Counter, FLOW_CLOSING,
+    FLOW_TOUCH_INTERVAL_NS, Flow, FlowKey, NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey,
+    VipMeta, flow_hash,
 };
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
@@ -12,33 +13,13 @@ use crate::{
     BACKENDS, CONNTRACK, MAGLEV_RING, VIP_ADDRESSES, VIPS,
     parse::{IcmpKind, Packet},
     stats,
+    target::Target,
 };
 
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
-
-/// Where a packet goes.
-pub struct Target {
-    pub vip_id: u32,
-    pub backend_id: u32,
-    pub backend_addr: [u32; 4],
-    /// The packet started (or restarted) a flow on this backend.
-    pub new_flow: bool,
-    /// `bpf_ktime_get_coarse_ns` when the packet was selected.
-    pub now: u64,
-    /// NAT: the source the packet takes towards the backend. `None` for DSR.
-    pub nat: Option<NatTarget>,
-}
-
-/// A NAT flow's side towards its backend.
-#[derive(Clone, Copy)]
-pub struct NatTarget {
-    pub source: [u32; 4],
-    /// Network byte order.
-    pub source_port: u16,
-    /// Network byte order.
-    pub backend_port: u16,
-}
+const TCP_ACK: u8 = 0x10;
 
 /// Fragments carry no ports, so they cannot be matched to a flow: the ones addressed to
 /// a VIP address are dropped and counted rather than risk sending them to the wrong
@@ -68,20 +49,23 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     if let Some(flow) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a map value pointer from a successful lookup.
         let backend_id = unsafe { (*flow).backend_id };
-        if let Some(backend) = usable_backend(backend_id, vip.id) {
-            if !icmp {
-                touch(flow, closing, now);
+        match usable_backend(backend_id, vip.id) {
+            Some(backend) if !reuses(packet, flow, backend) => {
+                if !icmp {
+                    touch(flow, closing, now);
+                }
+                return Ok(Target {
+                    vip_id: vip.id,
+                    backend_id,
+                    backend_addr: backend.addr,
+                    new_flow: false,
+                    now,
+                    nat: None,
+                });
             }
-            return Ok(Target {
-                vip_id: vip.id,
-                backend_id,
-                backend_addr: backend.addr,
-                new_flow: false,
-                now,
-                nat: None,
-            });
+            Some(_) => stats::event(Counter::FlowReused),
+            None => stats::event(Counter::FlowRescheduled),
         }
-        stats::event(Counter::FlowRescheduled);
     }
 
     let (backend_id, backend) = maglev_pick(key, vip)?;
@@ -129,6 +113,24 @@ pub fn closing_flag(packet: &Packet) -> u16 {
     } else {
         0
     }
+}
+
+/// Whether the packet opens a new connection on the 5-tuple of `flow`, whose backend is
+/// `backend`: a SYN (ACK clear) on a flow that is closing, or whose backend takes no new
+/// flows (draining). A SYN on any other flow is a retransmission of its own handshake.
+/// Established packets carry ACK: they pay the flags test only.
+#[inline(always)]
+pub fn reuses(packet: &Packet, flow: *const Flow, backend: &Backend) -> bool {
+    is_syn(packet)
+        // SAFETY: a map value pointer from a successful lookup.
+        && (unsafe { (*flow).flags } & FLOW_CLOSING != 0
+            || backend.flags & BACKEND_TAKES_NEW_FLOWS == 0)
+}
+
+/// Whether the packet is a TCP SYN with ACK clear: a client opening a connection.
+#[inline(always)]
+pub fn is_syn(packet: &Packet) -> bool {
+    packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Refreshes a flow's last-seen time (at most once per `FLOW_TOUCH_INTERVAL_NS`) and

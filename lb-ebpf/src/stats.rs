@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Counter, TrafficCounters, Verdict};
 
-use crate::{BACKEND_STATS, GLOBAL_STATS, VIP_STATS, packet::frame_len, select::Target};
+use crate::{BACKEND_STATS, GLOBAL_STATS, VIP_STATS, packet::frame_len, target::Target};
 
 /// Counts the packet under its verdict reason and returns the XDP action.
 #[inline(always)]

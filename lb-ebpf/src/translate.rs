@@ -51,16 +51,19 @@ pub fn rewrite(
     update_l4_checksum(ctx, l4, old.protocol, ipv6, delta, true).map(|_| ())
 }
 
-/// Translates an ICMP error about a NAT flow's packet (quoting NAT source → backend) for
-/// the client: outer addresses VIP → client (the VIP speaks for its backend), quoted
-/// packet client → VIP, the packet as the client sent it.
+/// Translates an ICMP error about a packet of a NAT flow so that it is about `quoted`
+/// instead, the packet as the error's new recipient sent it: the quoted packet becomes
+/// `quoted` (addresses, ports), the outer header `quoted.dst` → `quoted.src` (the
+/// load balancer speaks for whoever sent the error). From the backend's side `quoted` is
+/// the client's flow (VIP → client outside); from the client's side, the backend's
+/// packet (NAT source → backend outside).
 #[inline(always)]
-pub fn rewrite_icmp(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Option<()> {
+pub fn rewrite_icmp(ctx: &XdpContext, packet: &Packet, quoted: &FlowKey) -> Option<()> {
     let error = &packet.icmp;
-    let ipv6 = client.family == FAMILY_IPV6;
-    // The quoted packet: as the load balancer sent it, and as the client sent it.
+    let ipv6 = quoted.family == FAMILY_IPV6;
+    // The quoted packet: as the load balancer sent it, and as its new recipient sent it.
     let old_quoted = packet.key.reversed();
-    let new_quoted = *client;
+    let new_quoted = *quoted;
     let (quoted_l3, quoted_l4_at) = (error.quoted_l3 as usize, error.quoted_l4 as usize);
     let (quoted_addresses, quoted_header) =
         set_addresses(ctx, ipv6, quoted_l3, &old_quoted, &new_quoted)?;
@@ -68,15 +71,15 @@ pub fn rewrite_icmp(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Opti
     let quoted_l4 = quoted_addresses.plus(port_delta(&old_quoted, &new_quoted));
     // The quoted transport checksum is fixed when it was quoted (not required).
     let quoted_check =
-        update_l4_checksum(ctx, quoted_l4_at, client.protocol, ipv6, quoted_l4, false)?;
+        update_l4_checksum(ctx, quoted_l4_at, quoted.protocol, ipv6, quoted_l4, false)?;
     let mut icmp = quoted_l4.plus(quoted_header).plus(quoted_check);
 
     let (l3, l4) = (packet.l3 as usize, packet.l4 as usize);
     let outer_old = outer_addresses(ctx, ipv6, l3)?;
     let outer_new = FlowKey {
-        src: client.dst,
-        dst: client.src,
-        ..*client
+        src: quoted.dst,
+        dst: quoted.src,
+        ..*quoted
     };
     let (outer, _) = set_addresses(ctx, ipv6, l3, &outer_old, &outer_new)?;
     if ipv6 {

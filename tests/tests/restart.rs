@@ -188,6 +188,27 @@ fn an_incompatible_pinned_dataplane_is_refused_and_keeps_forwarding() {
     );
 }
 
+/// The kernel gives a connection table with one LRU list per CPU a capacity that is a
+/// multiple of the possible CPUs: 1025 entries are 1026 on two CPUs (1032 on 6 …). The
+/// agent starts with such a size, and the next agent adopts the maps it pinned.
+#[test]
+fn a_connection_table_size_the_kernel_rounds_up_is_adopted() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(cpus >= 2, "the kernel rounds nothing on {cpus} CPU");
+    let topology = DsrTopology::with_servers(3).unwrap();
+    let pins = AgentDirs::new().unwrap();
+    let text = config(&topology, 1025, "");
+    let first = Agent::start_with(topology.lb_ns(), &text, &pins, &[])
+        .expect("an agent starts with 1025 connection table entries");
+    assert!(!first.log().contains("adopting"), "{}", first.log());
+    first.stop().unwrap();
+    let second = Agent::start_with(topology.lb_ns(), &text, &pins, &[])
+        .expect("the next agent adopts the maps");
+    assert!(second.log().contains("adopting"), "{}", second.log());
+    let url = format!("http://{VIP_V4}:{HTTP_PORT}/");
+    assert!(http_get(&topology.client().ns, &url).is_ok());
+}
+
 /// The rolling-deploy step, under load: draining a backend (by reload) breaks no
 /// established stream and fails no request, and new connections stop reaching it.
 #[test]

@@ -92,6 +92,9 @@ pub struct FlowSettings {
     /// How long a TCP flow lingers after a FIN or RST (late retransmissions, the last ACK).
     #[serde(serialize_with = "crate::config::duration::serialize_duration")]
     pub tcp_linger: Duration,
+    /// How long a NAT flow opened by a SYN lives without a packet until its backend answers.
+    #[serde(serialize_with = "crate::config::duration::serialize_duration")]
+    pub tcp_embryonic_timeout: Duration,
     /// The source ports NAT flows use towards backends.
     pub nat_ports: PortRange,
 }
@@ -103,6 +106,7 @@ impl Default for FlowSettings {
             tcp_idle_timeout: Duration::from_nanos(defaults.tcp_idle_ns),
             udp_idle_timeout: Duration::from_nanos(defaults.udp_idle_ns),
             tcp_linger: Duration::from_nanos(defaults.closing_linger_ns),
+            tcp_embryonic_timeout: Duration::from_nanos(defaults.tcp_embryonic_ns),
             nat_ports: DEFAULT_NAT_PORTS,
         }
     }
@@ -118,6 +122,7 @@ impl FlowSettings {
             tcp_idle_ns: ns(self.tcp_idle_timeout),
             udp_idle_ns: ns(self.udp_idle_timeout),
             closing_linger_ns: ns(self.tcp_linger),
+            tcp_embryonic_ns: ns(self.tcp_embryonic_timeout),
             nat_port_first: if nat { self.nat_ports.first as u32 } else { 0 },
             nat_port_count: if nat { self.nat_ports.count() } else { 0 },
         }

@@ -70,6 +70,7 @@ pub(super) struct RawFlows {
     pub(super) tcp_idle_timeout: Option<Spanned<String>>,
     pub(super) udp_idle_timeout: Option<Spanned<String>>,
     pub(super) tcp_linger: Option<Spanned<String>>,
+    pub(super) tcp_embryonic_timeout: Option<Spanned<String>>,
     pub(super) nat_ports: Option<Spanned<String>>,
 }
 

@@ -308,7 +308,7 @@ fn nat_vips_and_their_settings() {
 fn flow_settings() {
     let config = parse(&format!(
         "{AGENT}nat_entries = 4096\n[flows]\ntcp_idle_timeout = \"10m\"\nudp_idle_timeout = \"10s\"\n\
-         tcp_linger = \"500ms\"\nnat_ports = \"40000-40009\"\n"
+         tcp_linger = \"500ms\"\ntcp_embryonic_timeout = \"3s\"\nnat_ports = \"40000-40009\"\n"
     ))
     .expect("valid");
     assert_eq!(config.agent.nat_entries, 4096);
@@ -318,6 +318,7 @@ fn flow_settings() {
             tcp_idle_timeout: Duration::from_secs(600),
             udp_idle_timeout: Duration::from_secs(10),
             tcp_linger: Duration::from_millis(500),
+            tcp_embryonic_timeout: Duration::from_secs(3),
             nat_ports: PortRange {
                 first: 40000,
                 last: 40009
@@ -330,6 +331,7 @@ fn flow_settings() {
         (40000, 10)
     );
     assert_eq!(timeouts.udp_idle_ns, 10_000_000_000);
+    assert_eq!(timeouts.tcp_embryonic_ns, 3_000_000_000);
     assert_eq!(config.flows.timeouts(false).nat_port_count, 0);
 
     let flows = |text: &str| error(&format!("{AGENT}[flows]\n{text}\n"));

@@ -47,7 +47,7 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{FLOW_CLOSING, PROTO_TCP, PROTO_UDP};
+    use lb_common::{FLOW_CLOSING, FLOW_EMBRYONIC, PROTO_TCP, PROTO_UDP};
 
     use super::*;
 
@@ -99,6 +99,23 @@ mod tests {
         assert!(is_live(&closing, PROTO_TCP, now, &DEFAULT));
         let closed = flow(FLOW_CLOSING, now - 4 * SECOND);
         assert!(!is_live(&closed, PROTO_TCP, now, &DEFAULT));
+    }
+
+    #[test]
+    fn an_unanswered_nat_flow_ends_after_the_embryonic_timeout() {
+        let now = 1000 * SECOND;
+        let embryonic = flow(FLOW_EMBRYONIC, now - 4 * SECOND);
+        assert!(is_live(&embryonic, PROTO_TCP, now, &DEFAULT));
+        let unanswered = flow(FLOW_EMBRYONIC, now - 7 * SECOND);
+        assert!(!is_live(&unanswered, PROTO_TCP, now, &DEFAULT));
+        let reply = FlowKey::default();
+        assert_eq!(
+            sweep_decision(&reply, Some(&unanswered), &DEFAULT, now),
+            Sweep::Ended
+        );
+        // Closing wins: a SYN then RST lingers, no longer.
+        let reset = flow(FLOW_EMBRYONIC | FLOW_CLOSING, now - 4 * SECOND);
+        assert!(!is_live(&reset, PROTO_TCP, now, &DEFAULT));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NextHop, OwnMacs,
+    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NatReply, NextHop, OwnMacs,
     PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey, VipMeta, mac_word, map_names,
 };
 use tracing::warn;
@@ -34,7 +34,7 @@ use crate::{
     config::XdpMode,
     dataplane::{
         flows::{Sweep, sweep_decision},
-        pins::{PinError, Pins, map_specs},
+        pins::{MapSpec, PinError, Pins, map_specs, per_cpu_lru_capacity},
         plan::{MapWrite, ProgrammedState, ProgrammedVip},
     },
 };
@@ -136,7 +136,7 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     next_hops: PerCpuArray<MapData, NextHop>,
     nat_flows: HashMap<MapData, FlowKey, Flow>,
-    nat_reverse: HashMap<MapData, FlowKey, FlowKey>,
+    nat_reverse: HashMap<MapData, FlowKey, NatReply>,
     nat_config: Array<MapData, FlowTimeouts>,
     /// Holds `weir_nat` for `weir_xdp`'s tail call. Kept open: the kernel empties a
     /// program array when its last user reference (an fd or a pin) goes.
@@ -166,16 +166,20 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 impl Dataplane {
     /// Loads the program into the kernel (verifier included) without attaching it. With
     /// pins, maps a previous agent pinned are adopted (after checking their layout) and
-    /// missing ones are created and pinned.
+    /// missing ones are created and pinned; a load that fails after creating pins
+    /// removes them (an adopted dataplane is left as it was).
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::Cpus(err))?;
+        // Asked for as the kernel makes it, so that the pinned map compares equal.
+        let conntrack_entries = per_cpu_lru_capacity(options.conntrack_entries, cpus as u32);
         let specs = map_specs(
-            options.conntrack_entries,
+            conntrack_entries,
             options.maglev_ring_entries,
             options.nat_entries,
         );
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(map_names::CONNTRACK, options.conntrack_entries)
+            .map_max_entries(map_names::CONNTRACK, conntrack_entries)
             .map_max_entries(map_names::MAGLEV_RING, options.maglev_ring_entries)
             .map_max_entries(map_names::NAT_FLOWS, options.nat_entries)
             .map_max_entries(map_names::NAT_REVERSE, options.nat_entries);
@@ -188,6 +192,25 @@ impl Dataplane {
                 loader.map_pin_path(spec.name, pins.map(spec.name));
             }
         }
+        let loaded = Self::load_pinned(loader, &specs, options.pins.clone(), adopted, cpus);
+        if let Err(err) = &loaded
+            && !adopted
+            && let Some(pins) = &options.pins
+            && let Err(cleanup) = pins.remove()
+        {
+            warn!(error = %err, cleanup = %cleanup, "a failed load left pins behind");
+        }
+        loaded
+    }
+
+    /// The rest of [`Self::load`], from the object's maps on.
+    fn load_pinned(
+        mut loader: EbpfLoader<'_>,
+        specs: &[MapSpec],
+        pins: Option<Pins>,
+        adopted: bool,
+        cpus: usize,
+    ) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(XDP_OBJECT)?;
         load_verified(program_mut(&mut ebpf)?)?;
         // The NAT program goes into the tail-call slot before anything is attached (in
@@ -202,11 +225,10 @@ impl Dataplane {
         nat_program
             .set(0, &nat_fd, 0)
             .map_err(map_err(map_names::NAT_PROGRAM))?;
-        if let Some(pins) = &options.pins {
+        if let Some(pins) = &pins {
             // What the program declares must be what this agent expects (and adopts).
-            pins.check(&specs)?;
+            pins.check(specs)?;
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::Cpus(err))?;
         Ok(Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             vip_addresses: take(&mut ebpf, map_names::VIP_ADDRESSES)?,
@@ -224,7 +246,7 @@ impl Dataplane {
             nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
             _nat_program: nat_program,
             links: Vec::new(),
-            pins: options.pins,
+            pins,
             adopted,
             cpus,
             ebpf,
@@ -503,10 +525,23 @@ impl Dataplane {
             .map_err(map_err(map_names::NAT_FLOWS))
     }
 
+    /// Overwrites a NAT reply entry (tests' tool: the state another CPU leaves half-way
+    /// through creating a flow, an orphan).
+    pub fn set_nat_reply(
+        &mut self,
+        reply: &FlowKey,
+        owner: &NatReply,
+    ) -> Result<(), DataplaneError> {
+        self.nat_reverse
+            .insert(reply, owner, 0)
+            .map_err(map_err(map_names::NAT_REVERSE))
+    }
+
     /// The NAT reply entries: reply key → client flow key.
     pub fn nat_replies(&self) -> Result<Vec<(FlowKey, FlowKey)>, DataplaneError> {
         self.nat_reverse
             .iter()
+            .map(|entry| entry.map(|(reply, owner)| (reply, owner.client)))
             .collect::<Result<_, _>>()
             .map_err(map_err(map_names::NAT_REVERSE))
     }
@@ -542,7 +577,12 @@ impl Dataplane {
             };
             // Re-read right before deleting: the program may have handed the port to a
             // new flow since.
-            if remove && self.nat_reverse.get(&reply, 0).ok() == Some(client) {
+            if remove
+                && self
+                    .nat_reverse
+                    .get(&reply, 0)
+                    .is_ok_and(|owner| owner.client == client)
+            {
                 let _ = self.nat_reverse.remove(&reply);
             }
         }

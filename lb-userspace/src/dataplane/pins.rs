@@ -15,8 +15,8 @@ use std::{
 use aya::maps::MapInfo;
 use lb_common::{
     Backend, Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS,
-    MAX_INTERFACES, MAX_VIPS, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey, VipMeta,
-    map_names,
+    MAX_INTERFACES, MAX_VIPS, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey,
+    VipMeta, map_names,
 };
 
 /// What a map must look like: key and value sizes (`None`: set by the kernel's features)
@@ -38,7 +38,20 @@ const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
     }
 }
 
-/// Every map of the program, as this agent expects it.
+/// The capacity the kernel gives a hash map with one LRU list per CPU
+/// (`BPF_F_NO_COMMON_LRU`, as `CONNTRACK` is) asked for `requested` entries: the next
+/// multiple of the possible CPUs, so that every list gets as many (the multiple below
+/// when that would overflow), as `htab_map_alloc` computes it.
+pub fn per_cpu_lru_capacity(requested: u32, possible_cpus: u32) -> u32 {
+    let cpus = possible_cpus.max(1);
+    requested
+        .div_ceil(cpus)
+        .checked_mul(cpus)
+        .unwrap_or(requested / cpus * cpus)
+}
+
+/// Every map of the program, as this agent expects it (`conntrack_entries` as the
+/// kernel makes it: [`per_cpu_lru_capacity`]).
 pub fn map_specs(
     conntrack_entries: u32,
     maglev_ring_entries: u32,
@@ -60,7 +73,7 @@ pub fn map_specs(
         spec::<u32, TrafficCounters>(map_names::BACKEND_STATS, MAX_BACKENDS),
         spec::<u32, NextHop>(map_names::NEXT_HOPS, MAX_BACKENDS),
         spec::<FlowKey, Flow>(map_names::NAT_FLOWS, nat_entries),
-        spec::<FlowKey, FlowKey>(map_names::NAT_REVERSE, nat_entries),
+        spec::<FlowKey, NatReply>(map_names::NAT_REVERSE, nat_entries),
         spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
         spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
         spec::<u32, OwnMacs>(map_names::OWN_MACS, 1),
@@ -225,4 +238,30 @@ pub fn check_map(path: &Path, info: &MapInfo, spec: &MapSpec) -> Result<(), PinE
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_cpu_lru_gets_a_multiple_of_the_possible_cpus() {
+        assert_eq!(per_cpu_lru_capacity(1025, 2), 1026);
+        assert_eq!(per_cpu_lru_capacity(1024, 2), 1024);
+        assert_eq!(per_cpu_lru_capacity(1025, 1), 1025);
+        // The default size on the core counts of many servers.
+        for cpus in [6, 12, 24, 48, 96] {
+            let capacity = per_cpu_lru_capacity(1 << 20, cpus);
+            assert_eq!(capacity % cpus, 0);
+            assert!(
+                (1 << 20..(1 << 20) + cpus).contains(&capacity),
+                "{cpus} CPUs"
+            );
+        }
+        assert_eq!(per_cpu_lru_capacity(1 << 20, 6), 1_048_578);
+        // Rounding up would overflow: down instead.
+        assert_eq!(per_cpu_lru_capacity(u32::MAX - 1, 4), u32::MAX / 4 * 4);
+        // No CPU count (cannot happen) is taken as one.
+        assert_eq!(per_cpu_lru_capacity(1025, 0), 1025);
+    }
 }

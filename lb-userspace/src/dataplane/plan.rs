@@ -21,8 +21,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_ACCEPTS_FLOWS, Backend, FlowTimeouts, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
-    VIP_FORWARDING_NAT, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta,
+    BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, FlowTimeouts, MAX_BACKENDS, MAX_VIPS,
+    NO_BACKEND, VIP_FORWARDING_NAT, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta,
 };
 
 use crate::{
@@ -173,6 +173,7 @@ impl Reconciler {
                 tcp_idle_ns: 0,
                 udp_idle_ns: 0,
                 closing_linger_ns: 0,
+                tcp_embryonic_ns: 0,
                 nat_port_first: 0,
                 nat_port_count: 0,
             },
@@ -371,10 +372,16 @@ impl Reconciler {
         let mut backends = BTreeMap::new();
         for backend in &vip.backends {
             let accepts = backend.state != AdminState::Maint;
+            let weight = maglev_weight(backend);
             let mut entry = Backend::new(
                 backend.address,
                 vip_id,
-                if accepts { BACKEND_ACCEPTS_FLOWS } else { 0 },
+                if accepts { BACKEND_ACCEPTS_FLOWS } else { 0 }
+                    | if weight > 0 {
+                        BACKEND_TAKES_NEW_FLOWS
+                    } else {
+                        0
+                    },
             );
             if vip.forwarding == Forwarding::Nat {
                 let source = vip
@@ -416,7 +423,6 @@ impl Reconciler {
                     id
                 }
             };
-            let weight = maglev_weight(backend);
             backends.insert(
                 backend.address,
                 BackendState {
@@ -922,14 +928,7 @@ mod tests {
                 .collect(),
             backends: state
                 .vips()
-                .flat_map(|vip| {
-                    vip.backends.iter().map(|(addr, b)| {
-                        (
-                            b.id,
-                            Backend::new(*addr, vip.meta.id, BACKEND_ACCEPTS_FLOWS),
-                        )
-                    })
-                })
+                .flat_map(|vip| vip.backends.values().map(|b| (b.id, b.entry)))
                 .collect(),
         }
     }
@@ -996,10 +995,8 @@ mod tests {
         let (writes, drained) = ready.plan(&with_state("drain")).unwrap();
         assert_eq!(slots_of(&drained, id), 0);
         assert!(
-            writes
-                .iter()
-                .all(|w| matches!(w, MapWrite::PatchRing { .. })),
-            "only slots change, the backend still accepts its flows: {writes:?}"
+            matches!(writes.as_slice(), [MapWrite::SetBackend { id: i, backend }, MapWrite::PatchRing { .. }] if *i == id && backend.flags == BACKEND_ACCEPTS_FLOWS),
+            "the backend keeps its flows but takes no new ones, then leaves the table: {writes:?}"
         );
     }
 
@@ -1016,7 +1013,7 @@ mod tests {
 
         let (writes, _) = maint.plan(&with_state("ready")).unwrap();
         assert!(
-            matches!(writes.as_slice(), [MapWrite::SetBackend { id: i, backend }, MapWrite::PatchRing { .. }] if *i == id && backend.flags == BACKEND_ACCEPTS_FLOWS),
+            matches!(writes.as_slice(), [MapWrite::SetBackend { id: i, backend }, MapWrite::PatchRing { .. }] if *i == id && backend.flags == BACKEND_ACCEPTS_FLOWS | BACKEND_TAKES_NEW_FLOWS),
             "{writes:?}"
         );
     }

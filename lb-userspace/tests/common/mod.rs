@@ -259,6 +259,11 @@ pub struct Bed {
 
 impl Bed {
     pub fn new() -> Bed {
+        Bed::with_nat_entries(NAT_ENTRIES)
+    }
+
+    /// A bed whose NAT tables hold `nat_entries` flows.
+    pub fn with_nat_entries(nat_entries: u32) -> Bed {
         let ns = Netns::new("dataplane").expect("dataplane tests need root and network namespaces");
         for (dev, peer, mac) in [
             ("lb0", "lb0p", LB0_MAC),
@@ -303,7 +308,7 @@ impl Bed {
                 let mut dataplane = Dataplane::load(LoadOptions {
                     conntrack_entries: 65536,
                     maglev_ring_entries: 1 << 16,
-                    nat_entries: NAT_ENTRIES,
+                    nat_entries,
                     pins: None,
                 })
                 .expect("the XDP program loads and passes the verifier");
@@ -460,6 +465,18 @@ pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         .ipv4(src, dst, 64)
         .tcp(sport, dport, 1000, 64240)
         .syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, PAYLOAD).unwrap();
+    frame
+}
+
+/// A segment of an established TCP flow (ACK set), with FIN when `fin`.
+pub fn tcp4_established(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, fin: bool) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1001, 64240)
+        .ack(1);
+    let builder = if fin { builder.fin() } else { builder };
     let mut frame = Vec::new();
     builder.write(&mut frame, PAYLOAD).unwrap();
     frame

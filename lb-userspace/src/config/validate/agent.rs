@@ -146,6 +146,11 @@ impl RawFlows {
                 defaults.udp_idle_timeout,
             )?,
             tcp_linger: timeout(&self.tcp_linger, "tcp_linger", defaults.tcp_linger)?,
+            tcp_embryonic_timeout: timeout(
+                &self.tcp_embryonic_timeout,
+                "tcp_embryonic_timeout",
+                defaults.tcp_embryonic_timeout,
+            )?,
             nat_ports,
         })
     }
