@@ -24,6 +24,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::maglev;
 
+pub mod frontend;
+
 /// Weight of a backend that does not set one.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest backend weight.
@@ -66,6 +68,9 @@ pub struct Config {
     /// VIP failover between LB nodes; absent: this node always holds nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vrrp: Option<VrrpConfig>,
+    /// The TLS tier's frontends (`weir proxy`); the agent ignores them.
+    #[serde(rename = "frontend", skip_serializing_if = "Vec::is_empty")]
+    pub frontends: Vec<frontend::FrontendConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -606,6 +611,8 @@ struct RawConfig {
     vip: Vec<RawVip>,
     announce: Option<RawAnnounce>,
     vrrp: Option<RawVrrp>,
+    #[serde(default)]
+    frontend: Vec<frontend::RawFrontend>,
 }
 
 #[derive(Deserialize)]
@@ -887,12 +894,14 @@ impl RawConfig {
             Some(flows) => flows.validate(src)?,
             None => FlowSettings::default(),
         };
+        let frontends = frontend::validate_all(&self.frontend, src, &vips)?;
         Ok(Config {
             agent,
             flows,
             vips,
             announce,
             vrrp,
+            frontends,
         })
     }
 }
@@ -1740,6 +1749,7 @@ weight = 10000
             ],
             announce: None,
             vrrp: None,
+            frontends: Vec::new(),
         };
         assert_eq!(config, expected);
         assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);

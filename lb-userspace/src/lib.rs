@@ -14,6 +14,7 @@ pub mod host;
 pub mod maglev;
 pub mod pins;
 pub mod plan;
+pub mod proxy;
 pub mod report;
 pub mod runtime;
 pub mod serving;

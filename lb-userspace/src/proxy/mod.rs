@@ -1,0 +1,3 @@
+//! `weir proxy`: the TLS tier.
+
+pub mod tls;
