@@ -42,6 +42,7 @@ use tracing::{info, warn};
 use super::{
     forward::{self, ClientConnection},
     pool::Pool,
+    server::Activity,
     stats::{FrontendStats, ProxyFailure},
 };
 use crate::config::frontend::Forward;
@@ -122,6 +123,7 @@ pub struct ConnectionContext {
     pub upstream: Arc<Upstream>,
     pub client: ClientConnection,
     pub backends: BackendClient,
+    pub activity: Arc<Activity>,
 }
 
 /// Serves one request of a client connection.
@@ -131,6 +133,7 @@ pub async fn handle(
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let upstream = &connection.upstream;
+    connection.activity.request();
     upstream.stats.request();
     let (mut head, body) = request.into_parts();
     let mut log = AccessLog {

@@ -214,10 +214,22 @@ impl Frontend {
             upstream: self.upstream.clone(),
             client,
             backends,
+            activity: activity.clone(),
         });
         let service = service_fn(move |request| http::handle(context.clone(), request));
         let connection = self.http.serve_connection(TokioIo::new(stream), service);
-        Some(server::drive(connection, &activity, timeouts.idle, stop, timeouts.drain).await)
+        let first_request = timeouts.header_read;
+        Some(
+            server::drive(
+                connection,
+                &activity,
+                timeouts.idle,
+                first_request,
+                stop,
+                timeouts.drain,
+            )
+            .await,
+        )
     }
 
     /// Serves one plain-HTTP connection of a `redirect_http` listener.
@@ -230,7 +242,9 @@ impl Frontend {
         let https_port = self.config.bind[0].port();
         let activity = Activity::new();
         let frontend = self.clone();
+        let requests = activity.clone();
         let service = service_fn(move |request| {
+            requests.request();
             frontend.stats().redirect();
             std::future::ready(Ok::<_, std::convert::Infallible>(http::redirect(
                 &request, https_port,
@@ -239,7 +253,16 @@ impl Frontend {
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let connection = self.http.serve_connection(io, service);
         let timeouts = self.config.timeouts;
-        server::drive(connection, &activity, timeouts.idle, stop, timeouts.drain).await;
+        let first_request = timeouts.header_read;
+        server::drive(
+            connection,
+            &activity,
+            timeouts.idle,
+            first_request,
+            stop,
+            timeouts.drain,
+        )
+        .await;
     }
 
     fn status(&self) -> FrontendStatus {

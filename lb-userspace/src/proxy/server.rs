@@ -15,7 +15,7 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
     time::Duration,
@@ -26,7 +26,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
     time::Instant,
 };
 use tracing::{debug, warn};
@@ -107,24 +107,45 @@ fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// When a connection last moved a byte, either way.
+/// When a connection last moved a byte, either way, and whether it brought a request.
 #[derive(Debug, Default)]
-pub struct Activity(AtomicU64);
+pub struct Activity {
+    last_ms: AtomicU64,
+    requested: AtomicBool,
+    first_request: Notify,
+}
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
-        Arc::new(Activity(AtomicU64::new(now_ms())))
+        Arc::new(Activity {
+            last_ms: AtomicU64::new(now_ms()),
+            ..Activity::default()
+        })
     }
 
     fn touch(&self) {
-        self.0.store(now_ms(), Relaxed);
+        self.last_ms.store(now_ms(), Relaxed);
+    }
+
+    /// A request arrived on the connection.
+    pub fn request(&self) {
+        if !self.requested.swap(true, Relaxed) {
+            self.first_request.notify_one();
+        }
+    }
+
+    /// Completes once the connection brought a request.
+    async fn requested(&self) {
+        if !self.requested.load(Relaxed) {
+            self.first_request.notified().await;
+        }
     }
 
     /// Completes once no byte moved for `idle`.
     pub async fn idle_for(&self, idle: Duration) {
         let idle_ms = idle.as_millis() as u64;
         loop {
-            let quiet = now_ms().saturating_sub(self.0.load(Relaxed));
+            let quiet = now_ms().saturating_sub(self.last_ms.load(Relaxed));
             if quiet >= idle_ms {
                 return;
             }
@@ -213,11 +234,15 @@ pub enum Ending {
 }
 
 /// Drives an HTTP connection to its end: closed by the peer, idle for `idle`, or, once
-/// `stop` turns true, shut down gracefully within `drain`.
+/// `stop` turns true, shut down gracefully within `drain`. A connection that has not
+/// brought its first request yet gets up to `first_request` for it before the shutdown
+/// starts: its client connected before the stop and is owed an answer (HTTP/2 would
+/// refuse the stream with GOAWAY, which clients report as an error).
 pub async fn drive<C>(
     connection: C,
     activity: &Activity,
     idle: Duration,
+    first_request: Duration,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) -> Ending
@@ -232,11 +257,19 @@ where
         _ = &mut idle_timer => return Ending::Idle,
         _ = stop.wait_for(|stop| *stop) => {}
     }
+    let drain_end = tokio::time::sleep(drain);
+    let mut drain_end = pin!(drain_end);
+    tokio::select! {
+        result = connection.as_mut() => return closed(result),
+        _ = &mut drain_end => return Ending::Drained,
+        _ = activity.requested() => {}
+        _ = tokio::time::sleep(first_request) => {}
+    }
     connection.as_mut().graceful_shutdown();
     tokio::select! {
         result = connection => closed(result),
         _ = idle_timer => Ending::Idle,
-        _ = tokio::time::sleep(drain) => Ending::Drained,
+        _ = drain_end => Ending::Drained,
     }
 }
 
