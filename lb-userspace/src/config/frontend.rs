@@ -459,7 +459,7 @@ impl RawLimits {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::proxy::tls::tests::{TempDir, self_signed};
+    use crate::proxy::tls::tests::{TempDir, self_signed, with_foreign_key};
 
     /// An agent, a VIP `web` on port 80 and `frontend` (starting at line 9).
     fn config(frontend: &str) -> String {
@@ -628,14 +628,7 @@ max_connections = 100
     #[test]
     fn a_key_that_does_not_match_its_certificate_is_refused() {
         let dir = TempDir::new("mismatch");
-        let one = self_signed(&["one.test"]);
-        let two = self_signed(&["two.test"]);
-        let cert_end = one.find("-----END CERTIFICATE-----").expect("pem") + 26;
-        let key_start = two.find("-----BEGIN PRIVATE KEY-----").expect("pem");
-        let path = dir.write(
-            "bad.pem",
-            &format!("{}{}", &one[..cert_end], &two[key_start..]),
-        );
+        let path = dir.write("bad.pem", &with_foreign_key(&["one.test"]));
         let message = error(&format!(
             "[[frontend]]\nname = \"www\"\nbind = [\"198.18.0.10:443\"]\ncertificates = \"{}\"\nbackends = \"web\"\n",
             path.display()

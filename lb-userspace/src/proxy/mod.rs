@@ -218,18 +218,31 @@ impl Frontend {
         });
         let service = service_fn(move |request| http::handle(context.clone(), request));
         let connection = self.http.serve_connection(TokioIo::new(stream), service);
-        let first_request = timeouts.header_read;
-        Some(
-            server::drive(
-                connection,
-                &activity,
-                timeouts.idle,
-                first_request,
-                stop,
-                timeouts.drain,
-            )
-            .await,
+        Some(self.drive(connection, &activity, stop).await)
+    }
+
+    /// Drives a client connection with the frontend's timeouts; a connection that has
+    /// not sent its first request when the proxy stops gets `header_read` for it.
+    async fn drive<C>(
+        &self,
+        connection: C,
+        activity: &Activity,
+        stop: watch::Receiver<bool>,
+    ) -> Ending
+    where
+        C: hyper_util::server::graceful::GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let timeouts = self.config.timeouts;
+        server::drive(
+            connection,
+            activity,
+            timeouts.idle,
+            timeouts.header_read,
+            stop,
+            timeouts.drain,
         )
+        .await
     }
 
     /// Serves one plain-HTTP connection of a `redirect_http` listener.
@@ -252,17 +265,7 @@ impl Frontend {
         });
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let connection = self.http.serve_connection(io, service);
-        let timeouts = self.config.timeouts;
-        let first_request = timeouts.header_read;
-        server::drive(
-            connection,
-            &activity,
-            timeouts.idle,
-            first_request,
-            stop,
-            timeouts.drain,
-        )
-        .await;
+        self.drive(connection, &activity, stop).await;
     }
 
     fn status(&self) -> FrontendStatus {

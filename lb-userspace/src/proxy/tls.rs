@@ -318,6 +318,15 @@ pub(crate) mod tests {
         )
     }
 
+    /// A certificate for `names` followed by the key of another one.
+    pub fn with_foreign_key(names: &[&str]) -> String {
+        let own = self_signed(names);
+        let other = self_signed(names);
+        let cert_end = own.find("-----END CERTIFICATE-----").expect("pem") + 26;
+        let key_start = other.find("-----BEGIN PRIVATE KEY-----").expect("pem");
+        format!("{}{}", &own[..cert_end], &other[key_start..])
+    }
+
     /// A certificate with only a subject CN (no subjectAltName).
     fn cn_only(cn: &str) -> String {
         let mut params = rcgen::CertificateParams::default();
@@ -401,17 +410,12 @@ pub(crate) mod tests {
     #[test]
     fn bad_files_are_refused_with_the_reason() {
         let dir = TempDir::new("bad");
-        let one = self_signed(&["one.test"]);
-        let two = self_signed(&["two.test"]);
-        // The certificate of one with the key of two.
-        let cert_end = one.find("-----END CERTIFICATE-----").expect("pem") + 26;
-        let key_start = two.find("-----BEGIN PRIVATE KEY-----").expect("pem");
-        let mismatch = dir.write(
-            "mismatch.pem",
-            &format!("{}{}", &one[..cert_end], &two[key_start..]),
-        );
-        let no_key = dir.write("nokey.pem", &one[..cert_end]);
-        let no_cert = dir.write("nocert.pem", &two[key_start..]);
+        let pem = self_signed(&["one.test"]);
+        let cert_end = pem.find("-----END CERTIFICATE-----").expect("pem") + 26;
+        let key_start = pem.find("-----BEGIN PRIVATE KEY-----").expect("pem");
+        let mismatch = dir.write("mismatch.pem", &with_foreign_key(&["one.test"]));
+        let no_key = dir.write("nokey.pem", &pem[..cert_end]);
+        let no_cert = dir.write("nocert.pem", &pem[key_start..]);
         let message = |path: &Path| load_certificates(path).expect_err("refused").to_string();
         assert!(
             message(&mismatch).contains("does not match"),
