@@ -10,4 +10,5 @@ pub mod dataplane;
 pub mod failover;
 pub mod health;
 pub mod host;
+pub mod proxy;
 pub mod stats;

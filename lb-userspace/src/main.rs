@@ -42,6 +42,8 @@ enum Command {
         #[arg(long, short, default_value = "/etc/weir/weir.toml")]
         config: PathBuf,
     },
+    /// Run the TLS tier (the [[frontend]] sections), or reload or show the running one.
+    Proxy(weir::proxy::cli::ProxyArgs),
     /// The admin commands (status, vip, backend, flows, stats, reload): clients of the
     /// running agent's control API.
     #[command(flatten)]
@@ -101,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Proxy(args) => Ok(weir::proxy::cli::run(args)?),
         Command::Admin(command) => Ok(weir::cli::run(&cli.client, command)?),
     }
 }

@@ -148,6 +148,12 @@ impl Agent {
         &self.socket
     }
 
+    /// The configuration file it runs on (with its directories filled in): what a
+    /// `weir proxy` beside it reads too.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// Runs the `weir` CLI against this agent's API socket (from the host: a Unix socket
     /// is reachable from any network namespace) and returns its output.
     pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {

@@ -1,5 +1,6 @@
 //! The test server behind the `weir-test-server` binary: HTTP/1.1 answering every GET
-//! with `200` and body `NAME\n` (keep-alive), and UDP echo answering each datagram with
+//! with `200` and body `NAME\n` (keep-alive; `GET /forwarded` adds the request's
+//! `X-Forwarded-*` header lines, for proxies in front of it), and UDP echo answering each datagram with
 //! `NAME ` + the datagram. Plain threads, one per TCP connection and one per UDP socket.
 //!
 //! Made for direct server return: wildcard UDP sockets answer from the address the
@@ -284,9 +285,15 @@ fn accept_loop(listener: TcpListener, name: Arc<str>, unavailable_when: Arc<Opti
 /// One parsed request head.
 struct Request {
     method: String,
+    target: String,
     keep_alive: bool,
     content_length: usize,
+    /// The `X-Forwarded-*` header lines, as received.
+    forwarded: Vec<String>,
 }
+
+/// The path whose answer also shows the request's `X-Forwarded-*` headers.
+pub const FORWARDED_PATH: &str = "/forwarded";
 
 fn serve_connection(
     stream: TcpStream,
@@ -335,6 +342,11 @@ fn serve_connection(
             "503 Service Unavailable"
         } else {
             "200 OK"
+        };
+        let body = if request.target == FORWARDED_PATH {
+            format!("{body}{}", request.forwarded.join(""))
+        } else {
+            body.clone()
         };
         match request.method.as_str() {
             "GET" => respond(&mut writer, status, &body, name, keep_alive, true)?,
@@ -395,17 +407,22 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         .next()
         .ok_or_else(|| bad("empty request line"))?
         .to_owned();
-    let _target = request_line
+    let target = request_line
         .next()
-        .ok_or_else(|| bad("no request target"))?;
+        .ok_or_else(|| bad("no request target"))?
+        .to_owned();
     let version = request_line.next().unwrap_or("HTTP/1.0");
     let mut keep_alive = version == "HTTP/1.1";
     let mut content_length = 0;
+    let mut forwarded = Vec::new();
     for header in &lines[1..] {
         let Some((key, value)) = header.split_once(':') else {
             continue;
         };
         let value = value.trim();
+        if key.to_ascii_lowercase().starts_with("x-forwarded-") {
+            forwarded.push(format!("{}: {value}\n", key.to_ascii_lowercase()));
+        }
         if key.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
                 keep_alive = false;
@@ -420,8 +437,10 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     }
     Ok(Some(Request {
         method,
+        target,
         keep_alive,
         content_length,
+        forwarded,
     }))
 }
 

@@ -25,6 +25,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "curl",
+    "openssl",
     "wrk",
     "ethtool",
     "tcpdump",

@@ -252,12 +252,22 @@ pub async fn bind_unix(path: &Path) -> Result<UnixApiListener, ApiError> {
 /// Serves the API on a bound Unix socket until `shutdown` resolves (then lets the
 /// requests in progress finish), and removes the socket file.
 pub async fn serve_unix_on(
-    mut listener: UnixApiListener,
+    listener: UnixApiListener,
     control: SharedControl,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
+    serve_router_on(listener, router(control), shutdown).await
+}
+
+/// Serves `router` on a bound Unix socket as [`serve_unix_on`] does (the proxy's control
+/// socket is served so too).
+pub async fn serve_router_on(
+    mut listener: UnixApiListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
     let socket = listener.listener.take().expect("a listener not yet served");
-    let result = axum::serve(socket, router(control))
+    let result = axum::serve(socket, router)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ApiError::Serve);

@@ -48,6 +48,9 @@ pub struct Config {
     /// VIP failover between LB nodes; absent: this node always holds nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vrrp: Option<VrrpConfig>,
+    /// The TLS tier's frontends (`weir proxy`); the agent ignores them.
+    #[serde(rename = "frontend", skip_serializing_if = "Vec::is_empty")]
+    pub frontends: Vec<super::frontend::FrontendConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     pub(super) vip: Vec<RawVip>,
     pub(super) announce: Option<RawAnnounce>,
     pub(super) vrrp: Option<RawVrrp>,
+    #[serde(default)]
+    pub(super) frontend: Vec<super::frontend::RawFrontend>,
 }
 
 #[derive(Deserialize)]

@@ -57,12 +57,14 @@ impl RawConfig {
             Some(flows) => flows.validate(src)?,
             None => FlowSettings::default(),
         };
+        let frontends = super::frontend::validate_all(&self.frontend, src, &vips)?;
         Ok(Config {
             agent,
             flows,
             vips,
             announce,
             vrrp,
+            frontends,
         })
     }
 }
