@@ -227,6 +227,9 @@ impl Agent {
         if file_config.announce != self.file_config.announce {
             warn!("[announce] settings changed; they take effect at the next restart");
         }
+        if file_config.stats != self.file_config.stats {
+            warn!("[stats] settings changed; they take effect at the next restart");
+        }
         if file_config.vrrp != self.file_config.vrrp {
             warn!(
                 "[vrrp] settings changed; they take effect at the next restart (the held addresses follow the VIPs now)"

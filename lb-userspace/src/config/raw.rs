@@ -25,6 +25,18 @@ pub(super) struct RawConfig {
     pub(super) vip: Vec<RawVip>,
     pub(super) announce: Option<RawAnnounce>,
     pub(super) vrrp: Option<RawVrrp>,
+    pub(super) stats: Option<RawStats>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStats {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) uri: Option<Spanned<String>>,
+    pub(super) auth: Option<Spanned<String>>,
+    pub(super) admin: Option<bool>,
+    pub(super) metrics_auth: Option<Spanned<bool>>,
+    pub(super) refresh: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
