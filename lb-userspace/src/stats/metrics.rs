@@ -21,8 +21,32 @@ use crate::{
     stats::overview::{BackendStatus, Overview},
 };
 
-/// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The exposition formats, by what the scraper accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, as the crate encodes it (what Prometheus asks for).
+    OpenMetrics,
+    /// The classic text format 0.0.4 (`promtool check metrics`, older scrapers).
+    Text,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it, else the classic text format.
+    pub fn accepted(accept: Option<&str>) -> Format {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 type Labels = Vec<(&'static str, String)>;
 type Gauges = Family<Labels, Gauge>;
@@ -69,11 +93,11 @@ fn seconds(ms: u64) -> f64 {
 }
 
 /// The exposition of `overview` at `now`.
-pub fn render(overview: &Overview, now: SystemTime) -> String {
+pub fn render(overview: &Overview, now: SystemTime, format: Format) -> String {
     let mut b = Builder(Registry::default());
     let now_ms = crate::api::model::unix_ms(now);
 
-    b.seconds("weir_uptime_seconds", "Time since the agent started.")
+    b.seconds("weir_uptime_seconds", "Time since the agent started")
         .get_or_create(&vec![])
         .set(overview.status.uptime_seconds as f64);
 
@@ -85,47 +109,88 @@ pub fn render(overview: &Overview, now: SystemTime) -> String {
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut text, &b.0);
-    text
+    match format {
+        Format::OpenMetrics => text,
+        Format::Text => classic(&text),
+    }
+}
+
+/// The crate's OpenMetrics text as the classic format has it: a counter family is named
+/// by its `_total` samples (OpenMetrics names it without), and there is no `# EOF`.
+fn classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut lines = openmetrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line == "# EOF" {
+            continue;
+        }
+        // HELP comes right before TYPE: look at the TYPE to name both.
+        let counter = |line: &str| {
+            line.strip_prefix("# TYPE ")
+                .and_then(|rest| rest.strip_suffix(" counter"))
+                .map(str::to_owned)
+        };
+        let family = match line.strip_prefix("# HELP ") {
+            Some(_) => lines.peek().and_then(|next| counter(next)),
+            None => counter(line),
+        };
+        match family {
+            Some(name) => {
+                let prefix = if line.starts_with("# HELP ") {
+                    "# HELP "
+                } else {
+                    "# TYPE "
+                };
+                out.push_str(prefix);
+                out.push_str(&name);
+                out.push_str("_total");
+                out.push_str(&line[prefix.len() + name.len()..]);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn backends(b: &mut Builder, overview: &Overview, now_ms: u64) {
     let status = b.gauge(
         "weir_backend_status",
-        "1 for the backend's current status (UP, GOING_DOWN, DOWN, GOING_UP, DRAIN, MAINT), 0 for the others.",
+        "1 for the backend's current status (UP, GOING_DOWN, DOWN, GOING_UP, DRAIN, MAINT), 0 for the others",
     );
-    let weight = b.gauge("weir_backend_weight", "The backend's weight.");
+    let weight = b.gauge("weir_backend_weight", "The backend's weight");
     let current = b.gauge(
         "weir_backend_current_flows",
-        "Live flows on the backend, as the last flow census counted them.",
+        "Live flows on the backend, as the last flow census counted them",
     );
-    let flows = b.counter("weir_backend_flows", "New flows sent to the backend.");
+    let flows = b.counter("weir_backend_flows", "New flows sent to the backend");
     let packets = b.counter(
         "weir_backend_packets",
-        "Packets forwarded to the backend (client to backend).",
+        "Packets forwarded to the backend (client to backend)",
     );
     let bytes = b.counter(
         "weir_backend_bytes",
-        "Bytes forwarded to the backend (client to backend).",
+        "Bytes forwarded to the backend (client to backend)",
     );
     let failures = b.counter(
         "weir_backend_check_failures",
-        "Health checks of the backend that failed.",
+        "Health checks of the backend that failed",
     );
     let up_down = b.counter(
         "weir_backend_check_up_down",
-        "Changes of the backend from UP to DOWN.",
+        "Changes of the backend from UP to DOWN",
     );
     let duration = b.seconds(
         "weir_backend_check_duration_seconds",
-        "How long the backend's last health check took.",
+        "How long the backend's last health check took",
     );
     let downtime = b.seconds_counter(
         "weir_backend_downtime_seconds",
-        "Total time the backend has been DOWN, the current DOWN period included.",
+        "Total time the backend has been DOWN, the current DOWN period included",
     );
     let last_change = b.seconds(
         "weir_backend_last_change_seconds",
-        "Time since the backend last changed between UP and DOWN.",
+        "Time since the backend last changed between UP and DOWN",
     );
     for vip in &overview.vips {
         for backend in &vip.backends {
@@ -169,19 +234,19 @@ fn backends(b: &mut Builder, overview: &Overview, now_ms: u64) {
 fn vips(b: &mut Builder, overview: &Overview) {
     let status = b.gauge(
         "weir_vip_status",
-        "1 for the VIP's current status: UP (some backend can take new flows) or DOWN.",
+        "1 for the VIP's current status: UP (some backend can take new flows) or DOWN",
     );
     let active = b.gauge(
         "weir_vip_active_backends",
-        "Backends of the VIP that are UP (going down or not) and not drained or in maint.",
+        "Backends of the VIP that are UP (going down or not) and not drained or in maint",
     );
     let current = b.gauge(
         "weir_vip_current_flows",
-        "Live flows of the VIP, as the last flow census counted them.",
+        "Live flows of the VIP, as the last flow census counted them",
     );
-    let flows = b.counter("weir_vip_flows", "New flows to the VIP.");
-    let packets = b.counter("weir_vip_packets", "Packets to the VIP.");
-    let bytes = b.counter("weir_vip_bytes", "Bytes to the VIP.");
+    let flows = b.counter("weir_vip_flows", "New flows to the VIP");
+    let packets = b.counter("weir_vip_packets", "Packets to the VIP");
+    let bytes = b.counter("weir_vip_bytes", "Bytes to the VIP");
     for vip in &overview.vips {
         let id = labels([("vip", &vip.name)]);
         for (state, is) in [
@@ -218,15 +283,15 @@ fn dataplane(b: &mut Builder, overview: &Overview) {
     let stats = &overview.stats;
     let packets = b.counter(
         "weir_dataplane_packets",
-        "Packets the XDP program handled, by the reason of its verdict.",
+        "Packets the XDP program handled, by the reason of its verdict",
     );
     let verdicts = b.counter(
         "weir_dataplane_verdicts",
-        "Packets the XDP program handled, by verdict (pass, tx, redirect, drop).",
+        "Packets the XDP program handled, by verdict (pass, tx, redirect, drop)",
     );
     let events = b.counter(
         "weir_dataplane_events",
-        "Events the XDP program counted (new and rescheduled flows, NAT replies …).",
+        "Events the XDP program counted (new and rescheduled flows, NAT replies …)",
     );
     for counter in DataplaneCounter::ALL {
         let value = stats.counter(counter);
@@ -246,51 +311,51 @@ fn dataplane(b: &mut Builder, overview: &Overview) {
     one(
         b.gauge(
             "weir_conntrack_entries",
-            "Entries in the connection table, live or not (an LRU), at the last flow census.",
+            "Entries in the connection table, live or not (an LRU), at the last flow census",
         ),
         census.conntrack_entries as i64,
     );
     one(
         b.gauge(
             "weir_conntrack_capacity",
-            "Capacity of the connection table.",
+            "Capacity of the connection table",
         ),
         census.conntrack_capacity.into(),
     );
     one(
-        b.gauge("weir_nat_entries", "NAT flows at the last flow census."),
+        b.gauge("weir_nat_entries", "NAT flows at the last flow census"),
         census.nat_entries as i64,
     );
     one(
-        b.gauge("weir_nat_capacity", "Capacity of the NAT flow table."),
+        b.gauge("weir_nat_capacity", "Capacity of the NAT flow table"),
         census.nat_capacity.into(),
     );
     if let Some(at) = census.at_unix_ms {
         b.seconds(
             "weir_flow_census_timestamp_seconds",
-            "Unix time of the last flow census.",
+            "Unix time of the last flow census",
         )
         .get_or_create(&vec![])
         .set(seconds(at));
     }
     b.seconds(
         "weir_flow_census_walk_seconds",
-        "How long the last flow census walked the flow tables.",
+        "How long the last flow census walked the flow tables",
     )
     .get_or_create(&vec![])
     .set(seconds(census.walk_ms));
 
     let xdp_errors = b.counter(
         "weir_interface_xdp_errors",
-        "Driver counters of frames an XDP program sent (TX, redirect) that the interface could not send.",
+        "Driver counters of frames an XDP program sent (TX, redirect) that the interface could not send",
     );
     let xdp_drops = b.counter(
         "weir_interface_xdp_drops",
-        "Driver counters of XDP drops (the program's own XDP_DROP included).",
+        "Driver counters of XDP drops (the program's own XDP_DROP included)",
     );
     let dropped = b.counter(
         "weir_interface_dropped",
-        "The kernel's rx_dropped and tx_dropped of the interface.",
+        "The kernel's rx_dropped and tx_dropped of the interface",
     );
     for i in &stats.interfaces {
         let id = labels([("interface", &i.name)]);
@@ -307,11 +372,11 @@ fn dataplane(b: &mut Builder, overview: &Overview) {
 fn node(b: &mut Builder, overview: &Overview) {
     let state = b.gauge(
         "weir_vrrp_state",
-        "1 for the VRRP instance's current state (initialize, backup, master, fault), per address family.",
+        "1 for the VRRP instance's current state (initialize, backup, master, fault), per address family",
     );
     let priority = b.gauge(
         "weir_vrrp_effective_priority",
-        "The priority the VRRP adverts carry (after tracking).",
+        "The priority the VRRP adverts carry (after tracking)",
     );
     if let Some(vrrp) = &overview.status.vrrp {
         priority
@@ -335,7 +400,7 @@ fn node(b: &mut Builder, overview: &Overview) {
     }
     b.gauge(
         "weir_announced_vips",
-        "VIP addresses this node announces ([announce] interface, VRRP master).",
+        "VIP addresses this node announces ([announce] interface, VRRP master)",
     )
     .get_or_create(&vec![])
     .set(overview.announced().len() as i64);
@@ -375,7 +440,11 @@ mod tests {
 
     #[test]
     fn names_and_label_sets() {
-        let text = render(&sample(), SystemTime::UNIX_EPOCH + Duration::from_secs(61));
+        let text = render(
+            &sample(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(61),
+            Format::OpenMetrics,
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
         let metrics = parse(&text);
         let expected: [(&str, &[&str]); 31] = [
@@ -425,8 +494,36 @@ mod tests {
     }
 
     #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(61);
+        let openmetrics = render(&sample(), at, Format::OpenMetrics);
+        let text = render(&sample(), at, Format::Text);
+        assert!(openmetrics.contains("# TYPE weir_vip_flows counter\n"));
+        assert!(text.contains(
+            "# HELP weir_vip_flows_total New flows to the VIP.\n# TYPE weir_vip_flows_total counter\n"
+        ), "{text}");
+        assert!(text.contains("# TYPE weir_conntrack_entries gauge\n"));
+        assert!(!text.contains("# EOF"));
+        // Same samples.
+        let samples = |t: &str| parse(t);
+        assert_eq!(samples(&text), samples(&openmetrics));
+        assert_eq!(
+            Format::accepted(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::accepted(Some("text/plain")), Format::Text);
+        assert_eq!(Format::accepted(None), Format::Text);
+    }
+
+    #[test]
     fn values() {
-        let text = render(&sample(), SystemTime::UNIX_EPOCH + Duration::from_secs(61));
+        let text = render(
+            &sample(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(61),
+            Format::OpenMetrics,
+        );
         let metrics = parse(&text);
         let value = |name: &str, labels: &str| metrics[name][labels];
         let down = "vip=\"web\",backend=\"198.18.0.12\"";

@@ -33,7 +33,7 @@ use crate::{
     stats::{
         auth::{Csrf, Users, UsersError},
         csv,
-        metrics::{self, CONTENT_TYPE},
+        metrics::{self, Format},
         overview::{NewFlowRates, Overview},
         page::{self, PageContext, escape},
         report::StatsReport,
@@ -224,10 +224,15 @@ async fn show_metrics(State(stats): Shared, headers: HeaderMap) -> Response {
     {
         return response;
     }
+    let format = Format::accepted(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|accept| accept.to_str().ok()),
+    );
     match stats.overview().await {
         Ok((overview, _)) => (
-            [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            metrics::render(&overview, SystemTime::now()),
+            [(header::CONTENT_TYPE, format.content_type())],
+            metrics::render(&overview, SystemTime::now(), format),
         )
             .into_response(),
         Err(response) => response,
@@ -427,7 +432,10 @@ mod tests {
         // Metrics are open unless metrics_auth.
         let metrics = call(&served, "GET", "/metrics", None, None).await;
         assert_eq!(metrics.status, 200);
-        assert_eq!(metrics.header("content-type"), Some(CONTENT_TYPE));
+        assert_eq!(
+            metrics.header("content-type"),
+            Some(Format::Text.content_type())
+        );
         assert!(text(&metrics).contains("weir_backend_status{"));
         assert_eq!(
             call(&served, "GET", "/other", right(), None).await.status,
