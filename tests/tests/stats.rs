@@ -189,6 +189,11 @@ fn the_stats_page_in_a_browser_metrics_and_the_admin_form() {
         "{metrics}"
     );
 
+    // The driver's counters are read (a veth's, summed over queues).
+    let report = agent.cli(&["--json", "stats"]).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    let driver = &report["interfaces"][0]["driver"];
+    assert!(driver.get("rx_xdp_tx_errors").is_some(), "{report}");
     // `weir stats` shows the interface's own counters too.
     let stats = agent.cli(&["stats"]).unwrap();
     let stats = String::from_utf8_lossy(&stats.stdout);

@@ -60,10 +60,7 @@ pub fn render(overview: &Overview, rates: &NewFlowRates, now_ms: u64) -> String 
             } else {
                 (now_ms.saturating_sub(health.since_unix_ms) / 1000).to_string()
             };
-            let active = u8::from(matches!(
-                status,
-                BackendStatus::Up | BackendStatus::GoingDown
-            ));
+            let active = u8::from(status.takes_new_flows());
             let rate = rates
                 .backend(&vip.name, backend.address)
                 .map_or(0, |r| r.round() as u64);
@@ -87,16 +84,7 @@ pub fn render(overview: &Overview, rates: &NewFlowRates, now_ms: u64) -> String 
             .vip_report(&vip.name)
             .map(|v| v.traffic)
             .unwrap_or_default();
-        let active = vip
-            .backends
-            .iter()
-            .filter(|b| {
-                matches!(
-                    BackendStatus::of(b),
-                    BackendStatus::Up | BackendStatus::GoingDown
-                )
-            })
-            .count();
+        let active = BackendStatus::active_backends(vip);
         let status = match vip.status {
             VipStatus::Up => "UP",
             VipStatus::Down => "DOWN",

@@ -257,16 +257,7 @@ fn vips(b: &mut Builder, overview: &Overview) {
             with_state.push(("state", state.to_owned()));
             status.get_or_create(&with_state).set(i64::from(is));
         }
-        let up = vip
-            .backends
-            .iter()
-            .filter(|b| {
-                matches!(
-                    BackendStatus::of(b),
-                    BackendStatus::Up | BackendStatus::GoingDown
-                )
-            })
-            .count();
+        let up = BackendStatus::active_backends(vip);
         active.get_or_create(&id).set(up as i64);
         current
             .get_or_create(&id)

@@ -152,6 +152,19 @@ impl BackendStatus {
         }
     }
 
+    /// In rotation for new flows: UP, going down or not.
+    pub fn takes_new_flows(self) -> bool {
+        matches!(self, BackendStatus::Up | BackendStatus::GoingDown)
+    }
+
+    /// Backends of `vip` that take new flows (HAProxy's active servers).
+    pub fn active_backends(vip: &VipView) -> usize {
+        vip.backends
+            .iter()
+            .filter(|b| BackendStatus::of(b).takes_new_flows())
+            .count()
+    }
+
     /// As the page and the CSV `status` column write it.
     pub fn label(self) -> &'static str {
         match self {
