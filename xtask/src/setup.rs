@@ -16,7 +16,8 @@ use crate::{cmd::Cmd, is_root, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and benchmarks
 /// use (BIRD 2 for the route announcement tests, keepalived for the VRRP interop tests:
-/// both run in namespaces), and xz for the rust-src fallback.
+/// both run in namespaces), headless Chromium and promtool (`prometheus`) for the stats
+/// page tests, and xz for the rust-src fallback.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,12 +32,18 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "bird2",
     "keepalived",
+    "chromium",
+    "prometheus",
     "xz-utils",
 ];
 
 /// (package, service) pairs whose service must not run on the host: the tests start
 /// their own daemons in namespaces.
-const NO_SERVICE: &[(&str, &str)] = &[("keepalived", "keepalived"), ("bird2", "bird")];
+const NO_SERVICE: &[(&str, &str)] = &[
+    ("keepalived", "keepalived"),
+    ("bird2", "bird"),
+    ("prometheus", "prometheus"),
+];
 /// Debian's hook that lets package scripts start services; exit 101 forbids it.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
