@@ -620,6 +620,19 @@ fn a_tcp_api_listener_needs_a_token() {
 }
 
 #[test]
+fn a_tcp_api_listener_listens_on_loopback_only() {
+    let err = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"198.18.0.1:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "weir.toml:3:14: agent.api_listen: 198.18.0.1 is not a loopback address: the TCP \
+         listener speaks plain HTTP, so the bearer token would cross the network in clear; \
+         listen on 127.0.0.1 or [::1] and reach it through an SSH tunnel or a TLS proxy"
+    );
+    let ok = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"[::1]:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap();
+    assert_eq!(ok.agent.api_listen, Some("[::1]:9900".parse().unwrap()));
+}
+
+#[test]
 fn announce_names_a_dummy_interface_of_its_own() {
     let config = parse(&format!("{AGENT}[announce]\ninterface = \"weir-vips\"\n")).unwrap();
     assert_eq!(
