@@ -305,6 +305,27 @@ fn nat_vips_and_their_settings() {
 }
 
 #[test]
+fn a_nat_source_may_not_be_a_vip_address() {
+    // Its own: replies to the NAT source would be load-balanced as client traffic.
+    assert_eq!(
+        error(&web(
+            "port = 80\nforwarding = \"nat\"\nnat_source = \"198.18.0.10\"\n"
+        )),
+        "weir.toml:9:14: vip[0].nat_source: 198.18.0.10 is the address of VIP \"web\" (vip[0]): \
+         backends' replies to it would be taken for clients' traffic"
+    );
+    // Another VIP's, further down the file.
+    assert_eq!(
+        error(&web(
+            "port = 80\nforwarding = \"nat\"\nnat_source = \"198.18.0.20\"\n\
+             [[vip]]\nname = \"dns\"\naddress = \"198.18.0.20\"\nport = 53\n"
+        )),
+        "weir.toml:9:14: vip[0].nat_source: 198.18.0.20 is the address of VIP \"dns\" (vip[1]): \
+         backends' replies to it would be taken for clients' traffic"
+    );
+}
+
+#[test]
 fn flow_settings() {
     let config = parse(&format!(
         "{AGENT}nat_entries = 4096\n[flows]\ntcp_idle_timeout = \"10m\"\nudp_idle_timeout = \"10s\"\n\

@@ -100,8 +100,8 @@ pub enum PlanError {
     #[error("too many backends: {wanted} across all VIPs, the dataplane holds {MAX_BACKENDS}")]
     TooManyBackends { wanted: usize },
     #[error(
-        "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free \
-         (lower table_size, or raise [agent] maglev_ring_entries)"
+        "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free: \
+         the ring is shared by all VIPs; lower their table_size (65521 fits 64 VIPs)"
     )]
     RingFull {
         wanted: u64,
@@ -693,6 +693,33 @@ mod tests {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// `count` VIPs of one backend each, at the default table size.
+    fn default_vips(count: usize) -> Config {
+        let mut text = String::from("[agent]\ninterfaces = [\"eth0\"]\n");
+        for i in 0..count {
+            text += &format!(
+                "[[vip]]\nname = \"v{i}\"\naddress = \"198.18.2.{i}\"\nport = 80\n\
+                 [[vip.backend]]\naddress = \"198.18.1.11\"\n"
+            );
+        }
+        config(&text)
+    }
+
+    #[test]
+    fn the_default_ring_holds_63_vips_at_the_default_table_size() {
+        let ring = lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
+        assert!(Reconciler::new(ring).plan(&default_vips(63)).is_ok());
+        let err = Reconciler::new(ring)
+            .plan(&default_vips(64))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the Maglev tables need 65537 more ring slots but only 65473 of 4194304 are \
+             free: the ring is shared by all VIPs; lower their table_size (65521 fits 64 VIPs)"
+        );
     }
 
     #[test]
