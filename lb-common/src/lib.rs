@@ -29,8 +29,8 @@ pub const PROTO_UDP: u8 = 17;
 /// A Maglev slot that names no backend: the VIP has no backend in rotation.
 pub const NO_BACKEND: u32 = u32::MAX;
 
-/// Capacities of the fixed-size maps. The connection table and the Maglev ring are
-/// sized by the agent at load time; these are their defaults.
+/// Capacities of the fixed-size maps, then the defaults of those the agent sizes at load
+/// time: the connection table, the Maglev ring and the NAT tables.
 pub const MAX_VIPS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 16384;
 pub const MAX_INTERFACES: u32 = 64;

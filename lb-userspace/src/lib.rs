@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod error_report;
 pub mod failover;
 pub mod health;
 pub mod host;

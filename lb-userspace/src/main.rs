@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("weir: {err:#}");
+            eprintln!("weir: {}", weir::error_report::describe(err.as_ref()));
             // The admin commands' exit codes (see EXIT_CODES).
             err.downcast_ref::<CliError>()
                 .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.exit_code()))

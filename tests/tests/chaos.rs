@@ -31,7 +31,8 @@ use weir_testbed::{
 const DEFAULT_SECONDS: u64 = 45;
 const BACKENDS: u8 = 3;
 /// Health checks fast enough that a stopped server is DOWN within a second.
-const HEALTH: &str = "[vip.health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n";
+const HEALTH: &str =
+    "[vip.health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -160,7 +161,7 @@ fn random_failures_under_load_lose_only_what_the_docs_allow() {
     let seed = std::env::var("WEIR_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9 | 1);
+        .unwrap_or_else(|| (u64::from(std::process::id()) * 0x9e37_79b9) | 1);
     eprintln!("chaos for {seconds} s, WEIR_CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
     let mut topology = DsrTopology::with_servers(BACKENDS).expect("needs root and namespaces");
@@ -179,17 +180,16 @@ fn random_failures_under_load_lose_only_what_the_docs_allow() {
             0 => {
                 agent.kill().unwrap();
                 sleep(Duration::from_millis(rng.below(500)));
-                agent = Agent::start_with(
-                    topology.lb_ns(),
-                    &config(&topology, weight3),
-                    &dirs,
-                    &[],
-                )
-                .expect("the agent starts again and adopts the dataplane");
+                agent =
+                    Agent::start_with(topology.lb_ns(), &config(&topology, weight3), &dirs, &[])
+                        .expect("the agent starts again and adopts the dataplane");
                 downs = [0; BACKENDS as usize + 1];
                 ups = [0; BACKENDS as usize + 1];
                 sleep(Duration::from_millis(500));
-                tallies.entry(Event::KillAndRestart).or_default().add(&load.stop());
+                tallies
+                    .entry(Event::KillAndRestart)
+                    .or_default()
+                    .add(&load.stop());
             }
             1 => {
                 weight3 = if weight3 == 100 { 150 } else { 100 };
@@ -204,7 +204,10 @@ fn random_failures_under_load_lose_only_what_the_docs_allow() {
                 sleep(Duration::from_millis(700));
                 cli(&agent, &["backend", "ready", "web", &address]);
                 sleep(Duration::from_millis(300));
-                tallies.entry(Event::DrainAndReady).or_default().add(&load.stop());
+                tallies
+                    .entry(Event::DrainAndReady)
+                    .or_default()
+                    .add(&load.stop());
             }
             _ => {
                 let n = 1 + rng.below(u64::from(BACKENDS)) as u8;
@@ -255,6 +258,9 @@ fn random_failures_under_load_lose_only_what_the_docs_allow() {
             );
         }
     }
-    assert!(tallies.len() >= 3, "seed {seed}: too few kinds of events ran");
+    assert!(
+        tallies.len() >= 3,
+        "seed {seed}: too few kinds of events ran"
+    );
     agent.stop().unwrap();
 }

@@ -8,7 +8,7 @@ pub mod runtime;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,6 +24,7 @@ use crate::{
     agent::runtime::{RuntimeError, RuntimeState},
     api::model::AnnounceStatus,
     api::server::{self as api, SharedControl},
+    api::token::read_token,
     config::{Config, ConfigError, Forwarding},
     dataplane::flows,
     dataplane::pins::Pins,
@@ -55,8 +56,8 @@ pub enum AgentError {
     Runtime(#[from] RuntimeError),
     #[error("the control API: {0}")]
     Api(#[from] api::ApiError),
-    #[error("the control API token in {path}: {message}")]
-    Token { path: PathBuf, message: String },
+    #[error(transparent)]
+    Token(#[from] crate::api::token::TokenError),
     #[error(transparent)]
     Announce(#[from] AnnounceError),
     #[error("installing signal handlers: {0}")]
@@ -521,22 +522,6 @@ impl Agent {
         }
         Ok(())
     }
-}
-
-/// The control API's bearer token, from its file (surrounding white space ignored).
-fn read_token(path: &Path) -> Result<String, AgentError> {
-    let token = std::fs::read_to_string(path).map_err(|source| AgentError::Token {
-        path: path.to_owned(),
-        message: source.to_string(),
-    })?;
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(AgentError::Token {
-            path: path.to_owned(),
-            message: "the file is empty".into(),
-        });
-    }
-    Ok(token.to_owned())
 }
 
 /// The file's configuration with the runtime changes applied; changes that no longer

@@ -8,6 +8,7 @@ use std::{
 };
 
 use lb_common::{FlowKey, VipKey};
+use tracing::error;
 
 use super::Agent;
 use crate::{
@@ -40,22 +41,27 @@ impl Agent {
             .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
     }
 
-    /// Records a runtime change (`edit`), then plans and applies the result; on any
-    /// error nothing (runtime file included) has changed.
+    /// Records a runtime change (`edit`), plans and applies the result, then saves it:
+    /// the file only ever holds changes that were applied. On any error nothing (runtime
+    /// file included) has changed: a change that cannot be saved is taken back.
     fn change_runtime(&mut self, edit: impl FnOnce(&mut RuntimeState)) -> Result<(), ControlError> {
         let mut runtime = self.runtime.clone();
         edit(&mut runtime);
         let (config, _) = runtime.apply(&self.file_config);
-        // Plan first: a change that cannot be applied is refused before it is saved.
+        // Plan first: a change that cannot be applied is refused before anything moves.
         self.state
             .set_nat_sources(super::resolve_nat_sources(&config));
         self.state
             .plan(&self.health.effective(&config))
             .map_err(|err| ControlError::Invalid(err.to_string()))?;
-        runtime
-            .save(&self.config.agent.state_dir)
-            .map_err(internal)?;
         self.program_resolved(&config).map_err(internal)?;
+        if let Err(err) = runtime.save(&self.config.agent.state_dir) {
+            let running = self.config.clone();
+            if let Err(undo) = self.program_config(&running) {
+                error!(error = %undo, "cannot take back a change that could not be saved");
+            }
+            return Err(internal(err));
+        }
         self.runtime = runtime;
         self.config = config;
         Ok(())

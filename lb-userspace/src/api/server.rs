@@ -38,6 +38,7 @@ use tokio::{
     sync::Mutex,
 };
 
+use crate::api::connections::{self, Limits, Listener};
 use crate::api::model::{
     BackendChange, BackendView, Control, ControlError, ErrorBody, FlowView, NewBackend, NewVip,
     ReloadOutcome, Status, VipView,
@@ -86,8 +87,6 @@ pub enum ApiError {
     },
     #[error("the TCP control API needs a non-empty token")]
     EmptyToken,
-    #[error("serving the control API: {0}")]
-    Serve(#[source] io::Error),
 }
 
 /// What a route does; [`ROUTES`] pairs each with its method and path.
@@ -232,21 +231,48 @@ pub async fn bind_unix(path: &Path) -> Result<UnixApiListener, ApiError> {
         Ok(_) => return Err(ApiError::NotASocket(path.to_owned())),
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|source| ApiError::BindUnix {
+    let listener = bind_private(path)?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ApiError::BindUnix {
         path: path.to_owned(),
         source,
     })?;
-    let chmod = |source| ApiError::Chmod {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(chmod)?;
-    let meta = std::fs::symlink_metadata(path).map_err(chmod)?;
     Ok(UnixApiListener {
         listener: Some(listener),
         path: path.to_owned(),
         file: (meta.dev(), meta.ino()),
     })
+}
+
+/// Binds a socket that appears at `path` with mode 0600 already: bound and restricted in
+/// a fresh 0700 directory beside it, where no one else can reach it, then renamed into
+/// place (a chmod after binding at `path` would leave it open to anyone for a moment).
+fn bind_private(path: &Path) -> Result<UnixListener, ApiError> {
+    let bind_error = |source| ApiError::BindUnix {
+        path: path.to_owned(),
+        source,
+    };
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let private = parent.join(format!(".weir-bind-{}", std::process::id()));
+    // Left by an earlier agent of the same pid that died here.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(bind_error)?;
+    let bound = private.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&bound).map_err(bind_error)?;
+        std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| ApiError::Chmod {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
+        std::fs::rename(&bound, path).map_err(bind_error)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 /// Serves the API on a bound Unix socket until `shutdown` resolves (then lets the
@@ -267,12 +293,9 @@ pub async fn serve_router_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     let socket = listener.listener.take().expect("a listener not yet served");
-    let result = axum::serve(socket, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ApiError::Serve);
+    connections::serve(Listener::Unix(socket), router, Limits::default(), shutdown).await;
     drop(listener);
-    result
+    Ok(())
 }
 
 pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ApiError> {
@@ -292,10 +315,9 @@ pub async fn serve_tcp_on(
     if token.is_empty() {
         return Err(ApiError::EmptyToken);
     }
-    axum::serve(listener, router_with_token(control, &token))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ApiError::Serve)
+    let router = router_with_token(control, &token);
+    connections::serve(Listener::Tcp(listener), router, Limits::default(), shutdown).await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1365,5 +1387,48 @@ mod tests {
                     .unwrap_or_else(|| panic!("{reference} does not resolve"));
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_with_its_mode_already_set() {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(&dir.0).unwrap();
+        // SAFETY: inotify_init1 has no preconditions; the descriptor is closed below.
+        let inotify = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(inotify >= 0);
+        let watched = std::ffi::CString::new(dir.0.as_os_str().as_encoded_bytes()).unwrap();
+        let mask = libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MOVED_TO;
+        // SAFETY: a valid descriptor and C string.
+        assert!(unsafe { libc::inotify_add_watch(inotify, watched.as_ptr(), mask) } >= 0);
+        let socket = dir.0.join("api.sock");
+        let listener = bind_unix(&socket).await.unwrap();
+        let mut buffer = [0u8; 4096];
+        // SAFETY: reads into a buffer of the given length.
+        let read = unsafe { libc::read(inotify, buffer.as_mut_ptr().cast(), buffer.len()) };
+        // SAFETY: the descriptor is ours.
+        unsafe { libc::close(inotify) };
+        assert!(read > 0, "no event");
+        // What happened to the name "api.sock": it must appear by a rename of a socket
+        // already restricted, never be created (or chmod-ed) under that name.
+        let mut events = Vec::new();
+        let mut offset = 0;
+        while offset < read as usize {
+            let field = |at: usize| {
+                u32::from_ne_bytes(buffer[offset + at..offset + at + 4].try_into().unwrap())
+            };
+            let (event_mask, length) = (field(4), field(12) as usize);
+            let name = &buffer[offset + 16..offset + 16 + length];
+            let name = String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_owned();
+            if name == "api.sock" {
+                events.push(event_mask);
+            }
+            offset += 16 + length;
+        }
+        assert_eq!(events, [libc::IN_MOVED_TO], "{events:x?}");
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        drop(listener);
     }
 }

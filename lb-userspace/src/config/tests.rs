@@ -307,6 +307,27 @@ fn nat_vips_and_their_settings() {
 }
 
 #[test]
+fn a_nat_source_may_not_be_a_vip_address() {
+    // Its own: replies to the NAT source would be load-balanced as client traffic.
+    assert_eq!(
+        error(&web(
+            "port = 80\nforwarding = \"nat\"\nnat_source = \"198.18.0.10\"\n"
+        )),
+        "weir.toml:9:14: vip[0].nat_source: 198.18.0.10 is the address of VIP \"web\" (vip[0]): \
+         backends' replies to it would be taken for clients' traffic"
+    );
+    // Another VIP's, further down the file.
+    assert_eq!(
+        error(&web(
+            "port = 80\nforwarding = \"nat\"\nnat_source = \"198.18.0.20\"\n\
+             [[vip]]\nname = \"dns\"\naddress = \"198.18.0.20\"\nport = 53\n"
+        )),
+        "weir.toml:9:14: vip[0].nat_source: 198.18.0.20 is the address of VIP \"dns\" (vip[1]): \
+         backends' replies to it would be taken for clients' traffic"
+    );
+}
+
+#[test]
 fn flow_settings() {
     let config = parse(&format!(
         "{AGENT}nat_entries = 4096\n[flows]\ntcp_idle_timeout = \"10m\"\nudp_idle_timeout = \"10s\"\n\
@@ -621,6 +642,19 @@ fn a_tcp_api_listener_needs_a_token() {
     );
     let ok = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"127.0.0.1:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap();
     assert_eq!(ok.agent.api_listen, Some("127.0.0.1:9900".parse().unwrap()));
+}
+
+#[test]
+fn a_tcp_api_listener_listens_on_loopback_only() {
+    let err = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"198.18.0.1:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "weir.toml:3:14: agent.api_listen: 198.18.0.1 is not a loopback address: the TCP \
+         listener speaks plain HTTP, so the bearer token would cross the network in clear; \
+         listen on 127.0.0.1 or [::1] and reach it through an SSH tunnel or a TLS proxy"
+    );
+    let ok = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"[::1]:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap();
+    assert_eq!(ok.agent.api_listen, Some("[::1]:9900".parse().unwrap()));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The XDP program and its maps: loading, attaching, applying [`MapWrite`]s and reading
 //! counters. The only module that talks to the kernel's BPF side; its submodules are pure:
-//! what to write (`plan`, with `maglev`), which pinned maps to expect (`pins`) and when a
-//! flow has ended (`flows`).
+//! what to write (`plan`, with `maglev`), which pinned maps to expect (`pins`, on the
+//! bpffs `bpffs` mounts if needed) and when a flow has ended (`flows`).
 
+pub mod bpffs;
 pub mod flows;
 pub mod maglev;
 pub mod pins;

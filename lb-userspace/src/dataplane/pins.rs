@@ -18,6 +18,9 @@ use lb_common::{
     MAX_INTERFACES, MAX_VIPS, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey,
     VipMeta, map_names,
 };
+use tracing::{info, warn};
+
+use crate::dataplane::bpffs::{self, Mounted};
 
 /// What a map must look like: key and value sizes (`None`: set by the kernel's features)
 /// and capacity.
@@ -101,21 +104,14 @@ pub enum PinError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "{path} is not on a bpffs, so nothing can be pinned there: mount one \
+        "{path} is not on a bpffs, so nothing can be pinned there{mount_failure}: mount one \
          (`mount -t bpf bpf /sys/fs/bpf`) or choose another [agent] bpf_pin_dir"
     )]
-    NotBpffs { path: PathBuf },
-}
-
-/// Whether `path` lies on a bpffs (statfs magic `BPF_FS_MAGIC`).
-fn on_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
-    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: `path` is a valid C string and `stat` a writable statfs buffer.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(path.as_ptr(), &mut stat) }) == 0 && stat.f_type == BPF_FS_MAGIC
+    NotBpffs {
+        path: PathBuf,
+        /// Why mounting one at /sys/fs/bpf failed (", and …"), or empty.
+        mount_failure: String,
+    },
 }
 
 /// The pin directory of one layout version.
@@ -143,15 +139,49 @@ impl Pins {
         self.root.join("links").join(interface)
     }
 
-    /// Creates the directories, which must be on a bpffs.
+    /// Creates the directories, which must be on a bpffs; under /sys/fs/bpf, mounts one
+    /// there first if there is none.
     pub fn create_dirs(&self) -> Result<(), PinError> {
-        for dir in [self.root.join("maps"), self.root.join("links")] {
-            fs::create_dir_all(&dir).map_err(|source| PinError::Io { path: dir, source })?;
+        let not_bpffs = |mount_failure| PinError::NotBpffs {
+            path: self.root.clone(),
+            mount_failure,
+        };
+        let mounted = bpffs::mount_for(&self.root).map_err(|err| {
+            not_bpffs(format!(
+                ", and mounting one at {} failed: {err}",
+                bpffs::MOUNT_POINT
+            ))
+        })?;
+        let private_namespace = bpffs::in_private_mount_namespace() == Some(true);
+        if mounted == Mounted::Yes {
+            info!(
+                mount_point = bpffs::MOUNT_POINT,
+                "mounted a bpffs for the pins"
+            );
         }
-        if !on_bpffs(&self.root) {
-            return Err(PinError::NotBpffs {
-                path: self.root.clone(),
-            });
+        if private_namespace {
+            warn!(
+                mounted_bpffs = mounted == Mounted::Yes,
+                "the agent runs in a mount namespace of its own (as under `ip netns exec`): \
+                 pins on a bpffs mounted only in it vanish with the process, which detaches \
+                 the dataplane; run the agent in the host's mount namespace to keep it"
+            );
+        }
+        for dir in [self.root.join("maps"), self.root.join("links")] {
+            if let Err(source) = fs::create_dir_all(&dir) {
+                // An unmounted /sys/fs/bpf refuses mkdir (ENOENT): say what is missing.
+                if !dir
+                    .ancestors()
+                    .find(|path| path.exists())
+                    .is_some_and(bpffs::on_bpffs)
+                {
+                    return Err(not_bpffs(String::new()));
+                }
+                return Err(PinError::Io { path: dir, source });
+            }
+        }
+        if !bpffs::on_bpffs(&self.root) {
+            return Err(not_bpffs(String::new()));
         }
         Ok(())
     }

@@ -100,8 +100,8 @@ pub enum PlanError {
     #[error("too many backends: {wanted} across all VIPs, the dataplane holds {MAX_BACKENDS}")]
     TooManyBackends { wanted: usize },
     #[error(
-        "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free \
-         (lower table_size, or raise [agent] maglev_ring_entries)"
+        "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free: \
+         the ring is shared by all VIPs; lower their table_size (65521 fits 64 VIPs)"
     )]
     RingFull {
         wanted: u64,
@@ -701,19 +701,87 @@ mod tests {
             .sum()
     }
 
+    /// `count` VIPs of one backend each, at the default table size.
+    fn default_vips(count: usize) -> Config {
+        let mut text = String::from("[agent]\ninterfaces = [\"eth0\"]\n");
+        for i in 0..count {
+            text += &format!(
+                "[[vip]]\nname = \"v{i}\"\naddress = \"198.18.2.{i}\"\nport = 80\n\
+                 [[vip.backend]]\naddress = \"198.18.1.11\"\n"
+            );
+        }
+        config(&text)
+    }
+
+    #[test]
+    fn the_default_ring_holds_63_vips_at_the_default_table_size() {
+        let ring = lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
+        assert!(Reconciler::new(ring).plan(&default_vips(63)).is_ok());
+        let err = Reconciler::new(ring)
+            .plan(&default_vips(64))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the Maglev tables need 65537 more ring slots but only 65473 of 4194304 are \
+             free: the ring is shared by all VIPs; lower their table_size (65521 fits 64 VIPs)"
+        );
+    }
+
     #[test]
     fn first_apply_writes_backends_then_ring_then_vip() {
-        let cfg = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 251);
-        let (writes, next) = Reconciler::new(RING).plan(&cfg).unwrap();
-        let position = |pred: &dyn Fn(&MapWrite) -> bool| writes.iter().position(pred).unwrap();
-        let backend = position(&|w| matches!(w, MapWrite::SetBackend { .. }));
-        let ring = position(&|w| matches!(w, MapWrite::SetRing { .. }));
-        let vip = position(&|w| matches!(w, MapWrite::SetVip { .. }));
-        let address = position(&|w| matches!(w, MapWrite::AddVipAddress { .. }));
-        assert!(backend < ring && ring < vip && address < vip, "{writes:?}");
-        let state = next.vips().next().unwrap();
-        assert_eq!(state.table.len(), 251);
-        assert!(state.table.iter().all(|id| *id != NO_BACKEND));
+        // Two VIPs: several writes of each kind, all of which must be in order.
+        let text = "[agent]\ninterfaces = [\"eth0\"]\n\
+                    [[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\nport = 80\ntable_size = 251\n\
+                    [[vip.backend]]\naddress = \"198.18.1.11\"\n[[vip.backend]]\naddress = \"198.18.1.12\"\n\
+                    [[vip]]\nname = \"dns\"\naddress = \"198.18.0.20\"\nport = 53\ntable_size = 251\n\
+                    [[vip.backend]]\naddress = \"198.18.1.13\"\n";
+        let (writes, next) = Reconciler::new(RING).plan(&config(text)).unwrap();
+        // Every VIP is written after everything it makes the program use: its address,
+        // its counters reset, its ring slots, and the backends those name.
+        let index = |pred: &dyn Fn(&MapWrite) -> bool| {
+            writes
+                .iter()
+                .position(pred)
+                .unwrap_or_else(|| panic!("missing write: {writes:?}"))
+        };
+        let mut vips = 0;
+        for (at, write) in writes.iter().enumerate() {
+            let MapWrite::SetVip { key, meta } = write else {
+                continue;
+            };
+            vips += 1;
+            let address =
+                index(&|w| matches!(w, MapWrite::AddVipAddress { key: a } if a.addr == key.addr));
+            let stats = index(&|w| matches!(w, MapWrite::ClearVipStats { id } if *id == meta.id));
+            assert!(address < at && stats < at, "{writes:?}");
+            let ring = meta.ring_base..meta.ring_base + meta.ring_size;
+            let mut covered = 0;
+            for (ring_at, ring_write) in writes.iter().enumerate() {
+                let MapWrite::SetRing { base, slots } = ring_write else {
+                    continue;
+                };
+                if !ring.contains(base) {
+                    continue;
+                }
+                assert!(ring_at < at, "ring slots after their VIP: {writes:?}");
+                covered += slots.len() as u32;
+                for id in slots.iter().collect::<BTreeSet<_>>() {
+                    let backend =
+                        index(&|w| matches!(w, MapWrite::SetBackend { id: b, .. } if b == id));
+                    assert!(
+                        backend < ring_at,
+                        "backend {id} after its slots: {writes:?}"
+                    );
+                }
+            }
+            assert_eq!(covered, meta.ring_size, "{writes:?}");
+        }
+        assert_eq!(vips, 2, "{writes:?}");
+        for state in next.vips() {
+            assert_eq!(state.table.len(), 251);
+            assert!(state.table.iter().all(|id| *id != NO_BACKEND));
+        }
     }
 
     #[test]

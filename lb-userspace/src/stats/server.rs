@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     api::{
+        connections::{self, Limits, Listener},
         model::{BackendChange, ControlError, unix_ms},
         server::{ApiError, SharedControl, bind_tcp},
     },
@@ -78,10 +79,15 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     let router = router(listener.settings, listener.users, control);
-    axum::serve(listener.listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ApiError::Serve)
+    // The same header-read timeout and connection limit as the control API.
+    connections::serve(
+        Listener::Tcp(listener.listener),
+        router,
+        Limits::default(),
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
 
 struct Stats {

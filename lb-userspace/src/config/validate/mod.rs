@@ -46,6 +46,7 @@ impl RawConfig {
             }
             vips.push(vip);
         }
+        vip::check_nat_sources(&self.vip, &vips, src)?;
         let announce = match &self.announce {
             Some(announce) => Some(announce.validate(src, &agent)?),
             None => None,
