@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod failover;
+pub mod firewall;
 pub mod health;
 pub mod host;
 pub mod stats;

@@ -6,6 +6,8 @@ use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 use lb_common::{FlowTimeouts, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
+pub use crate::firewall::{FirewallConfig, HostRule, Prefix, VipFirewall};
+
 /// Weight of a backend that does not set one.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest backend weight.
@@ -48,6 +50,13 @@ pub struct Config {
     /// VIP failover between LB nodes; absent: this node always holds nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vrrp: Option<VrrpConfig>,
+    /// `[firewall]`: the global new-flow cap and the host's port rules.
+    #[serde(skip_serializing_if = "is_default")]
+    pub firewall: FirewallConfig,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -196,6 +205,9 @@ pub struct VipConfig {
     pub table_size: u32,
     /// How its backends are checked (`[vip.health]`).
     pub health: HealthConfig,
+    /// Source filters, port list and new-flow rate (empty: none).
+    #[serde(flatten)]
+    pub firewall: VipFirewall,
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }

@@ -25,6 +25,25 @@ pub(super) struct RawConfig {
     pub(super) vip: Vec<RawVip>,
     pub(super) announce: Option<RawAnnounce>,
     pub(super) vrrp: Option<RawVrrp>,
+    pub(super) firewall: Option<RawFirewall>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFirewall {
+    pub(super) new_flow_cap: Option<Spanned<Integer>>,
+    pub(super) new_flow_cap_burst: Option<Spanned<Integer>>,
+    #[serde(default)]
+    pub(super) host: Vec<RawHostRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHostRule {
+    pub(super) protocol: Option<Protocol>,
+    pub(super) port: Option<Spanned<Integer>>,
+    pub(super) allow_sources: Option<Vec<Spanned<String>>>,
+    pub(super) deny_sources: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +104,11 @@ pub(super) struct RawVip {
     pub(super) hash: Option<HashMode>,
     pub(super) table_size: Option<Spanned<Integer>>,
     pub(super) health: Option<RawHealth>,
+    pub(super) allow_sources: Option<Vec<Spanned<String>>>,
+    pub(super) deny_sources: Option<Vec<Spanned<String>>>,
+    pub(super) allow_ports: Option<Vec<Spanned<Integer>>>,
+    pub(super) new_flow_rate: Option<Spanned<Integer>>,
+    pub(super) new_flow_burst: Option<Spanned<Integer>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
 }

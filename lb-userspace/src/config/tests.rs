@@ -91,6 +91,7 @@ fn full_config_with_defaults() {
                 hash: HashMode::FiveTuple,
                 table_size: maglev::DEFAULT_TABLE_SIZE,
                 health: HealthConfig::default_for(Protocol::Tcp, 80),
+                firewall: VipFirewall::default(),
                 backends: vec![
                     BackendConfig {
                         port: None,
@@ -116,6 +117,7 @@ fn full_config_with_defaults() {
                 hash: HashMode::SourceIp,
                 table_size: 251,
                 health: HealthConfig::default_for(Protocol::Udp, 53),
+                firewall: VipFirewall::default(),
                 backends: vec![BackendConfig {
                     port: None,
                     address: ip("2001:db8::1:53"),
@@ -126,6 +128,7 @@ fn full_config_with_defaults() {
         ],
         announce: None,
         vrrp: None,
+        firewall: FirewallConfig::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);

@@ -37,6 +37,7 @@ use crate::{
         pins::{PinError, Pins, map_specs},
         plan::{MapWrite, ProgrammedState, ProgrammedVip},
     },
+    firewall::maps::FirewallMaps,
 };
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
@@ -141,6 +142,7 @@ pub struct Dataplane {
     /// Holds `weir_nat` for `weir_xdp`'s tail call. Kept open: the kernel empties a
     /// program array when its last user reference (an fd or a pin) goes.
     _nat_program: ProgramArray<MapData>,
+    firewall: FirewallMaps,
     links: Vec<AttachedLink>,
     pins: Option<Pins>,
     /// The maps were pinned by a previous agent and adopted, not created.
@@ -148,12 +150,12 @@ pub struct Dataplane {
     cpus: usize,
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
 /// Takes a map out of the object as its typed handle.
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
@@ -223,6 +225,7 @@ impl Dataplane {
             nat_reverse: take(&mut ebpf, map_names::NAT_REVERSE)?,
             nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
             _nat_program: nat_program,
+            firewall: FirewallMaps::take(&mut ebpf, cpus)?,
             links: Vec::new(),
             pins: options.pins,
             adopted,
@@ -417,6 +420,7 @@ impl Dataplane {
                 .nat_config
                 .set(0, timeouts, 0)
                 .map_err(map_err(map_names::NAT_CONFIG)),
+            MapWrite::Firewall(write) => self.firewall.apply(write),
         }
     }
 
@@ -471,10 +475,16 @@ impl Dataplane {
             .nat_config
             .get(&0, 0)
             .map_err(map_err(map_names::NAT_CONFIG))?;
+        let guarded = vips
+            .iter()
+            .filter(|vip| vip.meta.flags & lb_common::VIP_GUARDED != 0)
+            .map(|vip| vip.meta.id);
+        let firewall = self.firewall.programmed(guarded)?;
         Ok(ProgrammedState {
             vips,
             backends,
             timeouts,
+            firewall,
         })
     }
 
@@ -566,6 +576,15 @@ impl Dataplane {
             }
         }
         Ok(removed)
+    }
+
+    /// The firewall's maps: counters, and the flood guard's buckets.
+    pub fn firewall(&self) -> &FirewallMaps {
+        &self.firewall
+    }
+
+    pub fn firewall_mut(&mut self) -> &mut FirewallMaps {
+        &mut self.firewall
     }
 
     /// One backend entry as the program sees it.

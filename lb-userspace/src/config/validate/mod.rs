@@ -2,6 +2,7 @@
 //! its references, and this one the whole.
 
 mod agent;
+mod firewall;
 mod health;
 mod vip;
 mod vrrp;
@@ -57,12 +58,17 @@ impl RawConfig {
             Some(flows) => flows.validate(src)?,
             None => FlowSettings::default(),
         };
+        let firewall = match &self.firewall {
+            Some(firewall) => firewall.validate(src, &agent)?,
+            None => FirewallConfig::default(),
+        };
         Ok(Config {
             agent,
             flows,
             vips,
             announce,
             vrrp,
+            firewall,
         })
     }
 }
