@@ -12,7 +12,7 @@ use lb_common::{
     Counter, FAMILY_IPV6, VIP_GUARDED, Verdict, addr_words,
     firewall::{BucketKey, FirewallCounters, TokenBucket},
 };
-use weir::{config::Prefix, dataplane::flows::now_ns};
+use weir::{config::Prefix, dataplane::flows::now_ns, stats::report::StatsReport};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -191,6 +191,26 @@ fn ipv4_sources_longest_prefix_wins() {
     // Established packets of a denied source are denied too (not only new flows).
     let ack = ack4(v4([0, 101]), 40000, FILTERED4, 80);
     expect_dropped(&mut bed, "an ACK from the /24", &ack, Counter::DropFirewall);
+
+    // What `weir stats` shows.
+    let report = StatsReport::collect(&bed.dataplane, &bed.state).unwrap();
+    assert_eq!(report.counter(Counter::DropFirewall), 3);
+    let firewall = report.vips.iter().find(|v| v.name == "filtered4").unwrap();
+    assert_eq!(firewall.firewall.as_ref().unwrap().denied_source, 3);
+    let shown = report.to_string();
+    for line in [
+        "firewall: denied source 3, denied port 0, rate limited 0, capped 0",
+        "deny  198.18.0.0/24",
+        "deny  not allowed",
+        "host tcp/22:",
+    ] {
+        assert!(shown.contains(line), "{line:?} in\n{shown}");
+    }
+    let tcp4 = report.vips.iter().find(|v| v.name == "tcp4").unwrap();
+    assert!(
+        tcp4.firewall.is_none(),
+        "a VIP without a firewall shows none"
+    );
 }
 
 /// IPv6: the same, and an IPv4 prefix in an IPv6 VIP's list never matches its clients.

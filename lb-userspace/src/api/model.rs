@@ -354,6 +354,7 @@ pub(crate) mod fake {
                     verdicts: BTreeMap::from([("tx".to_owned(), 10)]),
                     counters: BTreeMap::from([("forwarded".to_owned(), 10)]),
                     vips: vec![],
+                    host_rules: vec![],
                 },
                 failing_vip: None,
                 check_weight: at_most_1000,

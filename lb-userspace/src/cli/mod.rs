@@ -660,7 +660,9 @@ mod tests {
                     address: "198.18.0.11".parse().unwrap(),
                     traffic: traffic(vip_packets, backend_bytes),
                 }],
+                firewall: None,
             }],
+            host_rules: vec![],
         }
     }
 

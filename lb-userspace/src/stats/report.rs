@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use lb_common::{Counter, TrafficCounters, Verdict, words_addr};
 use serde::{Deserialize, Serialize};
 
+use super::firewall::{HostRuleReport, VipFirewallReport, host_report, vip_report};
 use crate::{
     config::Protocol,
     dataplane::plan::Reconciler,
@@ -43,6 +44,9 @@ pub struct VipReport {
     pub protocol: u8,
     pub traffic: Traffic,
     pub backends: Vec<BackendReport>,
+    /// Its firewall's drops and rules, if it has a firewall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<VipFirewallReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +56,9 @@ pub struct StatsReport {
     /// Packets per verdict reason, and event counts, by counter name.
     pub counters: BTreeMap<String, u64>,
     pub vips: Vec<VipReport>,
+    /// `[firewall.host]` rules and the packets each decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_rules: Vec<HostRuleReport>,
 }
 
 impl StatsReport {
@@ -75,6 +82,11 @@ impl StatsReport {
                     })
                 })
                 .collect::<Result<_, DataplaneError>>()?;
+            let firewall = state
+                .firewall()
+                .vip(vip.meta.id)
+                .map(|policy| vip_report(dataplane, vip.meta.id, policy))
+                .transpose()?;
             vips.push(VipReport {
                 name: vip.name.clone(),
                 address: words_addr(vip.key.family, vip.key.addr),
@@ -82,8 +94,16 @@ impl StatsReport {
                 protocol: vip.key.protocol,
                 traffic: dataplane.vip_counters(vip.meta.id)?.into(),
                 backends,
+                firewall,
             });
         }
+        let host_rules = state
+            .firewall()
+            .host()
+            .map(|(key, policy)| {
+                host_report(dataplane, key.protocol, u16::from_be(key.port), policy)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(StatsReport {
             verdicts,
             counters: global
@@ -91,6 +111,7 @@ impl StatsReport {
                 .map(|(c, v)| (c.name().to_owned(), v))
                 .collect(),
             vips,
+            host_rules,
         })
     }
 
@@ -126,6 +147,12 @@ impl fmt::Display for StatsReport {
             for backend in &vip.backends {
                 row(f, &format!("  {}", backend.address), backend.traffic)?;
             }
+            if let Some(firewall) = &vip.firewall {
+                write!(f, "{firewall}")?;
+            }
+        }
+        for rule in &self.host_rules {
+            write!(f, "{rule}")?;
         }
         writeln!(f)?;
         let verdicts: Vec<String> = self
