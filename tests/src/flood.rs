@@ -73,10 +73,6 @@ impl Flooder {
         copies: u32,
     ) -> Result<u64> {
         let ifindex = self.host.ifindex()?;
-        let ctx: Vec<u8> = [0u32, 0, 0, ifindex, 0, 0]
-            .iter()
-            .flat_map(|word| word.to_ne_bytes())
-            .collect();
         let mut sent = 0;
         self.host.ns.enter(|| -> Result<()> {
             for (i, source) in sources.iter().enumerate() {
@@ -85,8 +81,12 @@ impl Flooder {
                     "{source} is not a test address"
                 );
                 let frame = syn_frame(self.host.mac, to, *source, vip, 1024 + i as u16, port);
-                let mut ctx = ctx.clone();
-                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                // struct xdp_md: data, data_end (the frame's length), data_meta,
+                // ingress_ifindex, rx_queue_index, egress_ifindex.
+                let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+                    .iter()
+                    .flat_map(|word: &u32| word.to_ne_bytes())
+                    .collect();
                 let mut attr = TestRunAttr {
                     prog_fd: self.program.as_raw_fd() as u32,
                     retval: 0,

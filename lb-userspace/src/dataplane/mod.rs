@@ -425,8 +425,7 @@ impl Dataplane {
     }
 
     fn zeroed_per_cpu<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>, DataplaneError> {
-        PerCpuValues::try_from(vec![T::default(); self.cpus])
-            .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))
+        on_every_cpu(T::default(), self.cpus)
     }
 
     /// Global counters summed over CPUs, in `Counter` order.
@@ -593,6 +592,15 @@ impl Dataplane {
             .get(&id, 0)
             .map_err(map_err(map_names::BACKENDS))
     }
+}
+
+/// `value` for each of `cpus` CPUs: a per-CPU map write.
+pub(crate) fn on_every_cpu<T: aya::Pod>(
+    value: T,
+    cpus: usize,
+) -> Result<PerCpuValues<T>, DataplaneError> {
+    PerCpuValues::try_from(vec![value; cpus])
+        .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))
 }
 
 fn sum_per_cpu(

@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use super::plan::{FirewallWrite, ProgrammedFirewall};
-use crate::dataplane::{DataplaneError, map_err, take};
+use crate::dataplane::{DataplaneError, map_err, on_every_cpu, take};
 
 pub struct FirewallMaps {
     vips: Array<MapData, FwPolicy>,
@@ -109,8 +109,7 @@ impl FirewallMaps {
     }
 
     fn zeroed<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>, DataplaneError> {
-        PerCpuValues::try_from(vec![T::default(); self.cpus])
-            .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))
+        on_every_cpu(T::default(), self.cpus)
     }
 
     /// What the maps hold, for an agent adopting them; `guarded` are the VIP ids whose
@@ -188,8 +187,7 @@ impl FirewallMaps {
         key: &BucketKey,
         bucket: TokenBucket,
     ) -> Result<(), DataplaneError> {
-        let values = PerCpuValues::try_from(vec![bucket; self.cpus])
-            .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))?;
+        let values = on_every_cpu(bucket, self.cpus)?;
         self.buckets
             .insert(key, values, 0)
             .map_err(map_err(map_names::FLOOD_BUCKETS))
@@ -197,8 +195,7 @@ impl FirewallMaps {
 
     /// Overwrites the global cap's bucket on every CPU.
     pub fn set_cap_bucket(&mut self, bucket: TokenBucket) -> Result<(), DataplaneError> {
-        let values = PerCpuValues::try_from(vec![bucket; self.cpus])
-            .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))?;
+        let values = on_every_cpu(bucket, self.cpus)?;
         self.cap
             .set(0, values, 0)
             .map_err(map_err(map_names::FLOOD_CAP))
