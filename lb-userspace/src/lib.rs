@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod error_report;
 pub mod failover;
+pub mod firewall;
 pub mod health;
 pub mod host;
 pub mod proxy;

@@ -18,6 +18,7 @@ pub mod bird;
 pub mod browser;
 pub mod client;
 pub mod cmd;
+pub mod flood;
 pub mod keepalived;
 pub mod link;
 pub mod load;

@@ -13,6 +13,7 @@ use tracing::error;
 use super::Agent;
 use crate::{
     agent::runtime::{BackendOverride, RuntimeState, VipOverride, validate_vip},
+    api::firewall::{FirewallEdit, FirewallView},
     api::model::{
         BackendChange, BackendView, Control, ControlError, FlowView, HealthView, InterfaceStatus,
         LastCheck, NewBackend, NewVip, ReloadOutcome, Status, VipStatus, VipView, unix_ms,
@@ -242,6 +243,37 @@ impl Control for Agent {
         let name = vip.name.clone();
         self.change_runtime(|runtime| runtime.record_vip(&name, VipOverride::Added(new)))?;
         self.vip(&name)
+    }
+
+    fn firewalls(&self) -> Vec<FirewallView> {
+        self.config
+            .vips
+            .iter()
+            .filter(|vip| !vip.firewall.is_empty())
+            .map(|vip| FirewallView {
+                vip: vip.name.clone(),
+                firewall: vip.firewall.clone(),
+            })
+            .collect()
+    }
+
+    fn edit_firewall(
+        &mut self,
+        name: &str,
+        edit: FirewallEdit,
+    ) -> Result<FirewallView, ControlError> {
+        let vip = self.vip_config(name)?;
+        let firewall = edit.apply(&vip.firewall).map_err(ControlError::Invalid)?;
+        crate::firewall::check_vip(&firewall, vip.address, vip.port)
+            .map_err(|err| ControlError::Invalid(err.to_string()))?;
+        let recorded = firewall.clone();
+        self.change_runtime(|runtime| {
+            runtime.firewalls.insert(name.to_owned(), recorded);
+        })?;
+        Ok(FirewallView {
+            vip: name.to_owned(),
+            firewall,
+        })
     }
 
     fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {

@@ -19,7 +19,7 @@ use tracing::error;
 
 use crate::{
     api::model::NewVip,
-    config::{AdminState, BackendConfig, Config, ConfigError, VipConfig},
+    config::{AdminState, BackendConfig, Config, ConfigError, VipConfig, VipFirewall},
     dataplane::plan::vip_key,
 };
 
@@ -65,6 +65,10 @@ pub struct RuntimeState {
     pub vips: BTreeMap<String, VipOverride>,
     #[serde(default)]
     pub backends: BTreeMap<String, BTreeMap<IpAddr, BackendOverride>>,
+    /// VIPs' firewalls as edited at runtime, each replacing the VIP's whole firewall
+    /// (applied last).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub firewalls: BTreeMap<String, VipFirewall>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +172,7 @@ impl RuntimeState {
     /// Records a change to a whole VIP; it replaces the VIP's earlier backend changes.
     pub fn record_vip(&mut self, name: &str, change: VipOverride) {
         self.backends.remove(name);
+        self.firewalls.remove(name);
         self.vips.insert(name.to_owned(), change);
     }
 
@@ -228,6 +233,20 @@ impl RuntimeState {
                         "runtime change to backend {address} of VIP {vip_name:?} skipped: it is not configured any more"
                     )),
                 }
+            }
+        }
+        for (vip_name, firewall) in &self.firewalls {
+            let Some(vip) = config.vips.iter_mut().find(|vip| vip.name == *vip_name) else {
+                warnings.push(format!(
+                    "runtime firewall of VIP {vip_name:?} skipped: it is not configured any more"
+                ));
+                continue;
+            };
+            match crate::firewall::check_vip(firewall, vip.address, vip.port) {
+                Ok(()) => vip.firewall = firewall.clone(),
+                Err(err) => warnings.push(format!(
+                    "runtime firewall of VIP {vip_name:?} skipped: {err}"
+                )),
             }
         }
         (config, warnings)
@@ -310,6 +329,35 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_runtime_firewall_replaces_the_files_and_is_checked_again() {
+        let mut runtime = RuntimeState::default();
+        let firewall = VipFirewall {
+            deny_sources: vec!["198.18.5.0/24".parse().unwrap()],
+            ..VipFirewall::default()
+        };
+        runtime.firewalls.insert("web".into(), firewall.clone());
+        let (config, warnings) = runtime.apply(&file());
+        assert_eq!(config.vips[0].firewall, firewall);
+        assert!(warnings.is_empty());
+        // A list that no longer fits its VIP (ports on a one-port VIP) is skipped.
+        runtime.firewalls.insert(
+            "web".into(),
+            VipFirewall {
+                allow_ports: vec![443],
+                ..VipFirewall::default()
+            },
+        );
+        let (config, warnings) = runtime.apply(&file());
+        assert!(config.vips[0].firewall.is_empty());
+        assert!(warnings[0].contains("allow_ports[0]"), "{warnings:?}");
+        // It survives a save and a load.
+        let dir = std::env::temp_dir().join(format!("weir-fw-runtime-{}", std::process::id()));
+        runtime.save(&dir).unwrap();
+        assert_eq!(RuntimeState::load(&dir).unwrap(), runtime);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! its clients (`connections`) and, on TCP, a bearer token (`token`).
 
 pub mod connections;
+pub mod firewall;
 pub mod model;
 pub mod server;
 pub mod token;

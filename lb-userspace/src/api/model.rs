@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::firewall::{FirewallEdit, FirewallView};
 use crate::{
     config::{AdminState, CheckKind, Forwarding, HashMode, Protocol},
     failover::vrrp::state::State as VrrpState,
@@ -317,6 +318,14 @@ pub trait Control: Send {
     /// table (current flows: the last census).
     fn overview(&self) -> Result<Overview, ControlError>;
     fn reload(&mut self) -> Result<ReloadOutcome, ControlError>;
+    /// The VIPs that have a firewall.
+    fn firewalls(&self) -> Vec<FirewallView>;
+    /// Edits a VIP's source lists; the result is validated and applied whole.
+    fn edit_firewall(
+        &mut self,
+        vip: &str,
+        edit: FirewallEdit,
+    ) -> Result<FirewallView, ControlError>;
 }
 
 /// An in-memory [`Control`] for the tests of the HTTP layer and of the CLI.
@@ -325,8 +334,8 @@ pub(crate) mod fake {
     use std::{collections::BTreeMap, net::IpAddr};
 
     use super::{
-        BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
-        NewVip, ReloadOutcome, Status, VipView,
+        BackendChange, BackendView, Control, ControlError, FirewallEdit, FirewallView, FlowView,
+        InterfaceStatus, NewBackend, NewVip, ReloadOutcome, Status, VipView,
     };
     use crate::stats::report::StatsReport;
 
@@ -343,6 +352,7 @@ pub(crate) mod fake {
         pub(crate) check_weight: fn(u32) -> Result<(), ControlError>,
         /// Each backend change ends one of the backend's flows (a drain, as a test polls).
         pub(crate) change_ends_a_flow: bool,
+        pub(crate) firewalls: Vec<FirewallView>,
     }
 
     fn at_most_1000(weight: u32) -> Result<(), ControlError> {
@@ -366,10 +376,12 @@ pub(crate) mod fake {
                     counters: BTreeMap::from([("forwarded".to_owned(), 10)]),
                     vips: vec![],
                     interfaces: vec![],
+                    host_rules: vec![],
                 },
                 failing_vip: None,
                 check_weight: at_most_1000,
                 change_ends_a_flow: false,
+                firewalls: Vec::new(),
             }
         }
 
@@ -558,6 +570,29 @@ pub(crate) mod fake {
 
         fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
             Ok(ReloadOutcome { writes: 3 })
+        }
+
+        fn firewalls(&self) -> Vec<FirewallView> {
+            self.firewalls.clone()
+        }
+
+        fn edit_firewall(
+            &mut self,
+            vip: &str,
+            edit: FirewallEdit,
+        ) -> Result<FirewallView, ControlError> {
+            self.vip_mut(vip)?;
+            let current = self.firewalls.iter().find(|f| f.vip == vip);
+            let firewall = edit
+                .apply(&current.map(|f| f.firewall.clone()).unwrap_or_default())
+                .map_err(ControlError::Invalid)?;
+            let view = FirewallView {
+                vip: vip.to_owned(),
+                firewall,
+            };
+            self.firewalls.retain(|f| f.vip != vip);
+            self.firewalls.push(view.clone());
+            Ok(view)
         }
     }
 }

@@ -39,6 +39,7 @@ use tokio::{
 };
 
 use crate::api::connections::{self, Limits, Listener};
+use crate::api::firewall::{FirewallEdit, FirewallView};
 use crate::api::model::{
     BackendChange, BackendView, Control, ControlError, ErrorBody, FlowView, NewBackend, NewVip,
     ReloadOutcome, Status, VipView,
@@ -104,6 +105,8 @@ enum Op {
     Flows,
     Stats,
     Reload,
+    Firewalls,
+    EditFirewall,
 }
 
 /// One route of the API: a method and an axum path template (`{param}`, as OpenAPI's).
@@ -140,6 +143,8 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/v1/flows", Op::Flows),
     route(Method::GET, "/v1/stats", Op::Stats),
     route(Method::POST, "/v1/reload", Op::Reload),
+    route(Method::GET, "/v1/firewall", Op::Firewalls),
+    route(Method::PATCH, "/v1/vips/{name}/firewall", Op::EditFirewall),
 ];
 
 /// The API's routes, without authentication (for the Unix socket).
@@ -161,6 +166,8 @@ pub fn router(control: SharedControl) -> Router {
             Op::Flows => on(filter, flows),
             Op::Stats => on(filter, stats),
             Op::Reload => on(filter, reload),
+            Op::Firewalls => on(filter, firewalls),
+            Op::EditFirewall => on(filter, edit_firewall),
         };
         router = router.route(route.path, handler);
     }
@@ -586,6 +593,21 @@ async fn stats(State(control): State<SharedControl>) -> Reply<StatsReport> {
 async fn reload(State(control): State<SharedControl>) -> Reply<ReloadOutcome> {
     let outcome = control.lock().await.reload()?;
     Ok(Json(outcome))
+}
+
+async fn firewalls(State(control): State<SharedControl>) -> Json<Vec<FirewallView>> {
+    let firewalls = control.lock().await.firewalls();
+    Json(firewalls)
+}
+
+async fn edit_firewall(
+    State(control): State<SharedControl>,
+    path: Result<VipPath, PathRejection>,
+    JsonBody(edit): JsonBody<FirewallEdit>,
+) -> Reply<FirewallView> {
+    let name = path?.0;
+    let edited = control.lock().await.edit_firewall(&name, edit)?;
+    Ok(Json(edited))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1019,6 +1041,43 @@ mod tests {
     }
 
     // -- Errors ---------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn firewall_edits_apply_and_list() {
+        let server = Server::start().await;
+        let r = server.call("GET", "/v1/firewall", None).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "[]"), "{r:?}");
+        let body = r#"{"allow": ["198.18.0.0/16"], "deny": ["198.18.5.0/24"]}"#;
+        let r = server
+            .call("PATCH", "/v1/vips/web/firewall", Some(body))
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let view: FirewallView = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(view.firewall.deny_sources[0].to_string(), "198.18.5.0/24");
+        let r = server.call("GET", "/v1/firewall", None).await;
+        let list: Vec<FirewallView> = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(list, [view]);
+        server
+            .call(
+                "PATCH",
+                "/v1/vips/web/firewall",
+                Some(r#"{"allow": ["198.18.0.1/16"]}"#),
+            )
+            .await
+            .assert_error(400, "has bits set past its prefix length");
+        server
+            .call(
+                "PATCH",
+                "/v1/vips/web/firewall",
+                Some(r#"{"remove": ["198.18.9.0/24"]}"#),
+            )
+            .await
+            .assert_error(422, "in neither");
+        server
+            .call("PATCH", "/v1/vips/nope/firewall", Some("{}"))
+            .await
+            .assert_error(404, "nope");
+    }
 
     #[tokio::test]
     async fn control_errors_map_to_status_codes() {

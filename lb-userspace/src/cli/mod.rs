@@ -16,6 +16,7 @@ pub use client::*;
 pub use error::*;
 pub use render::*;
 
+use crate::api::firewall::{FirewallEdit, FirewallView};
 use std::{
     fmt::Write as _,
     io::{self, IsTerminal, Write},
@@ -122,6 +123,7 @@ pub fn execute(
             watch: true,
             interval,
         } => watch_stats(client, interval, output),
+        AdminCommand::Firewall(command) => firewall(client, command, output),
         AdminCommand::Reload => {
             let a = client.call::<ReloadOutcome>("POST", "/v1/reload", NO_BODY, 200)?;
             output.show(&a.raw, || match a.value.writes {
@@ -130,6 +132,43 @@ pub fn execute(
             })
         }
     }
+}
+
+fn firewall(
+    client: &Client,
+    command: FirewallCommand,
+    output: &mut Output<'_>,
+) -> Result<(), CliError> {
+    let (vip, edit) = match command {
+        FirewallCommand::List => {
+            let a = client.call::<Vec<FirewallView>>("GET", "/v1/firewall", None::<&()>, 200)?;
+            return output.show(&a.raw, || render_firewalls(&a.value));
+        }
+        FirewallCommand::Allow { vip, prefixes } => (
+            vip,
+            FirewallEdit {
+                allow: prefixes,
+                ..FirewallEdit::default()
+            },
+        ),
+        FirewallCommand::Deny { vip, prefixes } => (
+            vip,
+            FirewallEdit {
+                deny: prefixes,
+                ..FirewallEdit::default()
+            },
+        ),
+        FirewallCommand::Remove { vip, prefixes } => (
+            vip,
+            FirewallEdit {
+                remove: prefixes,
+                ..FirewallEdit::default()
+            },
+        ),
+    };
+    let path = format!("{}/firewall", vip_path(&vip));
+    let a = client.call::<FirewallView>("PATCH", &path, Some(&edit), 200)?;
+    output.show(&a.raw, || render_firewalls(std::slice::from_ref(&a.value)))
 }
 
 fn backend(
@@ -662,8 +701,10 @@ mod tests {
                     address: "198.18.0.11".parse().unwrap(),
                     traffic: traffic(vip_packets, backend_bytes),
                 }],
+                firewall: None,
             }],
             interfaces: vec![],
+            host_rules: vec![],
         }
     }
 

@@ -6,6 +6,8 @@ use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 use lb_common::{FlowTimeouts, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
+pub use crate::firewall::{FirewallConfig, HostRule, Prefix, VipFirewall};
+
 /// Weight of a backend that does not set one.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest backend weight.
@@ -54,6 +56,13 @@ pub struct Config {
     /// The HAProxy-style stats page and Prometheus metrics (`[stats]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsConfig>,
+    /// `[firewall]`: the global new-flow cap and the host's port rules.
+    #[serde(skip_serializing_if = "is_default")]
+    pub firewall: FirewallConfig,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Default of `stats.uri`, as HAProxy's `stats uri`.
@@ -233,6 +242,9 @@ pub struct VipConfig {
     pub table_size: u32,
     /// How its backends are checked (`[vip.health]`).
     pub health: HealthConfig,
+    /// Source filters, port list and new-flow rate (empty: none).
+    #[serde(flatten)]
+    pub firewall: VipFirewall,
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }

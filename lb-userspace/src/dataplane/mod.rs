@@ -38,6 +38,7 @@ use crate::{
         pins::{MapSpec, PinError, Pins, map_specs, per_cpu_lru_capacity},
         plan::{MapWrite, ProgrammedState, ProgrammedVip},
     },
+    firewall::maps::FirewallMaps,
 };
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
@@ -142,6 +143,7 @@ pub struct Dataplane {
     /// Holds `weir_nat` for `weir_xdp`'s tail call. Kept open: the kernel empties a
     /// program array when its last user reference (an fd or a pin) goes.
     _nat_program: ProgramArray<MapData>,
+    firewall: FirewallMaps,
     links: Vec<AttachedLink>,
     pins: Option<Pins>,
     /// The maps were pinned by a previous agent and adopted, not created.
@@ -149,12 +151,12 @@ pub struct Dataplane {
     cpus: usize,
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
 /// Takes a map out of the object as its typed handle.
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
@@ -246,6 +248,7 @@ impl Dataplane {
             nat_reverse: take(&mut ebpf, map_names::NAT_REVERSE)?,
             nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
             _nat_program: nat_program,
+            firewall: FirewallMaps::take(&mut ebpf, cpus)?,
             links: Vec::new(),
             pins,
             adopted,
@@ -440,12 +443,12 @@ impl Dataplane {
                 .nat_config
                 .set(0, timeouts, 0)
                 .map_err(map_err(map_names::NAT_CONFIG)),
+            MapWrite::Firewall(write) => self.firewall.apply(write),
         }
     }
 
     fn zeroed_per_cpu<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>, DataplaneError> {
-        PerCpuValues::try_from(vec![T::default(); self.cpus])
-            .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))
+        on_every_cpu(T::default(), self.cpus)
     }
 
     /// Global counters summed over CPUs, in `Counter` order.
@@ -494,10 +497,16 @@ impl Dataplane {
             .nat_config
             .get(&0, 0)
             .map_err(map_err(map_names::NAT_CONFIG))?;
+        let guarded = vips
+            .iter()
+            .filter(|vip| vip.meta.flags & lb_common::VIP_GUARDED != 0)
+            .map(|vip| vip.meta.id);
+        let firewall = self.firewall.programmed(guarded)?;
         Ok(ProgrammedState {
             vips,
             backends,
             timeouts,
+            firewall,
         })
     }
 
@@ -619,6 +628,15 @@ impl Dataplane {
         Ok(removed)
     }
 
+    /// The firewall's maps: counters, and the flood guard's buckets.
+    pub fn firewall(&self) -> &FirewallMaps {
+        &self.firewall
+    }
+
+    pub fn firewall_mut(&mut self) -> &mut FirewallMaps {
+        &mut self.firewall
+    }
+
     /// One backend entry as the program sees it.
     pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
         self.backends
@@ -661,6 +679,15 @@ where
         })?;
     let data = MapData::from_fd(fd).map_err(map_err(name))?;
     T::try_from(aya::maps::Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))
+}
+
+/// `value` for each of `cpus` CPUs: a per-CPU map write.
+pub(crate) fn on_every_cpu<T: aya::Pod>(
+    value: T,
+    cpus: usize,
+) -> Result<PerCpuValues<T>, DataplaneError> {
+    PerCpuValues::try_from(vec![value; cpus])
+        .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))
 }
 
 fn sum_per_cpu(

@@ -16,7 +16,13 @@ use aya::maps::MapInfo;
 use lb_common::{
     Backend, Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS,
     MAX_INTERFACES, MAX_VIPS, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey,
-    VipMeta, map_names,
+    VipMeta,
+    firewall::{
+        BucketKey, FLOOD_BUCKET_ENTRIES, FirewallCounters, FwPolicy, FwPortKey, FwRule, FwSettings,
+        FwSource, HostPortKey, MAX_FW_HOST_PORTS, MAX_FW_PORTS, MAX_FW_RULES, MAX_FW_SOURCES,
+        TokenBucket,
+    },
+    map_names,
 };
 use tracing::{info, warn};
 
@@ -59,7 +65,7 @@ pub fn map_specs(
     conntrack_entries: u32,
     maglev_ring_entries: u32,
     nat_entries: u32,
-) -> [MapSpec; 15] {
+) -> [MapSpec; 24] {
     [
         spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
         spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
@@ -80,6 +86,16 @@ pub fn map_specs(
         spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
         spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
         spec::<u32, OwnMacs>(map_names::OWN_MACS, 1),
+        spec::<u32, FwPolicy>(map_names::FW_VIPS, MAX_VIPS),
+        // An LPM trie's key: the prefix length, then the data.
+        spec::<(u32, FwSource), FwRule>(map_names::FW_SOURCES, MAX_FW_SOURCES),
+        spec::<FwPortKey, u32>(map_names::FW_PORTS, MAX_FW_PORTS),
+        spec::<HostPortKey, FwPolicy>(map_names::FW_HOST_PORTS, MAX_FW_HOST_PORTS),
+        spec::<u32, FwSettings>(map_names::FW_SETTINGS, 1),
+        spec::<u32, FirewallCounters>(map_names::FW_VIP_STATS, MAX_VIPS),
+        spec::<u32, u64>(map_names::FW_RULE_STATS, MAX_FW_RULES),
+        spec::<BucketKey, TokenBucket>(map_names::FLOOD_BUCKETS, FLOOD_BUCKET_ENTRIES),
+        spec::<u32, TokenBucket>(map_names::FLOOD_CAP, 1),
     ]
 }
 

@@ -22,12 +22,16 @@ use std::{
 
 use lb_common::{
     BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, FlowTimeouts, MAX_BACKENDS, MAX_VIPS,
-    NO_BACKEND, VIP_FORWARDING_NAT, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta,
+    NO_BACKEND, VIP_FORWARDING_NAT, VIP_GUARDED, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey,
+    VipMeta,
 };
 
 use crate::{
     config::{AdminState, BackendConfig, Config, Forwarding, HashMode, VipConfig},
     dataplane::maglev::{self, MaglevBackend},
+    firewall::plan::{
+        FirewallPlanError, FirewallState, FirewallWrite, ProgrammedFirewall, guarded,
+    },
 };
 
 /// A VIP as the maps hold it.
@@ -45,6 +49,7 @@ pub struct ProgrammedState {
     pub vips: Vec<ProgrammedVip>,
     pub backends: Vec<(u32, Backend)>,
     pub timeouts: FlowTimeouts,
+    pub firewall: ProgrammedFirewall,
 }
 
 /// One write to the dataplane's maps.
@@ -91,6 +96,8 @@ pub enum MapWrite {
     SetFlowTimeouts {
         timeouts: FlowTimeouts,
     },
+    /// The firewall's maps (`crate::firewall::plan`).
+    Firewall(FirewallWrite),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -118,6 +125,8 @@ pub enum PlanError {
          set nat_source"
     )]
     NoNatSource { vip: String, backend: IpAddr },
+    #[error(transparent)]
+    Firewall(#[from] FirewallPlanError),
     #[error("VIP {vip:?}: {source}")]
     Maglev {
         vip: String,
@@ -158,6 +167,7 @@ pub struct Reconciler {
     timeouts: FlowTimeouts,
     /// The address the host reaches each backend from: the default NAT source.
     nat_sources: BTreeMap<IpAddr, IpAddr>,
+    firewall: FirewallState,
 }
 
 impl Reconciler {
@@ -178,6 +188,7 @@ impl Reconciler {
                 nat_port_count: 0,
             },
             nat_sources: BTreeMap::new(),
+            firewall: FirewallState::default(),
         }
     }
 
@@ -241,11 +252,17 @@ impl Reconciler {
             );
         }
         state.timeouts = programmed.timeouts;
+        state.firewall = FirewallState::adopt(&programmed.firewall);
         Ok(state)
     }
 
     pub fn vips(&self) -> impl Iterator<Item = &VipState> {
         self.vips.values()
+    }
+
+    /// The firewall as programmed: policies and their rule ids, for the counters.
+    pub fn firewall(&self) -> &FirewallState {
+        &self.firewall
     }
 
     /// The writes that take the dataplane from this state to `config`, and the state
@@ -306,12 +323,24 @@ impl Reconciler {
             next.apply_vip(
                 *key,
                 vip,
+                guarded(&config.firewall, &vip.firewall),
                 &mut writes,
                 &mut released_slices,
                 &mut released_backends,
                 &mut late_writes,
             )?;
         }
+
+        // The firewall: new policies are complete before a VIP is flagged to use them;
+        // old ones go once nothing points at them.
+        let firewalls = wanted
+            .iter()
+            .filter(|(_, vip)| guarded(&config.firewall, &vip.firewall))
+            .filter_map(|(key, vip)| Some((next.vips.get(key)?.meta.id, vip.firewall.clone())))
+            .collect();
+        let (firewall, firewall_state) = next.firewall.plan(&config.firewall, &firewalls)?;
+        next.firewall = firewall_state;
+        writes.splice(0..0, firewall.before.into_iter().map(MapWrite::Firewall));
 
         // 4. Backends that left or went to maint stop accepting flows, now that no slot
         //    names them.
@@ -336,13 +365,16 @@ impl Reconciler {
         for id in released_vips {
             next.vip_ids.free(id);
         }
+        writes.extend(firewall.after.into_iter().map(MapWrite::Firewall));
         Ok((writes, next))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply_vip(
         &mut self,
         key: VipKey,
         vip: &VipConfig,
+        guarded: bool,
         writes: &mut Vec<MapWrite>,
         released_slices: &mut Vec<(u32, u32)>,
         released_backends: &mut Vec<u32>,
@@ -354,7 +386,7 @@ impl Reconciler {
         } | match vip.forwarding {
             Forwarding::Dsr => 0,
             Forwarding::Nat => VIP_FORWARDING_NAT,
-        };
+        } | if guarded { VIP_GUARDED } else { 0 };
         let previous = self.vips.get(&key).cloned();
         let is_new = previous.is_none();
         let vip_id = match &previous {
@@ -986,6 +1018,7 @@ mod tests {
     fn programmed(state: &Reconciler) -> ProgrammedState {
         ProgrammedState {
             timeouts: FlowTimeouts::DEFAULT,
+            firewall: Default::default(),
             vips: state
                 .vips()
                 .map(|vip| crate::dataplane::ProgrammedVip {

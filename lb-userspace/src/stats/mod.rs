@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod census;
 pub mod csv;
+pub mod firewall;
 pub mod interface;
 pub mod metrics;
 pub mod overview;

@@ -308,7 +308,9 @@ pub(crate) mod tests {
                         new_flows: 12,
                     },
                     backends: reports,
+                    firewall: None,
                 }],
+                host_rules: vec![],
                 interfaces: vec![InterfaceCounters {
                     name: "eth0".into(),
                     rx_dropped: 1,

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use lb_common::{Counter, TrafficCounters, Verdict, words_addr};
 use serde::{Deserialize, Serialize};
 
+use super::firewall::{HostRuleReport, VipFirewallReport, host_report, vip_report};
 use crate::{
     config::Protocol,
     dataplane::plan::Reconciler,
@@ -44,6 +45,9 @@ pub struct VipReport {
     pub protocol: u8,
     pub traffic: Traffic,
     pub backends: Vec<BackendReport>,
+    /// Its firewall's drops and rules, if it has a firewall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<VipFirewallReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +60,9 @@ pub struct StatsReport {
     /// The kernel's loss counters of the attached interfaces (absent from older agents).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceCounters>,
+    /// `[firewall.host]` rules and the packets each decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_rules: Vec<HostRuleReport>,
 }
 
 impl StatsReport {
@@ -79,6 +86,11 @@ impl StatsReport {
                     })
                 })
                 .collect::<Result<_, DataplaneError>>()?;
+            let firewall = state
+                .firewall()
+                .vip(vip.meta.id)
+                .map(|policy| vip_report(dataplane, vip.meta.id, policy))
+                .transpose()?;
             vips.push(VipReport {
                 name: vip.name.clone(),
                 address: words_addr(vip.key.family, vip.key.addr),
@@ -86,6 +98,7 @@ impl StatsReport {
                 protocol: vip.key.protocol,
                 traffic: dataplane.vip_counters(vip.meta.id)?.into(),
                 backends,
+                firewall,
             });
         }
         let interfaces = dataplane
@@ -98,6 +111,13 @@ impl StatsReport {
                 }
             })
             .collect();
+        let host_rules = state
+            .firewall()
+            .host()
+            .map(|(key, policy)| {
+                host_report(dataplane, key.protocol, u16::from_be(key.port), policy)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(StatsReport {
             interfaces,
             verdicts,
@@ -106,6 +126,7 @@ impl StatsReport {
                 .map(|(c, v)| (c.name().to_owned(), v))
                 .collect(),
             vips,
+            host_rules,
         })
     }
 
@@ -141,6 +162,12 @@ impl fmt::Display for StatsReport {
             for backend in &vip.backends {
                 row(f, &format!("  {}", backend.address), backend.traffic)?;
             }
+            if let Some(firewall) = &vip.firewall {
+                write!(f, "{firewall}")?;
+            }
+        }
+        for rule in &self.host_rules {
+            write!(f, "{rule}")?;
         }
         writeln!(f)?;
         let verdicts: Vec<String> = self

@@ -2,6 +2,7 @@
 //! its references, and this one the whole.
 
 mod agent;
+mod firewall;
 mod health;
 mod stats;
 mod vip;
@@ -64,6 +65,10 @@ impl RawConfig {
             None => FlowSettings::default(),
         };
         let frontends = super::frontend::validate_all(&self.frontend, src, &vips)?;
+        let firewall = match &self.firewall {
+            Some(firewall) => firewall.validate(src, &agent)?,
+            None => FirewallConfig::default(),
+        };
         Ok(Config {
             agent,
             flows,
@@ -72,6 +77,7 @@ impl RawConfig {
             vrrp,
             frontends,
             stats,
+            firewall,
         })
     }
 }

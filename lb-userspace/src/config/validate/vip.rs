@@ -188,6 +188,8 @@ impl RawVip {
             return Err(src.error(at, &format!("{key}.health.port"), message));
         }
 
+        let firewall = self.validate_firewall(src, i, address, port)?;
+
         Ok(VipConfig {
             name: name.get_ref().clone(),
             address,
@@ -198,6 +200,7 @@ impl RawVip {
             hash: self.hash.unwrap_or_default(),
             table_size,
             health,
+            firewall,
             backends,
         })
     }
