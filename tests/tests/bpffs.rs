@@ -27,9 +27,16 @@ fn on_the_default_pin_dir_without_bpffs_the_agent_mounts_one_and_pins() {
     // `ip netns exec` runs it in a mount namespace of its own: the pins go with it.
     assert!(log.contains("mount namespace of its own"), "{log}");
     // The pins, as the agent's mount namespace sees them.
+    // The agent names its pin directory (`…/v<map layout version>`) when it is ready.
+    let pin_dir = log
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("pins="))
+        .unwrap_or_else(|| panic!("the agent names its pins: {log}"));
+    assert!(pin_dir.starts_with("/sys/fs/bpf/weir/v"), "{log}");
     let pins = Path::new("/proc")
         .join(agent.pid().to_string())
-        .join("root/sys/fs/bpf/weir/v4");
+        .join("root")
+        .join(pin_dir.trim_start_matches('/'));
     assert!(pins.join("maps/VIPS").exists(), "{log}");
     assert!(
         pins.join("links").join(topology.lb_ifname()).exists(),

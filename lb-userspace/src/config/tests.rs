@@ -1021,12 +1021,12 @@ fn host_rules_that_would_cut_off_the_api_or_bgp_are_refused() {
     ))
     .unwrap();
     assert_eq!(config.firewall.host[0].protocol, Protocol::Tcp);
-    let api = "api_listen = \"198.18.0.1:8443\"\napi_token_file = \"/etc/weir/token\"\n";
+    let api = "api_listen = \"127.0.0.1:8443\"\napi_token_file = \"/etc/weir/token\"\n";
     let cases = [
         (
             api,
             "port = 8443\ndeny_sources = [\"198.18.9.0/24\"]\n",
-            "firewall.host[0].port: this rule would cut off tcp port 8443 (the control API listens on 198.18.0.1:8443)",
+            "firewall.host[0].port: this rule would cut off tcp port 8443 (the control API listens on 127.0.0.1:8443)",
         ),
         (
             "",

@@ -78,6 +78,8 @@ pub fn in_private_mount_namespace() -> Option<bool> {
 mod tests {
     use std::path::Path;
 
+    use lb_common::MAP_LAYOUT_VERSION;
+
     use crate::{dataplane::pins::Pins, error_report::describe};
 
     #[test]
@@ -88,8 +90,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             describe(&error),
-            "/proc/weir-pins/v4 is not on a bpffs, so nothing can be pinned there: mount one \
-             (`mount -t bpf bpf /sys/fs/bpf`) or choose another [agent] bpf_pin_dir"
+            format!(
+                "/proc/weir-pins/v{MAP_LAYOUT_VERSION} is not on a bpffs, so nothing can be \
+                 pinned there: mount one (`mount -t bpf bpf /sys/fs/bpf`) or choose another \
+                 [agent] bpf_pin_dir"
+            )
         );
     }
 }
