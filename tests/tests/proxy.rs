@@ -255,10 +255,10 @@ fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `weir proxy status` (JSON) of the proxy beside `agent`.
+/// `weir proxy status --json` of the proxy beside `agent`.
 fn proxy_status(agent: &Agent) -> Value {
     let output = Command::new(weir_bin().unwrap())
-        .args(["proxy", "status", "--config"])
+        .args(["proxy", "status", "--json", "--config"])
         .arg(agent.config_path())
         .output()
         .unwrap();
@@ -356,6 +356,20 @@ fn https_with_http1_http2_sni_alpn_forwarding_and_redirects() {
         "{frontend}"
     );
     assert_eq!(frontend["counters"]["redirects"], 1);
+
+    // The table of `weir proxy status`, and the frontends' lines in `weir status`.
+    let table = Command::new(weir_bin().unwrap())
+        .args(["proxy", "status", "--config"])
+        .arg(bed.agent.config_path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("FRONTEND"), "{table}");
+    let www = table.lines().find(|l| l.starts_with("www ")).expect(&table);
+    assert!(www.contains(" web ") && www.contains(" 3/3 "), "{table}");
+    let status = bed.agent.cli(&["status"]).unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("TLS tier (weir proxy"), "{status}");
 }
 
 /// HTTPS load from the client: `workers` threads each running one-shot curls (a new
