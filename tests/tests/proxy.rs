@@ -27,7 +27,7 @@ use serde_json::Value;
 use weir_testbed::{
     Child, DsrTopology, Netns,
     agent::Agent,
-    server::FORWARDED_PATH,
+    server::{FORWARDED_PATH, HANG_PATH},
     topology::{CLIENT_V4, HTTP_PORT, LB_V4, LB_V6, VIP_V4, backend_v4},
     weir_bin,
 };
@@ -751,4 +751,46 @@ fn bad_clients_are_closed_and_others_are_served() {
     let _ = slow.kill();
     let _ = slow.wait();
     drop(proxy);
+}
+
+#[test]
+fn a_backend_that_does_not_answer_gets_a_504_and_proxy_v2_carries_the_client() {
+    let bed = Bed::new("forward = \"proxy-v2\"\n[frontend.timeouts]\nresponse = \"1s\"\n");
+    let proxy = bed.proxy();
+
+    // The backend reads the PROXY v2 header: the client's address and the one it reached.
+    for flag in ["--http1.1", "--http2"] {
+        let out = stdout(&bed.curl(&[flag, &format!("https://{HOST}{FORWARDED_PATH}")]));
+        assert!(
+            out.contains(&format!("proxy-v2: {CLIENT_V4}:"))
+                && out.contains(&format!(" {LB_V4}:443\n")),
+            "{out}"
+        );
+        assert!(!out.contains("x-forwarded-for"), "{out}");
+    }
+
+    // No response head within timeouts.response: 504, logged with the backend.
+    let started = Instant::now();
+    let out = stdout(&bed.curl(&[
+        "--http2",
+        "--write-out",
+        "%{http_code}",
+        &format!("https://{HOST}{HANG_PATH}"),
+    ]));
+    assert!(out.ends_with("504"), "{out}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains("504 Gateway Timeout: no response within 1s"),
+        "{log}"
+    );
+    assert!(log.contains(" sH \"GET /hang HTTP/2.0\""), "{log}");
+    assert_eq!(
+        proxy_status(&bed.agent)["frontends"][0]["counters"]["backend_timeouts"],
+        1
+    );
 }

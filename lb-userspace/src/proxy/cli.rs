@@ -30,9 +30,6 @@ pub struct ProxyArgs {
     /// mask, e.g. under `taskset`).
     #[arg(long)]
     threads: Option<NonZeroUsize>,
-    /// `status`: the JSON answer rather than a table.
-    #[arg(long, global = true)]
-    json: bool,
 }
 
 #[derive(Clone, Copy, Subcommand)]
@@ -40,8 +37,8 @@ enum ProxyCommand {
     /// Reload the running proxy's certificates (as SIGHUP); a bad certificate or key is
     /// refused and the current ones keep serving.
     Reload,
-    /// The running proxy's frontends and their counters (with --json: also the
-    /// certificates and backends).
+    /// The running proxy's frontends and their counters (with --json: the whole answer,
+    /// also the certificates and backends).
     Status,
 }
 
@@ -59,8 +56,9 @@ pub enum ProxyCliError {
     Refused(String),
 }
 
-/// Runs `weir proxy [reload | status]`.
-pub fn run(args: ProxyArgs) -> Result<(), ProxyCliError> {
+/// Runs `weir proxy [reload | status]`; `json`: `status` prints the JSON answer (the
+/// global `--json`).
+pub fn run(args: ProxyArgs, json: bool) -> Result<(), ProxyCliError> {
     let Some(command) = args.command else {
         let mut runtime = match args.threads.map(NonZeroUsize::get) {
             Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -96,7 +94,7 @@ pub fn run(args: ProxyArgs) -> Result<(), ProxyCliError> {
     }
     let body = String::from_utf8_lossy(&response.body);
     match command {
-        ProxyCommand::Status if args.json => println!("{}", pretty_json(&body)),
+        ProxyCommand::Status if json => println!("{}", pretty_json(&body)),
         ProxyCommand::Status => {
             let status: ProxyStatus = serde_json::from_str(&body)
                 .map_err(|e| ProxyCliError::Refused(format!("unexpected answer: {e}")))?;
