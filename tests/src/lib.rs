@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod bins;
 pub mod bird;
+pub mod browser;
 pub mod client;
 pub mod cmd;
 pub mod keepalived;

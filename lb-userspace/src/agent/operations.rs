@@ -21,7 +21,10 @@ use crate::{
     dataplane::plan::vip_key,
     failover::serving::vip_serving,
     health::BackendHealth,
-    stats::report::StatsReport,
+    stats::{
+        overview::{CensusView, Overview},
+        report::StatsReport,
+    },
 };
 
 fn internal(err: impl std::fmt::Display) -> ControlError {
@@ -58,17 +61,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Live connections per backend id.
+    /// Live connections per backend id, counted now (a walk of the connection table:
+    /// the API's exact answer; the stats page reads the census instead).
     fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ControlError> {
-        let now = flows::now_ns();
-        let timeouts = self.config.flows.timeouts(false);
-        let mut counts = HashMap::new();
-        for (key, flow) in self.dataplane.flows().map_err(internal)? {
-            if flows::is_live(&flow, key.protocol, now, &timeouts) {
-                *counts.entry(flow.backend_id).or_insert(0) += 1;
-            }
-        }
-        Ok(counts)
+        let entries = self.dataplane.flows().map_err(internal)?;
+        Ok(flows::live_per_backend(
+            entries,
+            flows::now_ns(),
+            &self.config.flows.timeouts(false),
+        ))
     }
 
     fn vip_view(&self, vip: &VipConfig, flows: &HashMap<u32, u64>) -> VipView {
@@ -348,6 +349,32 @@ impl Control for Agent {
         self.stats_report().map_err(internal)
     }
 
+    fn overview(&self) -> Result<Overview, ControlError> {
+        let census = self
+            .census
+            .as_ref()
+            .map(|census| census.borrow().clone())
+            .unwrap_or_default();
+        Ok(Overview {
+            status: self.status(),
+            vips: self
+                .config
+                .vips
+                .iter()
+                .map(|vip| self.vip_view(vip, &census.per_backend))
+                .collect(),
+            stats: self.stats()?,
+            census: CensusView {
+                at_unix_ms: census.at.map(unix_ms),
+                walk_ms: census.walk.as_millis() as u64,
+                conntrack_entries: census.conntrack_entries,
+                conntrack_capacity: self.config.agent.conntrack_entries,
+                nat_entries: census.nat_entries,
+                nat_capacity: self.config.agent.nat_entries,
+            },
+        })
+    }
+
     fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
         Agent::reload(self)
             .map(|writes| ReloadOutcome { writes })
@@ -362,6 +389,8 @@ fn health_view(health: &BackendHealth) -> HealthView {
         since_unix_ms: unix_ms(health.changed_at),
         checks: health.checks,
         failed_checks: health.failed_checks,
+        down_transitions: health.down_transitions,
+        downtime_ms: health.downtime(std::time::SystemTime::now()).as_millis() as u64,
         last_check: health.last.as_ref().map(|(result, at)| LastCheck {
             passed: result.passed,
             reason: result.reason.to_string(),

@@ -13,7 +13,7 @@ use crate::{
     config::{AdminState, CheckKind, Forwarding, HashMode, Protocol},
     failover::vrrp::state::State as VrrpState,
     health::Operational,
-    stats::report::StatsReport,
+    stats::{overview::Overview, report::StatsReport},
 };
 
 /// Unix time in milliseconds, as the API's `*_unix_ms` fields carry it (0 before 1970).
@@ -164,6 +164,12 @@ pub struct HealthView {
     pub since_unix_ms: u64,
     pub checks: u64,
     pub failed_checks: u64,
+    /// Changes from UP to DOWN since the agent started checking it.
+    #[serde(default)]
+    pub down_transitions: u64,
+    /// Total time DOWN since the agent started checking it, the current period included.
+    #[serde(default)]
+    pub downtime_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<LastCheck>,
 }
@@ -176,6 +182,8 @@ impl Default for HealthView {
             since_unix_ms: 0,
             checks: 0,
             failed_checks: 0,
+            down_transitions: 0,
+            downtime_ms: 0,
             last_check: None,
         }
     }
@@ -305,6 +313,9 @@ pub trait Control: Send {
         backend: Option<IpAddr>,
     ) -> Result<Vec<FlowView>, ControlError>;
     fn stats(&self) -> Result<StatsReport, ControlError>;
+    /// Everything the stats page and `/metrics` show, without walking the connection
+    /// table (current flows: the last census).
+    fn overview(&self) -> Result<Overview, ControlError>;
     fn reload(&mut self) -> Result<ReloadOutcome, ControlError>;
 }
 
@@ -354,6 +365,7 @@ pub(crate) mod fake {
                     verdicts: BTreeMap::from([("tx".to_owned(), 10)]),
                     counters: BTreeMap::from([("forwarded".to_owned(), 10)]),
                     vips: vec![],
+                    interfaces: vec![],
                 },
                 failing_vip: None,
                 check_weight: at_most_1000,
@@ -533,6 +545,15 @@ pub(crate) mod fake {
 
         fn stats(&self) -> Result<StatsReport, ControlError> {
             Ok(self.stats.clone())
+        }
+
+        fn overview(&self) -> Result<crate::stats::overview::Overview, ControlError> {
+            Ok(crate::stats::overview::Overview {
+                status: self.status(),
+                vips: self.vips.clone(),
+                stats: self.stats.clone(),
+                census: Default::default(),
+            })
         }
 
         fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {

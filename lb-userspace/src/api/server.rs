@@ -907,7 +907,7 @@ mod tests {
             r.json(),
             json!({"address": "10.0.0.3", "weight": 20, "state": "drain", "flows": 0,
                    "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
-                              "failed_checks": 0}})
+                              "failed_checks": 0, "down_transitions": 0, "downtime_ms": 0}})
         );
         // Defaults.
         let r = server
@@ -922,7 +922,7 @@ mod tests {
             r.json(),
             json!({"address": "2001:db8::2", "weight": 100, "state": "ready", "flows": 0,
                    "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
-                              "failed_checks": 0}})
+                              "failed_checks": 0, "down_transitions": 0, "downtime_ms": 0}})
         );
 
         let r = server
@@ -937,7 +937,7 @@ mod tests {
             r.json(),
             json!({"address": "10.0.0.3", "weight": 20, "state": "maint", "flows": 0,
                    "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
-                              "failed_checks": 0}})
+                              "failed_checks": 0, "down_transitions": 0, "downtime_ms": 0}})
         );
         // IPv6 in the path, and an empty change.
         let r = server

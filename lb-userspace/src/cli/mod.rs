@@ -421,6 +421,8 @@ mod tests {
                     since_unix_ms: 1_000_000,
                     checks: 10,
                     failed_checks: 1,
+                    down_transitions: 0,
+                    downtime_ms: 0,
                     last_check: Some(LastCheck {
                         passed: false,
                         reason: "HTTP status 503".into(),
@@ -665,6 +667,7 @@ mod tests {
                     traffic: traffic(vip_packets, backend_bytes),
                 }],
             }],
+            interfaces: vec![],
         }
     }
 

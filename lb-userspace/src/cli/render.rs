@@ -509,7 +509,7 @@ pub struct Rates {
     pub counters: BTreeMap<String, f64>,
 }
 
-pub(super) fn rate(earlier: Option<u64>, now: u64, seconds: f64) -> Option<f64> {
+pub(crate) fn rate(earlier: Option<u64>, now: u64, seconds: f64) -> Option<f64> {
     let earlier = earlier?;
     (now >= earlier && seconds > 0.0).then(|| (now - earlier) as f64 / seconds)
 }

@@ -27,6 +27,18 @@ pub(super) struct RawConfig {
     pub(super) vrrp: Option<RawVrrp>,
     #[serde(default)]
     pub(super) frontend: Vec<super::frontend::RawFrontend>,
+    pub(super) stats: Option<RawStats>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStats {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) uri: Option<Spanned<String>>,
+    pub(super) auth: Option<Spanned<String>>,
+    pub(super) admin: Option<bool>,
+    pub(super) metrics_auth: Option<Spanned<bool>>,
+    pub(super) refresh: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -127,6 +127,7 @@ fn full_config_with_defaults() {
         announce: None,
         vrrp: None,
         frontends: Vec::new(),
+        stats: None,
     };
     assert_eq!(config, expected);
     assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);

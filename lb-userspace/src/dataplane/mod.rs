@@ -513,6 +513,16 @@ impl Dataplane {
         Ok(flows)
     }
 
+    /// Handles of their own on the flow tables, to read them without the agent's lock
+    /// (the flow census).
+    pub fn flow_tables(&self) -> Result<FlowTables, DataplaneError> {
+        Ok(FlowTables {
+            conntrack: reopen(&self.conntrack, map_names::CONNTRACK)?,
+            nat_flows: reopen(&self.nat_flows, map_names::NAT_FLOWS)?,
+            nat_config: reopen(&self.nat_config, map_names::NAT_CONFIG)?,
+        })
+    }
+
     /// The NAT flow of a client flow key.
     pub fn nat_flow(&self, client: &FlowKey) -> Option<Flow> {
         self.nat_flows.get(client, 0).ok()
@@ -614,6 +624,42 @@ impl Dataplane {
             .get(&id, 0)
             .map_err(map_err(map_names::BACKENDS))
     }
+}
+
+/// The connection table, the NAT flows and the flow timeouts, on descriptors of their own.
+pub struct FlowTables {
+    pub conntrack: HashMap<MapData, FlowKey, Flow>,
+    pub nat_flows: HashMap<MapData, FlowKey, Flow>,
+    nat_config: Array<MapData, FlowTimeouts>,
+}
+
+impl FlowTables {
+    /// The flow timeouts the program uses now.
+    pub fn timeouts(&self) -> Result<FlowTimeouts, DataplaneError> {
+        self.nat_config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NAT_CONFIG))
+    }
+}
+
+/// A new typed handle on the map behind `map` (a duplicated descriptor).
+fn reopen<K: aya::Pod, V, M, T>(map: &M, name: &'static str) -> Result<T, DataplaneError>
+where
+    M: aya::maps::IterableMap<K, V>,
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    use std::os::fd::AsFd;
+    let fd = map
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|err| DataplaneError::Map {
+            map: name,
+            source: MapError::IoError(err),
+        })?;
+    let data = MapData::from_fd(fd).map_err(map_err(name))?;
+    T::try_from(aya::maps::Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))
 }
 
 fn sum_per_cpu(

@@ -10,6 +10,7 @@ use crate::{
     config::Protocol,
     dataplane::plan::Reconciler,
     dataplane::{Dataplane, DataplaneError},
+    stats::interface::InterfaceCounters,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,9 @@ pub struct StatsReport {
     /// Packets per verdict reason, and event counts, by counter name.
     pub counters: BTreeMap<String, u64>,
     pub vips: Vec<VipReport>,
+    /// The kernel's loss counters of the attached interfaces (absent from older agents).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceCounters>,
 }
 
 impl StatsReport {
@@ -84,7 +88,18 @@ impl StatsReport {
                 backends,
             });
         }
+        let interfaces = dataplane
+            .attachments()
+            .filter_map(|a| match InterfaceCounters::read(&a.interface) {
+                Ok(counters) => Some(counters),
+                Err(err) => {
+                    tracing::debug!(interface = %a.interface, error = %err, "no interface counters");
+                    None
+                }
+            })
+            .collect();
         Ok(StatsReport {
+            interfaces,
             verdicts,
             counters: global
                 .into_iter()
@@ -138,7 +153,19 @@ impl fmt::Display for StatsReport {
             .iter()
             .map(|c| format!("{} {}", c.name(), self.counter(*c)))
             .collect();
-        write!(f, "counters: {}", counters.join(", "))
+        write!(f, "counters: {}", counters.join(", "))?;
+        // The kernel's view: frames weir counted `tx` may still have been dropped here.
+        for i in &self.interfaces {
+            write!(
+                f,
+                "\ninterface {}: xdp_errors {}, xdp_drops {}, rx_dropped {}, tx_dropped {}",
+                i.name, i.xdp_errors, i.xdp_drops, i.rx_dropped, i.tx_dropped
+            )?;
+            for (name, value) in i.driver.iter().filter(|(_, v)| **v > 0) {
+                write!(f, ", {name} {value}")?;
+            }
+        }
+        Ok(())
     }
 }
 

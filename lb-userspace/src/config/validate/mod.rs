@@ -3,6 +3,7 @@
 
 mod agent;
 mod health;
+mod stats;
 mod vip;
 mod vrrp;
 
@@ -53,6 +54,10 @@ impl RawConfig {
             Some(vrrp) => Some(vrrp.validate(src, &vips)?),
             None => None,
         };
+        let stats = match &self.stats {
+            Some(stats) => Some(stats.validate(src, &agent)?),
+            None => None,
+        };
         let flows = match &self.flows {
             Some(flows) => flows.validate(src)?,
             None => FlowSettings::default(),
@@ -65,6 +70,7 @@ impl RawConfig {
             announce,
             vrrp,
             frontends,
+            stats,
         })
     }
 }
