@@ -386,6 +386,9 @@ fn duration_ms(text: &str) -> Result<f64> {
     Ok(number.parse::<f64>()? * scale)
 }
 
+/// A column of the table: its title, its figure, whether higher is better.
+type Column = (&'static str, fn(&Round) -> f64, bool);
+
 /// The table, medians of the rounds, and weir's ratios to HAProxy.
 fn report(servers: &[Server], results: &[Vec<Round>]) -> String {
     let median = |rounds: &[Round], field: fn(&Round) -> f64| {
@@ -393,7 +396,7 @@ fn report(servers: &[Server], results: &[Vec<Round>]) -> String {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let columns: [(&str, fn(&Round) -> f64, bool); 6] = [
+    let columns: [Column; 6] = [
         ("handshakes/s", |r| r.handshakes_per_s, true),
         (
             "CPU ms / 1k handshakes",
