@@ -15,9 +15,10 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd::Cmd, is_root, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and benchmarks
-/// use (BIRD 2 for the route announcement tests, keepalived for the VRRP interop tests:
-/// both run in namespaces), headless Chromium and promtool (`prometheus`) for the stats
-/// page tests, and xz for the rust-src fallback.
+/// use (BIRD 2 for the route announcement tests, keepalived for the VRRP interop tests,
+/// HAProxy as the TLS tier's yardstick in the benchmark: all run in namespaces), headless
+/// Chromium and promtool (`prometheus`) for the stats page tests, and xz for the rust-src
+/// fallback.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +33,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "bird2",
     "keepalived",
+    "haproxy",
     "chromium",
     "prometheus",
     "xz-utils",
@@ -42,6 +44,7 @@ pub const APT_PACKAGES: &[&str] = &[
 const NO_SERVICE: &[(&str, &str)] = &[
     ("keepalived", "keepalived"),
     ("bird2", "bird"),
+    ("haproxy", "haproxy"),
     ("prometheus", "prometheus"),
 ];
 /// Debian's hook that lets package scripts start services; exit 101 forbids it.

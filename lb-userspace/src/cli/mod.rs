@@ -90,7 +90,11 @@ pub fn execute(
     match command {
         AdminCommand::Status => {
             let a = client.call::<Status>("GET", "/v1/status", NO_BODY, 200)?;
-            output.show(&a.raw, || render_status(&a.value))
+            output.show(&a.raw, || {
+                // The TLS tier's frontends, when a `weir proxy` runs beside the agent.
+                let frontends = crate::proxy::cli::summary_beside(client.socket());
+                render_status(&a.value) + frontends.as_deref().unwrap_or_default()
+            })
         }
         AdminCommand::Vip(VipCommand::List) => {
             let a = client.call::<Vec<VipView>>("GET", "/v1/vips", NO_BODY, 200)?;
