@@ -356,7 +356,7 @@ impl Agent {
         let listeners = async {
             let unix = api::bind_unix(&settings.api_socket).await?;
             let stats = match &stats_settings {
-                Some(stats) => Some(stats::server::bind(stats).await?),
+                Some(stats) => Some(stats::server::bind(stats, &settings.api_socket).await?),
                 None => None,
             };
             let tcp = match (settings.api_listen, &settings.api_token_file) {

@@ -410,6 +410,8 @@ impl Control for Agent {
                 nat_entries: census.nat_entries,
                 nat_capacity: self.config.agent.nat_entries,
             },
+            // The stats server asks the proxy itself, outside the agent's lock.
+            tls: None,
         })
     }
 

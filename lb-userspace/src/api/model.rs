@@ -565,6 +565,7 @@ pub(crate) mod fake {
                 vips: self.vips.clone(),
                 stats: self.stats.clone(),
                 census: Default::default(),
+                tls: None,
             })
         }
 

@@ -119,15 +119,21 @@ pub fn run(args: ProxyArgs, json: bool) -> Result<(), ProxyCliError> {
     Ok(())
 }
 
-/// How long `weir status` waits for the proxy's answer.
+/// How long `weir status` and the stats page wait for the proxy's answer.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The frontends of the proxy whose control socket is beside the agent's `api_socket`,
-/// as `weir status` shows them; `None` when no proxy answers there.
-pub fn summary_beside(api_socket: &Path) -> Option<String> {
+/// The status of the proxy whose control socket is beside the agent's `api_socket`;
+/// `None` when no proxy answers there within a second.
+pub fn status_beside(api_socket: &Path) -> Option<ProxyStatus> {
     let client = Client::new(control_socket_beside(api_socket)).with_timeout(SUMMARY_TIMEOUT);
     let response = client.request("GET", control::STATUS_PATH, None).ok()?;
-    let status: ProxyStatus = serde_json::from_slice(&response.body).ok()?;
+    serde_json::from_slice(&response.body).ok()
+}
+
+/// The frontends of the proxy beside the agent's `api_socket`, as `weir status` shows
+/// them; `None` when no proxy answers there.
+pub fn summary_beside(api_socket: &Path) -> Option<String> {
+    let status = status_beside(api_socket)?;
     Some(format!(
         "\nTLS tier (weir proxy, pid {}):\n{}",
         status.pid,
@@ -155,16 +161,7 @@ pub fn render_frontends(status: &ProxyStatus) -> String {
         ("P50", Align::Right),
         ("P99", Align::Right),
     ]);
-    let quantile = |counters: &super::stats::FrontendCounters, q| match counters
-        .response_time_quantile_ms(q)
-    {
-        None => "-".to_owned(),
-        Some(Some(bound)) => format!("<{bound}ms"),
-        Some(None) => format!(
-            ">{}ms",
-            super::stats::RESPONSE_TIME_BUCKETS_MS.last().unwrap_or(&0)
-        ),
-    };
+    let quantile = |counters: &super::stats::FrontendCounters, q| counters.quantile_label(q);
     for frontend in &status.frontends {
         let counters = &frontend.counters;
         let eligible = frontend.backends.iter().filter(|b| b.eligible()).count();
@@ -194,12 +191,12 @@ pub fn render_frontends(status: &ProxyStatus) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::proxy::{FrontendStatus, stats::FrontendStats};
 
-    #[test]
-    fn frontends_render_as_one_line_each() {
+    /// A proxy with one frontend that served a 200 and timed out once (a 504).
+    pub(crate) fn sample_status() -> ProxyStatus {
         let stats = FrontendStats::default();
         stats.connection_opened();
         stats.handshake();
@@ -208,7 +205,7 @@ mod tests {
         stats.request();
         stats.failure(crate::proxy::stats::ProxyFailure::Timeout);
         stats.response(504, Duration::from_secs(30));
-        let status = ProxyStatus {
+        ProxyStatus {
             version: "0.1.0".into(),
             pid: 7,
             uptime_seconds: 5,
@@ -222,9 +219,13 @@ mod tests {
                 backends: vec![],
                 counters: stats.snapshot(),
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn frontends_render_as_one_line_each() {
         assert_eq!(
-            render_frontends(&status),
+            render_frontends(&sample_status()),
             "FRONTEND  BIND             VIP  BACKENDS  CONNS  HANDSHAKES  REQUESTS  2XX  3XX  4XX  5XX  ERRORS   P50      P99\n\
              www       198.18.0.10:443  web       0/0    1/1           1         2    1    0    0    1       1  <1ms  >5000ms\n"
         );

@@ -178,6 +178,16 @@ impl FrontendCounters {
         Some(None)
     }
 
+    /// The response-time bucket bound under which `quantile` of the responses fell, as
+    /// people read it: `<5ms`, `>10000ms` beyond the last bucket, `-` before any.
+    pub fn quantile_label(&self, quantile: f64) -> String {
+        match self.response_time_quantile_ms(quantile) {
+            None => "-".to_owned(),
+            Some(Some(bound)) => format!("<{bound}ms"),
+            Some(None) => format!(">{}ms", RESPONSE_TIME_BUCKETS_MS.last().unwrap_or(&0)),
+        }
+    }
+
     /// Failed handshakes (and timed out ones) and the proxy's own 502, 503 and 504.
     pub fn errors(&self) -> u64 {
         self.handshake_failures

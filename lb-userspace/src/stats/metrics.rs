@@ -18,6 +18,7 @@ use prometheus_client::{
 use crate::{
     api::model::VipStatus,
     failover::vrrp::state::State as VrrpState,
+    proxy::ProxyStatus,
     stats::overview::{BackendStatus, Overview},
 };
 
@@ -105,6 +106,9 @@ pub fn render(overview: &Overview, now: SystemTime, format: Format) -> String {
     vips(&mut b, overview);
     dataplane(&mut b, overview);
     node(&mut b, overview);
+    if let Some(tls) = &overview.tls {
+        frontends(&mut b, tls);
+    }
 
     let mut text = String::new();
     // Writing into a String cannot fail.
@@ -151,6 +155,71 @@ fn classic(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The TLS tier's frontends (HAProxy's `haproxy_frontend_*`).
+fn frontends(b: &mut Builder, tls: &ProxyStatus) {
+    let connections = b.counter(
+        "weir_frontend_connections",
+        "Client connections accepted by the frontend",
+    );
+    let open = b.gauge(
+        "weir_frontend_current_connections",
+        "Client connections open now",
+    );
+    let handshakes = b.counter("weir_frontend_handshakes", "TLS handshakes completed");
+    let failed = b.counter(
+        "weir_frontend_handshake_failures",
+        "TLS handshakes that failed or timed out",
+    );
+    let requests = b.counter("weir_frontend_requests", "HTTP requests received");
+    let responses = b.counter(
+        "weir_frontend_http_responses",
+        "HTTP responses sent, by status class (1xx … 5xx)",
+    );
+    let errors = b.counter(
+        "weir_frontend_proxy_errors",
+        "Requests the proxy answered itself, by reason: no_backend and connect (503), timeout (504), backend (502)",
+    );
+    let backends = b.gauge(
+        "weir_frontend_active_backends",
+        "Backends of the frontend's pool taking requests (ready, weighted and UP)",
+    );
+    let response_time = b.seconds_counter(
+        "weir_frontend_response_time_seconds",
+        "Total time from sending requests to their response heads (divide by requests for the mean)",
+    );
+    for frontend in &tls.frontends {
+        let id = labels([("frontend", &frontend.name)]);
+        let c = &frontend.counters;
+        connections.get_or_create(&id).inc_by(c.connections);
+        open.get_or_create(&id).set(c.open_connections as i64);
+        handshakes.get_or_create(&id).inc_by(c.handshakes);
+        failed
+            .get_or_create(&id)
+            .inc_by(c.handshake_failures + c.handshake_timeouts);
+        requests.get_or_create(&id).inc_by(c.requests);
+        for (class, count) in c.responses.iter().enumerate() {
+            let mut with_class = id.clone();
+            with_class.push(("code", format!("{}xx", class + 1)));
+            responses.get_or_create(&with_class).inc_by(*count);
+        }
+        for (reason, count) in [
+            ("no_backend", c.no_backend),
+            ("connect", c.backend_connect_errors),
+            ("timeout", c.backend_timeouts),
+            ("backend", c.backend_errors),
+        ] {
+            let mut with_reason = id.clone();
+            with_reason.push(("reason", reason.to_owned()));
+            errors.get_or_create(&with_reason).inc_by(count);
+        }
+        let eligible = frontend.backends.iter().filter(|b| b.eligible()).count();
+        backends.get_or_create(&id).set(eligible as i64);
+        response_time
+            .get_or_create(&id)
+            .inc_by(c.response_time_us_total as f64 / 1e6);
+    }
 }
 
 fn backends(b: &mut Builder, overview: &Overview, now_ms: u64) {
@@ -480,8 +549,43 @@ mod tests {
                 assert_eq!(label_names(labels), names, "{name}{{{labels}}}");
             }
         }
-        // Without [vrrp], its families have no samples.
+        // Without [vrrp], its families have no samples; without a proxy, neither have
+        // the frontends'.
         assert!(!metrics.contains_key("weir_vrrp_state"));
+        assert!(!metrics.contains_key("weir_frontend_requests_total"));
+    }
+
+    #[test]
+    fn a_proxy_beside_the_agent_adds_its_frontends() {
+        let mut overview = sample();
+        overview.tls = Some(crate::proxy::cli::tests::sample_status());
+        let text = render(&overview, SystemTime::UNIX_EPOCH, Format::OpenMetrics);
+        let metrics = parse(&text);
+        for (name, names) in [
+            ("weir_frontend_connections_total", &["frontend"][..]),
+            ("weir_frontend_current_connections", &["frontend"]),
+            ("weir_frontend_handshakes_total", &["frontend"]),
+            ("weir_frontend_handshake_failures_total", &["frontend"]),
+            ("weir_frontend_requests_total", &["frontend"]),
+            ("weir_frontend_http_responses_total", &["frontend", "code"]),
+            ("weir_frontend_proxy_errors_total", &["frontend", "reason"]),
+            ("weir_frontend_active_backends", &["frontend"]),
+            ("weir_frontend_response_time_seconds_total", &["frontend"]),
+        ] {
+            let samples = metrics
+                .get(name)
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            let names: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+            for labels in samples.keys() {
+                assert_eq!(label_names(labels), names, "{name}{{{labels}}}");
+            }
+        }
+        let one = |name: &str, labels: &str| metrics[name][labels];
+        assert_eq!(one("weir_frontend_requests_total", "frontend=\"www\""), 2.0);
+        let class = "frontend=\"www\",code=\"5xx\"";
+        assert_eq!(one("weir_frontend_http_responses_total", class), 1.0);
+        let timeout = "frontend=\"www\",reason=\"timeout\"";
+        assert_eq!(one("weir_frontend_proxy_errors_total", timeout), 1.0);
     }
 
     #[test]

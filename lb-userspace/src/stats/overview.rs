@@ -11,6 +11,7 @@ use crate::{
     cli::rate,
     config::AdminState,
     health::Operational,
+    proxy::ProxyStatus,
     stats::report::{BackendReport, StatsReport, VipReport},
 };
 
@@ -21,6 +22,10 @@ pub struct Overview {
     pub vips: Vec<VipView>,
     pub stats: StatsReport,
     pub census: CensusView,
+    /// The TLS tier's frontends, when a `weir proxy` answers beside the agent (its
+    /// control socket next to the API socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProxyStatus>,
 }
 
 /// The last flow census (see `census.rs`).
@@ -328,6 +333,7 @@ pub(crate) mod tests {
                 nat_entries: 0,
                 nat_capacity: 1 << 18,
             },
+            tls: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::{fmt::Write, time::Duration};
 use crate::{
     api::model::{BackendView, VipStatus, VipView},
     cli::{human_duration, si, vip_address},
+    proxy::ProxyStatus,
     stats::overview::{BackendStatus, NewFlowRates, Overview},
 };
 
@@ -64,6 +65,9 @@ pub fn render(overview: &Overview, context: &PageContext<'_>) -> String {
     node(&mut page, overview, context);
     for vip in &overview.vips {
         vip_table(&mut page, overview, vip, context);
+    }
+    if let Some(tls) = &overview.tls {
+        frontends(&mut page, tls);
     }
     counters(&mut page, overview);
     let _ = write!(
@@ -295,6 +299,55 @@ fn backend_row(
     page.push_str("</tr>\n");
 }
 
+/// The TLS tier's frontends (HAProxy's frontend rows): a frontend with no backend taking
+/// requests carries the DOWN class.
+fn frontends(page: &mut String, tls: &ProxyStatus) {
+    let _ = writeln!(
+        page,
+        "<h2>TLS frontends (weir proxy, pid {})</h2>\n<table class=\"tbl\" id=\"frontends\">\n\
+         <tr class=\"titre\"><th>Frontend</th><th>Bind</th><th>VIP</th><th>Backends</th>\
+         <th>Open</th><th>Connections</th><th>Handshakes</th><th>Failed handshakes</th>\
+         <th>Requests</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>Errors</th>\
+         <th>p50</th><th>p99</th></tr>",
+        tls.pid
+    );
+    for frontend in &tls.frontends {
+        let c = &frontend.counters;
+        let eligible = frontend.backends.iter().filter(|b| b.eligible()).count();
+        let class = if eligible == 0 {
+            "active_down"
+        } else {
+            "active_up"
+        };
+        let bind: Vec<String> = frontend.bind.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            page,
+            "<tr class=\"{class}\" id=\"frontend-{name}\"><td class=\"name\">{name}</td>\
+             <td class=\"text\">{bind}</td><td class=\"text\">{vip}</td><td>{eligible}/{known}</td>\
+             <td>{open}</td><td>{connections}</td><td>{handshakes}</td><td>{failed}</td>\
+             <td>{requests}</td><td>{r2}</td><td>{r3}</td><td>{r4}</td><td>{r5}</td>\
+             <td>{errors}</td><td>{p50}</td><td>{p99}</td></tr>",
+            name = escape(&frontend.name),
+            bind = escape(&bind.join(", ")),
+            vip = escape(&frontend.vip),
+            known = frontend.backends.len(),
+            open = c.open_connections,
+            connections = c.connections,
+            handshakes = c.handshakes,
+            failed = c.handshake_failures + c.handshake_timeouts,
+            requests = c.requests,
+            r2 = c.responses[1],
+            r3 = c.responses[2],
+            r4 = c.responses[3],
+            r5 = c.responses[4],
+            errors = c.errors(),
+            p50 = escape(&c.quantile_label(0.5)),
+            p99 = escape(&c.quantile_label(0.99)),
+        );
+    }
+    page.push_str("</table>\n");
+}
+
 /// The global verdict counters and the interfaces' loss counters.
 fn counters(page: &mut String, overview: &Overview) {
     let stats = &overview.stats;
@@ -403,6 +456,26 @@ mod tests {
         assert!(page.contains(".active_down { background: #ff9090; }"));
         // No admin: no form.
         assert!(!page.contains("<form"));
+    }
+
+    #[test]
+    fn the_tls_frontends_of_a_proxy_beside_the_agent_have_their_table() {
+        let rates = NewFlowRates::default();
+        assert!(!render(&sample(), &context(&rates, None)).contains("id=\"frontends\""));
+        let mut overview = sample();
+        overview.tls = Some(crate::proxy::cli::tests::sample_status());
+        let page = render(&overview, &context(&rates, None));
+        let start = page
+            .find("<tr class=\"active_down\" id=\"frontend-www\">")
+            .unwrap();
+        let row = &page[start..start + page[start..].find("</tr>").unwrap()];
+        // No backend takes requests: DOWN; 2 requests, a 2xx and a 5xx, one error.
+        assert!(row.contains("<td>0/0</td>"), "{row}");
+        assert!(
+            row.contains("<td>2</td><td>1</td><td>0</td><td>0</td><td>1</td><td>1</td>"),
+            "{row}"
+        );
+        assert!(page.contains("TLS frontends (weir proxy, pid 7)"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Instant, SystemTime},
 };
@@ -31,6 +32,7 @@ use crate::{
         server::{ApiError, SharedControl, bind_tcp},
     },
     config::{AdminState, StatsConfig},
+    proxy::cli::status_beside,
     stats::{
         auth::{Csrf, Users, UsersError},
         csv,
@@ -54,6 +56,8 @@ pub struct StatsListener {
     listener: TcpListener,
     settings: StatsConfig,
     users: Option<Users>,
+    /// The agent's API socket: a `weir proxy` beside it shows its frontends too.
+    api_socket: PathBuf,
 }
 
 impl StatsListener {
@@ -62,13 +66,14 @@ impl StatsListener {
     }
 }
 
-/// Reads the users file and binds `settings.listen`.
-pub async fn bind(settings: &StatsConfig) -> Result<StatsListener, StatsError> {
+/// Reads the users file and binds `settings.listen`; `api_socket` is the agent's.
+pub async fn bind(settings: &StatsConfig, api_socket: &Path) -> Result<StatsListener, StatsError> {
     let users = settings.auth.as_deref().map(Users::load).transpose()?;
     Ok(StatsListener {
         listener: bind_tcp(settings.listen).await?,
         settings: settings.clone(),
         users,
+        api_socket: api_socket.to_owned(),
     })
 }
 
@@ -78,7 +83,12 @@ pub async fn serve_on(
     control: SharedControl,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    let router = router(listener.settings, listener.users, control);
+    let router = router(
+        listener.settings,
+        listener.users,
+        control,
+        listener.api_socket,
+    );
     // The same header-read timeout and connection limit as the control API.
     connections::serve(
         Listener::Tcp(listener.listener),
@@ -92,6 +102,7 @@ pub async fn serve_on(
 
 struct Stats {
     control: SharedControl,
+    api_socket: PathBuf,
     settings: StatsConfig,
     users: Option<Users>,
     csrf: Csrf,
@@ -108,12 +119,18 @@ struct RateMemory {
 /// Rates over at least this long (a page and a scrape at once share one).
 const RATE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub fn router(settings: StatsConfig, users: Option<Users>, control: SharedControl) -> Router {
+pub fn router(
+    settings: StatsConfig,
+    users: Option<Users>,
+    control: SharedControl,
+    api_socket: PathBuf,
+) -> Router {
     let uri = settings.uri.clone();
     let state = Arc::new(Stats {
         control,
         settings,
         users,
+        api_socket,
         csrf: Csrf::default(),
         rates: Mutex::new(RateMemory::default()),
     });
@@ -164,7 +181,14 @@ async fn user(stats: &Arc<Stats>, headers: &HeaderMap) -> Result<String, Respons
 impl Stats {
     /// The overview and the new-flow rates up to it.
     async fn overview(&self) -> Result<(Overview, NewFlowRates), Response> {
-        let overview = self.control.lock().await.overview().map_err(failure)?;
+        let mut overview = self.control.lock().await.overview().map_err(failure)?;
+        // The proxy is asked outside the agent's lock, on the blocking pool (the CLI's
+        // client); a proxy that does not answer within a second is left out.
+        let api_socket = self.api_socket.clone();
+        overview.tls = tokio::task::spawn_blocking(move || status_beside(&api_socket))
+            .await
+            .ok()
+            .flatten();
         let mut memory = self.rates.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match &memory.earlier {
@@ -366,7 +390,16 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shared: SharedControl = control.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router(settings, Some(users()), shared)).await
+            axum::serve(
+                listener,
+                router(
+                    settings,
+                    Some(users()),
+                    shared,
+                    PathBuf::from("/nonexistent/api.sock"),
+                ),
+            )
+            .await
         });
         Served { addr, control }
     }
