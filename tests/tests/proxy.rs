@@ -27,6 +27,7 @@ use serde_json::Value;
 use weir_testbed::{
     Child, DsrTopology, Netns,
     agent::Agent,
+    http_get,
     server::{FORWARDED_PATH, HANG_PATH},
     topology::{CLIENT_V4, HTTP_PORT, LB_V4, LB_V6, VIP_V4, backend_v4},
     weir_bin,
@@ -126,11 +127,15 @@ fn config(topology: &DsrTopology, certificates: &Path, extra: &str) -> String {
     }
     text += &format!(
         "\n[[frontend]]\nname = \"www\"\nbind = [\"{LB_V4}:443\", \"[{LB_V6}]:443\"]\n\
-         certificates = \"{}\"\nredirect_http = [\"{LB_V4}:80\"]\nhsts = \"max-age=600\"\nbackends = \"web\"\n{extra}",
+         certificates = \"{}\"\nredirect_http = [\"{LB_V4}:80\"]\nhsts = \"max-age=600\"\nbackends = \"web\"\n{extra}\
+         \n[stats]\nlisten = \"{STATS}\"\n",
         certificates.display()
     );
     text
 }
+
+/// The agent's stats page and metrics, on the load balancer's loopback.
+const STATS: &str = "127.0.0.1:8404";
 
 impl Bed {
     /// `extra`: more keys for the frontend (e.g. its timeouts table).
@@ -370,6 +375,19 @@ fn https_with_http1_http2_sni_alpn_forwarding_and_redirects() {
     let status = bed.agent.cli(&["status"]).unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("TLS tier (weir proxy"), "{status}");
+
+    // The agent's stats page and metrics show the frontend too.
+    let lb = &bed.topology.lb().ns;
+    let page = http_get(lb, &format!("http://{STATS}/stats")).unwrap();
+    assert!(page.body.contains("id=\"frontend-www\""), "{}", page.body);
+    let metrics = http_get(lb, &format!("http://{STATS}/metrics")).unwrap();
+    let requests = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("weir_frontend_requests_total{frontend=\"www\"}"))
+        .unwrap_or_else(|| panic!("{}", metrics.body));
+    let served: f64 = requests.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(served >= 30.0, "{requests}");
 }
 
 /// HTTPS load from the client: `workers` threads each running one-shot curls (a new
