@@ -28,7 +28,7 @@ use crate::{
     api::{
         connections::{self, Limits, Listener},
         model::{BackendChange, ControlError, unix_ms},
-        server::{ApiError, SharedControl, bind_tcp},
+        server::{ApiError, SharedControl, bind_tcp, blocking},
     },
     config::{AdminState, StatsConfig},
     stats::{
@@ -164,7 +164,9 @@ async fn user(stats: &Arc<Stats>, headers: &HeaderMap) -> Result<String, Respons
 impl Stats {
     /// The overview and the new-flow rates up to it.
     async fn overview(&self) -> Result<(Overview, NewFlowRates), Response> {
-        let overview = self.control.lock().await.overview().map_err(failure)?;
+        let overview = blocking(&self.control, |c| c.overview())
+            .await
+            .map_err(failure)?;
         let mut memory = self.rates.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match &memory.earlier {
@@ -292,11 +294,11 @@ async fn admin(
         weight: None,
         state: Some(form.action),
     };
-    let changed = stats
-        .control
-        .lock()
-        .await
-        .change_backend(&form.vip, address, change);
+    let vip = form.vip.clone();
+    let changed = blocking(&stats.control, move |c| {
+        c.change_backend(&vip, address, change)
+    })
+    .await;
     match changed {
         Ok(_) => {
             tracing::info!(user, vip = %form.vip, backend = %address, state = ?form.action, "backend state set from the stats page");
