@@ -43,7 +43,7 @@ pub const DEFAULT_NAT_ENTRIES: u32 = 1 << 18;
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -308,8 +308,11 @@ pub struct NextHop {
     pub ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    /// The egress MTU (0: unknown, not checked); redirected packets larger are dropped.
+    pub mtu: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
 
 /// `OWN_MACS[0]`: the MAC addresses of the interfaces the program is attached to, as
 /// `mac_word`s, from the first slot on; a 0 ends the list. Only frames sent to one of them
@@ -421,11 +424,13 @@ pub enum Counter {
     DropRateLimited,
     /// A new flow over the global cap (`firewall.new_flow_cap`).
     DropFlowCap,
+    /// A frame to redirect that is larger than the egress interface's MTU.
+    DropTooBig,
 }
 
 impl Counter {
     /// Number of `GLOBAL_STATS` slots.
-    pub const COUNT: u32 = Counter::DropFlowCap as u32 + 1;
+    pub const COUNT: u32 = Counter::DropTooBig as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotIp,
@@ -456,6 +461,7 @@ impl Counter {
         Counter::DropHostFirewall,
         Counter::DropRateLimited,
         Counter::DropFlowCap,
+        Counter::DropTooBig,
     ];
 
     /// The XDP verdict this reason ends in, or `None` for an event counter.
@@ -480,7 +486,8 @@ impl Counter {
             | Counter::DropFirewall
             | Counter::DropHostFirewall
             | Counter::DropRateLimited
-            | Counter::DropFlowCap => Some(Verdict::Drop),
+            | Counter::DropFlowCap
+            | Counter::DropTooBig => Some(Verdict::Drop),
             Counter::FlowNew
             | Counter::FlowRescheduled
             | Counter::ConntrackInsertFailed
@@ -523,6 +530,7 @@ impl Counter {
             Counter::DropHostFirewall => "drop_host_firewall",
             Counter::DropRateLimited => "drop_rate_limited",
             Counter::DropFlowCap => "drop_flow_cap",
+            Counter::DropTooBig => "drop_too_big",
         }
     }
 }

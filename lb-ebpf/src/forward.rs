@@ -38,7 +38,7 @@ const AF_INET6: u8 = 10;
 pub fn forward(ctx: &XdpContext, packet: &Packet, target: &Target) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, ingress, packet, target)?;
-    send(ctx, ingress, &hop)
+    send(ctx, ingress, packet, &hop)
 }
 
 /// Forwards the packet of a NAT flow to `target`, translated to `nat`'s source.
@@ -91,7 +91,7 @@ fn forward_translated(
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, ingress, packet, target)?;
     rewrite().ok_or(Counter::DropMalformed)?;
-    send(ctx, ingress, &hop)
+    send(ctx, ingress, packet, &hop)
 }
 
 /// Sends a NAT flow's reply (or an ICMP error about it) back to `client`, translated.
@@ -106,7 +106,7 @@ pub fn reply(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Result<Coun
         translate::rewrite(ctx, packet, &client.dst, &client.src, ports)
     }
     .ok_or(Counter::DropMalformed)?;
-    send(ctx, ingress, &hop)
+    send(ctx, ingress, packet, &hop)
 }
 
 /// Whether the frame was sent to this host: to the MAC address of an interface the
@@ -140,9 +140,17 @@ pub fn sent_to_us(ctx: &XdpContext) -> bool {
     false
 }
 
-/// Rewrites the MAC addresses for `hop` and picks XDP_TX or XDP_REDIRECT.
+/// Rewrites the MAC addresses for `hop` and picks XDP_TX or XDP_REDIRECT. A redirected
+/// packet larger than the egress MTU is dropped here, counted: the kernel would drop it
+/// after the redirect without a trace. XDP_TX leaves by the interface the frame came in
+/// on, whose MTU it already fits, so it pays nothing for the check.
 #[inline(always)]
-fn send(ctx: &XdpContext, ingress: u32, hop: &NextHop) -> Result<Counter, Counter> {
+fn send(
+    ctx: &XdpContext,
+    ingress: u32,
+    packet: &Packet,
+    hop: &NextHop,
+) -> Result<Counter, Counter> {
     let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
     // SAFETY: `ptr_at_mut` bounds-checked the Ethernet header.
     unsafe {
@@ -151,6 +159,8 @@ fn send(ctx: &XdpContext, ingress: u32, hop: &NextHop) -> Result<Counter, Counte
     }
     if hop.ifindex == ingress {
         Ok(Counter::Tx)
+    } else if hop.mtu != 0 && ctx.data_end() - ctx.data() > packet.l3 as usize + hop.mtu as usize {
+        Err(Counter::DropTooBig)
     } else {
         TX_PORTS
             .redirect(hop.ifindex, 0)
@@ -218,7 +228,8 @@ fn lookup(
         fib.__bindgen_anon_3.ipv6_src = *src;
         fib.__bindgen_anon_4.ipv6_dst = *dst;
     }
-    // tot_len stays 0: neither DSR nor NAT grows the packet, so no MTU check is needed.
+    // tot_len stays 0: the lookup then never fails on size, and on success `mtu_result`
+    // holds the egress MTU, kept with the hop to check redirected packets against.
     // SAFETY: `fib` is a valid, fully initialised request of the size passed.
     let rc = unsafe {
         fib_lookup(
@@ -234,6 +245,9 @@ fn lookup(
             ifindex: fib.ifindex,
             src_mac: fib.smac,
             dst_mac: fib.dmac,
+            // SAFETY: the kernel wrote `mtu_result` (the union's output side) on success.
+            mtu: u32::from(unsafe { fib.__bindgen_anon_1.mtu_result }),
+            _pad: 0,
         }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Counter::DropFibNoNeigh),
         BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Counter::DropFibForwardingDisabled),

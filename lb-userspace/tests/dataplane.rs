@@ -251,6 +251,45 @@ fn port_zero_vip_matches_every_port() {
     }
 }
 
+/// `tcp4` with a payload that makes the IP packet `ip_len` bytes long.
+fn tcp4_sized(ip_len: usize) -> Vec<u8> {
+    let payload = vec![0x5a; ip_len - 20 - 20];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB0_MAC)
+        .ipv4(CLIENT4, VIP4_REDIRECT, 64)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .write(&mut frame, &payload)
+        .unwrap();
+    frame
+}
+
+#[test]
+fn a_redirect_larger_than_the_egress_mtu_is_dropped_and_counted() {
+    let mut bed = Bed::new();
+    bed.ns.ip(&["link", "set", "lb1", "mtu", "1280"]).unwrap();
+    let small = tcp4_sized(1280);
+    let expected = rewritten(&small, mac_of("198.18.2.21"), LB1_MAC);
+    bed.expect(
+        "fits lb1's MTU",
+        &small,
+        Verdict::Redirect,
+        &expected,
+        &[(Counter::Redirect, 1), (Counter::FlowNew, 1)],
+    );
+    let big = tcp4_sized(1400);
+    let before = bed.counters();
+    let (action, _) = bed.run(&big);
+    assert_eq!(
+        action,
+        Verdict::Drop as u32,
+        "a 1400-byte packet onto a 1280-byte MTU"
+    );
+    let moved = bed.counters_moved(&before);
+    assert_eq!(moved.get(&Counter::DropTooBig), Some(&1), "{moved:?}");
+    assert_eq!(moved.get(&Counter::Redirect), None, "{moved:?}");
+}
+
 #[test]
 fn next_hop_failures_are_dropped_and_counted_by_reason() {
     let mut bed = Bed::new();

@@ -888,3 +888,152 @@ fn the_master_holds_the_vips_added_and_releases_those_removed_at_runtime() {
     ));
     assert_eq!(state(&lb1), "master");
 }
+
+/// Flows written into LB1's pinned connection table.
+const BUSY_FLOWS: u32 = 1_000_000;
+
+/// `count` live TCP flows to the IPv4 VIP from distinct clients, written from two
+/// threads (the table's LRU lists are per CPU) through the pinned map.
+fn fill_conntrack(pins: &std::path::Path, count: u32) {
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::{Flow, FlowKey, MAP_LAYOUT_VERSION, map_names};
+
+    let path = pins
+        .join(format!("v{MAP_LAYOUT_VERSION}"))
+        .join("maps")
+        .join(map_names::CONNTRACK);
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let vip = u32::from_ne_bytes(VIP_V4.octets());
+    let writers: Vec<_> = (0..2u32)
+        .map(|part| {
+            let path = path.clone();
+            thread::spawn(move || {
+                let data = MapData::from_pin(&path).expect("the pinned CONNTRACK");
+                let mut map: HashMap<MapData, FlowKey, Flow> =
+                    HashMap::try_from(Map::HashMap(data)).expect("a hash map");
+                for n in (part..count).step_by(2) {
+                    // Clients 198.19.0.0/16, 16 ports each.
+                    let client = 0xc613_0000 | (n / 16);
+                    let key = FlowKey {
+                        src: [
+                            u32::from_ne_bytes(std::net::Ipv4Addr::from(client).octets()),
+                            0,
+                            0,
+                            0,
+                        ],
+                        dst: [vip, 0, 0, 0],
+                        src_port: (10_000 + (n % 16) as u16).to_be(),
+                        dst_port: HTTP_PORT.to_be(),
+                        protocol: libc::IPPROTO_TCP as u8,
+                        family: libc::AF_INET as u8,
+                        _pad: [0; 2],
+                    };
+                    let flow = Flow {
+                        backend_id: n % 2,
+                        flags: 0,
+                        nat_port: 0,
+                        last_seen_ns: now_ns,
+                    };
+                    map.insert(key, flow, 0).expect("a CONNTRACK entry");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("a writer thread");
+    }
+}
+
+/// The times LB1's adverts crossed the segment, as `tcpdump -tt` printed them.
+fn advert_times(capture: &str) -> Vec<f64> {
+    capture
+        .lines()
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn adverts_keep_their_pace_while_a_million_flows_are_listed() {
+    let topology = topology();
+    let dirs = weir_testbed::agent::AgentDirs::new().expect("agent directories");
+    let config = config(topology.lb_ifname(), LB1_PRIORITY, false, "").replacen(
+        "[agent]\n",
+        "[agent]\nconntrack_entries = 2097152\n",
+        1,
+    );
+    let lb1 = Agent::start_with(topology.lb_ns(), &config, &dirs, &[]).expect("LB1 agent");
+    assert!(
+        wait_for(Duration::from_secs(10), || state(&lb1) == "master").is_some(),
+        "LB1 alone did not become master:\n{}",
+        lb1.log()
+    );
+    let started = Instant::now();
+    fill_conntrack(dirs.pins().expect("a pin directory"), BUSY_FLOWS);
+    eprintln!("{BUSY_FLOWS} flows written in {} ms", ms(started.elapsed()));
+
+    // The adverts as the peer's interface sees them.
+    let peer = topology.peer_lb().expect("second LB");
+    let mut tcpdump = peer
+        .ns
+        .command("tcpdump")
+        .args(["-i", &peer.ifname, "-n", "-l", "-tt", "-Q", "in"])
+        .args(["ip", "proto", "112", "and", "src", &LB_V4.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    thread::sleep(Duration::from_secs(1));
+
+    // Listings of the whole table back to back for 8 s, which spans at least one NAT
+    // sweep (every 5 s). One client: concurrent ones would only queue on the agent.
+    let busy_until = Instant::now() + Duration::from_secs(8);
+    let commands: [&[&str]; 3] = [
+        &["--json", "vip", "list"],
+        &["--json", "vip", "show", "web"],
+        &["--json", "flows", "--backend", "198.18.9.9"],
+    ];
+    let mut listings = 0;
+    for args in commands.iter().cycle() {
+        if Instant::now() >= busy_until {
+            break;
+        }
+        let output = lb1.cli(args).expect("weir CLI");
+        assert!(output.status.success(), "weir {args:?}: {output:?}");
+        listings += 1;
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGTERM) };
+    let mut capture = String::new();
+    tcpdump
+        .stdout
+        .take()
+        .expect("tcpdump's output")
+        .read_to_string(&mut capture)
+        .expect("tcpdump's output");
+    let _ = tcpdump.wait();
+
+    let times = advert_times(&capture);
+    let max_gap = times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .fold(0.0, f64::max);
+    eprintln!(
+        "{} listings of {BUSY_FLOWS} flows; {} adverts, largest gap {:.0} ms (interval {ADVERT_INTERVAL_MS} ms)",
+        listings,
+        times.len(),
+        max_gap * 1000.0
+    );
+    assert!(times.len() >= 50, "too few adverts seen:\n{capture}");
+    assert!(
+        max_gap < 0.3,
+        "an advert came {:.0} ms after the previous one:\n{}",
+        max_gap * 1000.0,
+        lb1.log()
+    );
+}

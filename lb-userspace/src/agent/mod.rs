@@ -2,15 +2,16 @@
 //! the runtime changes on top), attaches to the interfaces, serves the control API
 //! (`operations.rs`), reloads on SIGHUP, and stops on SIGINT/SIGTERM.
 
+mod nat_sweep;
 mod operations;
 pub mod runtime;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
@@ -18,15 +19,14 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{Mutex, mpsc, watch},
 };
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     agent::runtime::{RuntimeError, RuntimeState},
     api::model::AnnounceStatus,
-    api::server::{self as api, SharedControl},
+    api::server::{self as api, SharedControl, blocking},
     api::token::read_token,
     config::{Config, ConfigError, Forwarding},
-    dataplane::flows,
     dataplane::pins::Pins,
     dataplane::plan::{PlanError, Reconciler},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
@@ -40,7 +40,6 @@ use crate::{
 
 /// How often ended NAT flows are removed from the NAT tables (the program also takes
 /// over the port of an ended flow it meets, so this only bounds how full they get).
-const NAT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -68,6 +67,8 @@ pub enum AgentError {
     Stats(#[from] stats::server::StatsError),
     #[error("starting the flow census: {0}")]
     Census(std::io::Error),
+    #[error("starting the NAT sweep: {0}")]
+    NatSweep(std::io::Error),
 }
 
 /// How the agent starts and stops.
@@ -388,9 +389,10 @@ impl Agent {
                         .map_err(AgentError::Census)?,
                 );
             }
-            Ok(started)
+            let sweep = nat_sweep::spawn(self.dataplane.flow_tables()?);
+            Ok((started, sweep.map_err(AgentError::NatSweep)?))
         });
-        let ((unix, tcp, stats_listener), vrrp) = match started {
+        let (((unix, tcp, stats_listener), vrrp), _nat_sweep) = match started {
             Ok(started) => started,
             Err(err) => {
                 // As a failed start: a dataplane this agent created goes, an adopted one
@@ -443,8 +445,8 @@ impl Agent {
         }
         info!(api = %settings.api_socket.display(), tcp = ?settings.api_listen, stats = ?stats_listen, "weir agent ready");
 
-        let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
-        let mut suspects = HashSet::new();
+        // Each agent call runs on the blocking pool: a re-plan or reload may run `ip` and
+        // walk maps, which must not stall the VRRP adverts on the runtime.
         loop {
             let due = *settling_due.borrow_and_update();
             let settled = async move {
@@ -454,19 +456,11 @@ impl Agent {
                 }
             };
             tokio::select! {
-                _ = settled => agent.lock().await.republish_serving(),
+                _ = settled => blocking(&agent, Agent::republish_serving).await,
                 // A new hold (or none): wait for its due time instead.
                 Ok(()) = settling_due.changed() => {}
-                _ = sweep.tick() => {
-                    let mut agent = agent.lock().await;
-                    match agent.dataplane.sweep_nat(flows::now_ns(), &mut suspects) {
-                        Ok(0) => {}
-                        Ok(removed) => debug!(removed, "ended NAT flows swept"),
-                        Err(err) => warn!(error = %err, "sweeping the NAT tables failed"),
-                    }
-                }
                 _ = hangup.recv() => {
-                    if let Err(err) = agent.lock().await.reload() {
+                    if let Err(err) = blocking(&agent, Agent::reload).await {
                         error!(error = %err, "reload refused; the running configuration is unchanged");
                     }
                 }
@@ -476,7 +470,7 @@ impl Agent {
                     while let Ok(more) = health_reports.try_recv() {
                         reports.push(more);
                     }
-                    agent.lock().await.apply_health(reports);
+                    blocking(&agent, move |agent| agent.apply_health(reports)).await;
                 }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
@@ -501,7 +495,7 @@ impl Agent {
         {
             warn!(error = %err, "the announcement task failed");
         }
-        agent.lock().await.stop()
+        blocking(&agent, Agent::stop).await
     }
 
     /// Prints the counters, then detaches (with `detach_on_exit`) or leaves the dataplane

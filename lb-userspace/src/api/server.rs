@@ -49,6 +49,21 @@ use crate::stats::report::StatsReport;
 /// The agent's state as the server holds it. An `Arc<Mutex<Agent>>` coerces to it.
 pub type SharedControl = Arc<Mutex<dyn Control>>;
 
+/// Runs `call` on the control from the blocking pool: its map walks and `ip` commands
+/// must not hold a runtime worker that the VRRP adverts and the other requests need.
+pub async fn blocking<C, T, F>(control: &Arc<Mutex<C>>, call: F) -> T
+where
+    C: ?Sized + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&mut C) -> T + Send + 'static,
+{
+    let control = Arc::clone(control);
+    match tokio::task::spawn_blocking(move || call(&mut *control.blocking_lock())).await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -484,17 +499,17 @@ type VipPath = axum::extract::Path<String>;
 type BackendPath = axum::extract::Path<(String, String)>;
 
 // ---------------------------------------------------------------------------------------
-// Handlers: each locks the control for one call.
+// Handlers: each runs one call on the control (see `blocking`).
 
 type Reply<T> = Result<Json<T>, Failure>;
 
 async fn status(State(control): State<SharedControl>) -> Json<Status> {
-    let status = control.lock().await.status();
+    let status = blocking(&control, move |c| c.status()).await;
     Json(status)
 }
 
 async fn vips(State(control): State<SharedControl>) -> Json<Vec<VipView>> {
-    let vips = control.lock().await.vips();
+    let vips = blocking(&control, move |c| c.vips()).await;
     Json(vips)
 }
 
@@ -503,7 +518,7 @@ async fn vip(
     path: Result<VipPath, PathRejection>,
 ) -> Reply<VipView> {
     let name = path?.0;
-    let vip = control.lock().await.vip(&name)?;
+    let vip = blocking(&control, move |c| c.vip(&name)).await?;
     Ok(Json(vip))
 }
 
@@ -511,7 +526,7 @@ async fn add_vip(
     State(control): State<SharedControl>,
     JsonBody(vip): JsonBody<NewVip>,
 ) -> Result<(StatusCode, Json<VipView>), Failure> {
-    let added = control.lock().await.add_vip(vip)?;
+    let added = blocking(&control, move |c| c.add_vip(vip)).await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
 
@@ -520,7 +535,7 @@ async fn remove_vip(
     path: Result<VipPath, PathRejection>,
 ) -> Result<StatusCode, Failure> {
     let name = path?.0;
-    control.lock().await.remove_vip(&name)?;
+    blocking(&control, move |c| c.remove_vip(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -529,7 +544,7 @@ async fn backends(
     path: Result<VipPath, PathRejection>,
 ) -> Reply<Vec<BackendView>> {
     let name = path?.0;
-    let vip = control.lock().await.vip(&name)?;
+    let vip = blocking(&control, move |c| c.vip(&name)).await?;
     Ok(Json(vip.backends))
 }
 
@@ -539,7 +554,7 @@ async fn add_backend(
     JsonBody(backend): JsonBody<NewBackend>,
 ) -> Result<(StatusCode, Json<BackendView>), Failure> {
     let name = path?.0;
-    let added = control.lock().await.add_backend(&name, backend)?;
+    let added = blocking(&control, move |c| c.add_backend(&name, backend)).await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
 
@@ -549,7 +564,7 @@ async fn remove_backend(
 ) -> Result<StatusCode, Failure> {
     let (name, address) = path?.0;
     let address = parse_address(&address)?;
-    control.lock().await.remove_backend(&name, address)?;
+    blocking(&control, move |c| c.remove_backend(&name, address)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -560,10 +575,7 @@ async fn change_backend(
 ) -> Reply<BackendView> {
     let (name, address) = path?.0;
     let address = parse_address(&address)?;
-    let changed = control
-        .lock()
-        .await
-        .change_backend(&name, address, change)?;
+    let changed = blocking(&control, move |c| c.change_backend(&name, address, change)).await?;
     Ok(Json(changed))
 }
 
@@ -581,22 +593,22 @@ async fn flows(
 ) -> Reply<Vec<FlowView>> {
     let Query(query) = query?;
     let backend = query.backend.as_deref().map(parse_address).transpose()?;
-    let flows = control.lock().await.flows(query.vip.as_deref(), backend)?;
+    let flows = blocking(&control, move |c| c.flows(query.vip.as_deref(), backend)).await?;
     Ok(Json(flows))
 }
 
 async fn stats(State(control): State<SharedControl>) -> Reply<StatsReport> {
-    let stats = control.lock().await.stats()?;
+    let stats = blocking(&control, move |c| c.stats()).await?;
     Ok(Json(stats))
 }
 
 async fn reload(State(control): State<SharedControl>) -> Reply<ReloadOutcome> {
-    let outcome = control.lock().await.reload()?;
+    let outcome = blocking(&control, move |c| c.reload()).await?;
     Ok(Json(outcome))
 }
 
 async fn firewalls(State(control): State<SharedControl>) -> Json<Vec<FirewallView>> {
-    let firewalls = control.lock().await.firewalls();
+    let firewalls = blocking(&control, move |c| c.firewalls()).await;
     Json(firewalls)
 }
 
@@ -606,7 +618,7 @@ async fn edit_firewall(
     JsonBody(edit): JsonBody<FirewallEdit>,
 ) -> Reply<FirewallView> {
     let name = path?.0;
-    let edited = control.lock().await.edit_firewall(&name, edit)?;
+    let edited = blocking(&control, move |c| c.edit_firewall(&name, edit)).await?;
     Ok(Json(edited))
 }
 

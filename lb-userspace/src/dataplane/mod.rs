@@ -529,6 +529,7 @@ impl Dataplane {
         Ok(FlowTables {
             conntrack: reopen(&self.conntrack, map_names::CONNTRACK)?,
             nat_flows: reopen(&self.nat_flows, map_names::NAT_FLOWS)?,
+            nat_reverse: reopen(&self.nat_reverse, map_names::NAT_REVERSE)?,
             nat_config: reopen(&self.nat_config, map_names::NAT_CONFIG)?,
         })
     }
@@ -573,6 +574,50 @@ impl Dataplane {
             .map_err(map_err(map_names::NAT_CONFIG))
     }
 
+    /// Sweeps the NAT tables once (see [`FlowTables::sweep_nat`]); the agent sweeps
+    /// from a thread of its own instead.
+    pub fn sweep_nat(
+        &mut self,
+        now_ns: u64,
+        suspects: &mut HashSet<FlowKey>,
+    ) -> Result<usize, DataplaneError> {
+        self.flow_tables()?.sweep_nat(now_ns, suspects)
+    }
+
+    /// The firewall's maps: counters, and the flood guard's buckets.
+    pub fn firewall(&self) -> &FirewallMaps {
+        &self.firewall
+    }
+
+    pub fn firewall_mut(&mut self) -> &mut FirewallMaps {
+        &mut self.firewall
+    }
+
+    /// One backend entry as the program sees it.
+    pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
+        self.backends
+            .get(&id, 0)
+            .map_err(map_err(map_names::BACKENDS))
+    }
+}
+
+/// The connection table, the NAT tables and the flow timeouts, on descriptors of their
+/// own: the census and the NAT sweep walk them from threads of their own.
+pub struct FlowTables {
+    pub conntrack: HashMap<MapData, FlowKey, Flow>,
+    pub nat_flows: HashMap<MapData, FlowKey, Flow>,
+    nat_reverse: HashMap<MapData, FlowKey, NatReply>,
+    nat_config: Array<MapData, FlowTimeouts>,
+}
+
+impl FlowTables {
+    /// The flow timeouts the program uses now.
+    pub fn timeouts(&self) -> Result<FlowTimeouts, DataplaneError> {
+        self.nat_config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NAT_CONFIG))
+    }
+
     /// Removes the NAT entries of flows that have ended at `now_ns`: reply entries first
     /// (see [`crate::dataplane::flows::sweep_decision`]), then the flows. A reply entry without a
     /// flow may be a flow being created this very instant (the program writes the reply
@@ -583,9 +628,14 @@ impl Dataplane {
         now_ns: u64,
         suspects: &mut HashSet<FlowKey>,
     ) -> Result<usize, DataplaneError> {
-        let timeouts = self.flow_timeouts()?;
+        let timeouts = self.timeouts()?;
         let mut orphans = HashSet::new();
-        for (reply, client) in self.nat_replies()? {
+        let replies: Vec<(FlowKey, NatReply)> = self
+            .nat_reverse
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::NAT_REVERSE))?;
+        for (reply, NatReply { client, .. }) in replies {
             let flow = self.nat_flows.get(&client, 0).ok();
             let remove = match sweep_decision(&reply, flow.as_ref(), &timeouts, now_ns) {
                 Sweep::Keep => false,
@@ -626,38 +676,6 @@ impl Dataplane {
             }
         }
         Ok(removed)
-    }
-
-    /// The firewall's maps: counters, and the flood guard's buckets.
-    pub fn firewall(&self) -> &FirewallMaps {
-        &self.firewall
-    }
-
-    pub fn firewall_mut(&mut self) -> &mut FirewallMaps {
-        &mut self.firewall
-    }
-
-    /// One backend entry as the program sees it.
-    pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
-        self.backends
-            .get(&id, 0)
-            .map_err(map_err(map_names::BACKENDS))
-    }
-}
-
-/// The connection table, the NAT flows and the flow timeouts, on descriptors of their own.
-pub struct FlowTables {
-    pub conntrack: HashMap<MapData, FlowKey, Flow>,
-    pub nat_flows: HashMap<MapData, FlowKey, Flow>,
-    nat_config: Array<MapData, FlowTimeouts>,
-}
-
-impl FlowTables {
-    /// The flow timeouts the program uses now.
-    pub fn timeouts(&self) -> Result<FlowTimeouts, DataplaneError> {
-        self.nat_config
-            .get(&0, 0)
-            .map_err(map_err(map_names::NAT_CONFIG))
     }
 }
 

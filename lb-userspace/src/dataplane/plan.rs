@@ -472,8 +472,15 @@ impl Reconciler {
                 .map(|(_, state)| state.id),
         );
 
-        // 3. The Maglev table, then the VIP entry that points at it.
-        let table = maglev_table(&vip.name, &backends, vip.table_size)?;
+        // 3. The Maglev table, then the VIP entry that points at it. Building one takes
+        // milliseconds per VIP, so a table whose inputs did not change is kept.
+        let table = match previous
+            .as_ref()
+            .filter(|state| same_maglev_inputs(state, &backends, vip.table_size))
+        {
+            Some(state) => state.table.clone(),
+            None => maglev_table(&vip.name, &backends, vip.table_size)?,
+        };
         let mut meta = VipMeta {
             id: vip_id,
             flags,
@@ -563,6 +570,22 @@ fn check_capacity(config: &Config) -> Result<(), PlanError> {
         return Err(PlanError::TooManyBackends { wanted: backends });
     }
     Ok(())
+}
+
+/// Whether `state`'s Maglev table is the one `backends` and `table_size` would build: the
+/// same backends (addresses name them in the table) with the same ids and weights.
+fn same_maglev_inputs(
+    state: &VipState,
+    backends: &BTreeMap<IpAddr, BackendState>,
+    table_size: u32,
+) -> bool {
+    let inputs = |backends: &BTreeMap<IpAddr, BackendState>| {
+        backends
+            .iter()
+            .map(|(address, backend)| (*address, backend.id, backend.weight))
+            .collect::<Vec<_>>()
+    };
+    state.meta.ring_size == table_size && inputs(&state.backends) == inputs(backends)
 }
 
 /// The VIP's Maglev table in backend ids. Backends are named by address, so every node
@@ -757,6 +780,31 @@ mod tests {
             err,
             "the Maglev tables need 65537 more ring slots but only 65473 of 4194304 are \
              free: the ring is shared by all VIPs; lower their table_size (65521 fits 64 VIPs)"
+        );
+    }
+
+    #[test]
+    fn a_table_is_rebuilt_only_when_its_backends_weights_or_size_change() {
+        let planned = |cfg: &Config| {
+            let (_, next) = Reconciler::new(RING).plan(cfg).unwrap();
+            next.vips().next().unwrap().clone()
+        };
+        let state = planned(&web(&[("198.18.1.11", 1), ("198.18.1.12", 2)], 251));
+        assert!(same_maglev_inputs(&state, &state.backends, 251));
+        assert!(!same_maglev_inputs(&state, &state.backends, 509));
+        let reweighted = planned(&web(&[("198.18.1.11", 1), ("198.18.1.12", 3)], 251));
+        assert!(!same_maglev_inputs(&state, &reweighted.backends, 251));
+        let other = planned(&web(&[("198.18.1.11", 1), ("198.18.1.13", 2)], 251));
+        assert!(!same_maglev_inputs(&state, &other.backends, 251));
+        // A re-plan of an unchanged VIP keeps its table and writes no ring slot.
+        let cfg = web(&[("198.18.1.11", 1), ("198.18.1.12", 2)], 251);
+        let (_, first) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let (writes, _) = first.plan(&cfg).unwrap();
+        assert!(
+            !writes
+                .iter()
+                .any(|w| matches!(w, MapWrite::SetRing { .. } | MapWrite::PatchRing { .. })),
+            "{writes:?}"
         );
     }
 

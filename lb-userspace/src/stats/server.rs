@@ -29,7 +29,7 @@ use crate::{
     api::{
         connections::{self, Limits, Listener},
         model::{BackendChange, ControlError, unix_ms},
-        server::{ApiError, SharedControl, bind_tcp},
+        server::{ApiError, SharedControl, bind_tcp, blocking},
     },
     config::{AdminState, StatsConfig},
     proxy::cli::status_beside,
@@ -181,7 +181,9 @@ async fn user(stats: &Arc<Stats>, headers: &HeaderMap) -> Result<String, Respons
 impl Stats {
     /// The overview and the new-flow rates up to it.
     async fn overview(&self) -> Result<(Overview, NewFlowRates), Response> {
-        let mut overview = self.control.lock().await.overview().map_err(failure)?;
+        let mut overview = blocking(&self.control, |c| c.overview())
+            .await
+            .map_err(failure)?;
         // The proxy is asked outside the agent's lock, on the blocking pool (the CLI's
         // client); a proxy that does not answer within a second is left out.
         let api_socket = self.api_socket.clone();
@@ -316,11 +318,11 @@ async fn admin(
         weight: None,
         state: Some(form.action),
     };
-    let changed = stats
-        .control
-        .lock()
-        .await
-        .change_backend(&form.vip, address, change);
+    let vip = form.vip.clone();
+    let changed = blocking(&stats.control, move |c| {
+        c.change_backend(&vip, address, change)
+    })
+    .await;
     match changed {
         Ok(_) => {
             tracing::info!(user, vip = %form.vip, backend = %address, state = ?form.action, "backend state set from the stats page");
