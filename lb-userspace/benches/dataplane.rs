@@ -4,7 +4,9 @@
 //! 1. BPF_PROG_TEST_RUN: nanoseconds per packet of weir's paths in the fixture bed,
 //!    next to an empty program and a bare MAC swap (the harness's own cost).
 //! 2. Live: packets per second through a load-balancer namespace on a veth, weir
-//!    against the bare XDP_TX ceiling and an nftables DNAT load balancer.
+//!    against the bare XDP_TX ceiling and an nftables DNAT load balancer; and what the
+//!    firewall drops (a denied source, a SYN flood over the per-source rate limit)
+//!    against nftables dropping the same traffic in its ingress hook.
 //!
 //! The method is that of `../shared/bench-method.md`: one CPU generates, the other
 //! forwards, the cases take turns round by round, and the medians over the rounds are

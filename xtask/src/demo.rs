@@ -3,9 +3,12 @@
 //! whose servers answer with their own name, each in a network namespace; a few hundred
 //! HTTP requests (IPv4 and IPv6) and UDP datagrams go through the VIPs (DSR and full
 //! NAT); a backend is drained at runtime with the `weir` CLI; a backend's server is
-//! stopped and its health checks take it out of rotation, then bring it back; the demo
-//! prints how requests spread at each step, and the agent's counters, and removes
-//! everything (also on Ctrl-C).
+//! stopped and its health checks take it out of rotation, then bring it back; `weir
+//! proxy` terminates HTTPS in front of the same backends (`https`); the demo prints how
+//! requests spread at each step, and the agent's counters, and removes everything (also
+//! on Ctrl-C).
+
+mod https;
 
 use std::{
     collections::BTreeMap,
@@ -68,7 +71,10 @@ pub fn run_demo(built: &Built) -> Result<()> {
     say("building the test bed: client, load balancer, 3 backends on one L2 segment");
     let mut topology = DsrTopology::with_servers(3).context("cannot build the test bed")?;
     check_interrupted()?;
-    let config = CONFIG.replace("@LB_INTERFACE@", topology.lb_ifname());
+    let certificate = https::Certificate::generate()?;
+    let config = CONFIG
+        .replace("@LB_INTERFACE@", topology.lb_ifname())
+        .replace("@CERTIFICATE@", &certificate.pem().display().to_string());
     say("starting `weir agent` in the load balancer's namespace on the embedded configuration");
     let agent = Agent::start(topology.lb_ns(), &config)?;
     for line in agent.log().lines() {
@@ -128,6 +134,13 @@ pub fn run_demo(built: &Built) -> Result<()> {
     })?;
     print_spread(&nat);
     cli(&agent, &["vip", "show", "web-nat"])?;
+
+    https::run(
+        topology.lb_ns(),
+        &topology.client().ns,
+        &agent,
+        &certificate,
+    )?;
 
     say("stopping backend1's server: HTTP health checks take it DOWN");
     topology.stop_server(1)?;

@@ -11,7 +11,8 @@
 //! - `bench_sink`: counts and drops what comes back to the generator's side.
 //!
 //! Frame layout assumptions (the bench builds its frames to match): untagged Ethernet,
-//! then IPv4 with a 20-byte header, then TCP or UDP.
+//! then IPv4 with a 20-byte header, then TCP or UDP; the generator's frames are at least
+//! `GEN_HEADER_LEN` long.
 #![no_std]
 #![no_main]
 
@@ -25,10 +26,13 @@ use aya_ebpf::{
 const ETH_ALEN: usize = 6;
 /// Offset of the last two bytes of the IPv4 source address.
 const IPV4_SRC_LOW_OFFSET: usize = 14 + 12 + 2;
+/// Offset of the IPv4 header checksum.
+const IPV4_CHECKSUM_OFFSET: usize = 14 + 10;
 /// Offset of the TCP or UDP source port.
 const L4_SRC_PORT_OFFSET: usize = 14 + 20;
-/// Ethernet + IPv4 + UDP headers: what the generator writes into every frame.
-const GEN_HEADER_LEN: usize = 14 + 20 + 8;
+/// What the generator writes into every frame: Ethernet + IPv4 + TCP headers, or
+/// Ethernet + IPv4 + UDP headers and the first 12 bytes after them.
+const GEN_HEADER_LEN: usize = 14 + 20 + 20;
 /// Ethernet + IPv4 + TCP headers: what `bench_replay` restores.
 const REPLAY_HEADER_LEN: usize = 14 + 20 + 20;
 
@@ -52,8 +56,8 @@ static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SINK_PACKETS")]
 static SINK_PACKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// `[0]`: the generator's Ethernet + IPv4 + UDP header, set by the bench. Its UDP source
-/// port is the first of `GEN_FLOWS[0]` consecutive ports.
+/// `[0]`: the generator's headers, set by the bench. Its source port is the first of
+/// `GEN_FLOWS[0]` consecutive ports, its IPv4 source the first of `GEN_SOURCES[0]`.
 #[map(name = "GEN_HEADER")]
 static GEN_HEADER: Array<[u8; GEN_HEADER_LEN]> = Array::with_max_entries(1, 0);
 
@@ -64,6 +68,11 @@ static REPLAY_HEADER: Array<[u8; REPLAY_HEADER_LEN]> = Array::with_max_entries(1
 /// `[0]`: how many flows (source ports) the generator cycles through, set by the bench.
 #[map(name = "GEN_FLOWS")]
 static GEN_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `[0]`: how many consecutive IPv4 sources the generator cycles through (at most
+/// 65536: it varies the address's last two bytes), set by the bench.
+#[map(name = "GEN_SOURCES")]
+static GEN_SOURCES: Array<u32> = Array::with_max_entries(1, 0);
 
 /// A pointer to `N` bytes at `offset`, or `None` when the frame is shorter.
 #[inline(always)]
@@ -161,7 +170,8 @@ pub fn bench_replay(ctx: XdpContext) -> u32 {
 
 /// The live-frames generator: writes the whole header (the kernel recycles frames, and
 /// whoever forwarded a frame last has rewritten its MACs, and NAT its addresses), gives
-/// it the next of `GEN_FLOWS` source ports, and transmits it.
+/// it the next of `GEN_FLOWS` source ports and of `GEN_SOURCES` source addresses, and
+/// transmits it.
 #[xdp]
 pub fn bench_generate(ctx: XdpContext) -> u32 {
     let (Some(header), Some(template), Some(seq)) = (
@@ -172,20 +182,39 @@ pub fn bench_generate(ctx: XdpContext) -> u32 {
         return XDP_ABORTED;
     };
     let flows = GEN_FLOWS.get(0).copied().unwrap_or(1).max(1);
-    let port = L4_SRC_PORT_OFFSET;
-    let first = u16::from_be_bytes([template[port], template[port + 1]]);
-    let src_port = first.wrapping_add((seq % flows) as u16);
+    let sources = GEN_SOURCES.get(0).copied().unwrap_or(1).max(1);
+    let word = |offset: usize| u16::from_be_bytes([template[offset], template[offset + 1]]);
+    let src_port = word(L4_SRC_PORT_OFFSET).wrapping_add((seq % flows) as u16);
+    let first_src = word(IPV4_SRC_LOW_OFFSET);
+    let src_low = first_src.wrapping_add((seq % sources) as u16);
+    let checksum = checksum_replace(word(IPV4_CHECKSUM_OFFSET), first_src, src_low);
     // SAFETY: `bytes_mut` checked that the header fits in the frame; `template` is a map
     // value, not packet memory, so the two cannot overlap.
     unsafe {
         let header = header.cast::<u8>();
         core::ptr::copy_nonoverlapping(template.as_ptr(), header, GEN_HEADER_LEN);
-        header
-            .add(port)
-            .cast::<[u8; 2]>()
-            .write_unaligned(src_port.to_be_bytes());
+        for (offset, value) in [
+            (L4_SRC_PORT_OFFSET, src_port),
+            (IPV4_SRC_LOW_OFFSET, src_low),
+            (IPV4_CHECKSUM_OFFSET, checksum),
+        ] {
+            header
+                .add(offset)
+                .cast::<[u8; 2]>()
+                .write_unaligned(value.to_be_bytes());
+        }
     }
     XDP_TX
+}
+
+/// The IPv4 header checksum after one of its 16-bit words changed from `old` to `new`
+/// (RFC 1624, eqn. 3): the frames stay valid for whoever checks them.
+#[inline(always)]
+fn checksum_replace(checksum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!checksum) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 /// Counts the frame and drops it: the cheapest receiver a veth can have (one without an

@@ -32,11 +32,13 @@ pub mod maps {
     pub const REPLAY_HEADER: &str = "REPLAY_HEADER";
     pub const GEN_HEADER: &str = "GEN_HEADER";
     pub const GEN_FLOWS: &str = "GEN_FLOWS";
+    pub const GEN_SOURCES: &str = "GEN_SOURCES";
     pub const SINK_PACKETS: &str = "SINK_PACKETS";
 }
 
-/// Ethernet + IPv4 + UDP: the header the generator writes into every frame.
-pub const GEN_HEADER_LEN: usize = 14 + 20 + 8;
+/// What the generator writes into every frame: Ethernet + IPv4 + TCP, or Ethernet +
+/// IPv4 + UDP and the first 12 bytes after them.
+pub const GEN_HEADER_LEN: usize = 14 + 20 + 20;
 /// Ethernet + IPv4 + TCP: the headers `bench_replay` restores.
 pub const REPLAY_HEADER_LEN: usize = 14 + 20 + 20;
 

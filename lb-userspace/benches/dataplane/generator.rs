@@ -11,16 +11,17 @@
 use std::{
     io, mem, ptr,
     sync::{
-        OnceLock,
+        Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     thread,
     time::Duration,
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use aya::{
     Ebpf,
+    maps::{Array, MapData},
     programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, XdpMode},
     sys::SyscallError,
 };
@@ -31,32 +32,46 @@ use crate::{bench_xdp, cpu};
 /// Frames per live-frames batch (the kernel's default).
 const BATCH: u32 = 64;
 
+/// What the generator sends: `frame`, with `flows` consecutive source ports and
+/// `sources` consecutive IPv4 sources from the frame's own.
+pub struct Traffic {
+    pub frame: Vec<u8>,
+    pub flows: u32,
+    pub sources: u32,
+}
+
 /// `bench_generate` ready to run, and the sinks attached.
 pub struct Generator {
     /// Declared before `ns`: the sinks detach before the namespace goes.
     bench: Ebpf,
-    frame: Vec<u8>,
+    /// The maps `Traffic` goes into, taken out of `bench` to be set while it runs.
+    traffic: Mutex<TrafficMaps>,
+    frame_len: usize,
     ifindex: u32,
     ns: Netns,
 }
 
+struct TrafficMaps {
+    header: Array<MapData, [u8; bench_xdp::GEN_HEADER_LEN]>,
+    flows: Array<MapData, u32>,
+    sources: Array<MapData, u32>,
+}
+
 impl Generator {
-    /// Transmits `frame`, varied over `flows` source ports, out of `dev`; counts what
-    /// arrives on `dev` and on every one of `sink_devs`.
-    pub fn new(
-        ns: Netns,
-        dev: &str,
-        sink_devs: &[&str],
-        frame: Vec<u8>,
-        flows: u32,
-    ) -> Result<Self> {
+    /// Transmits `traffic` out of `dev`; counts what arrives on `dev` and on every one of
+    /// `sink_devs`. Frames keep `traffic`'s length when [`Generator::send`] changes it.
+    pub fn new(ns: Netns, dev: &str, sink_devs: &[&str], traffic: &Traffic) -> Result<Self> {
         let mut bench = bench_xdp::load()?;
-        let header: [u8; bench_xdp::GEN_HEADER_LEN] = frame
-            .get(..bench_xdp::GEN_HEADER_LEN)
-            .context("the generator's frame is shorter than its header")?
-            .try_into()?;
-        bench_xdp::set(&mut bench, bench_xdp::maps::GEN_HEADER, header)?;
-        bench_xdp::set(&mut bench, bench_xdp::maps::GEN_FLOWS, flows)?;
+        let mut take = |name| {
+            bench
+                .take_map(name)
+                .with_context(|| format!("no map {name}"))
+        };
+        let traffic_maps = TrafficMaps {
+            header: Array::try_from(take(bench_xdp::maps::GEN_HEADER)?)?,
+            flows: Array::try_from(take(bench_xdp::maps::GEN_FLOWS)?)?,
+            sources: Array::try_from(take(bench_xdp::maps::GEN_SOURCES)?)?,
+        };
         for sink_dev in std::iter::once(dev).chain(sink_devs.iter().copied()) {
             let sink = bench_xdp::program_mut(&mut bench, bench_xdp::SINK)?;
             // The link lives as long as `bench`.
@@ -64,12 +79,44 @@ impl Generator {
                 .with_context(|| format!("attaching the sink to {sink_dev}"))?;
         }
         let ifindex = ns.ifindex(dev)?;
-        Ok(Generator {
+        let generator = Generator {
             bench,
-            frame,
+            traffic: Mutex::new(traffic_maps),
+            frame_len: traffic.frame.len(),
             ifindex,
             ns,
-        })
+        };
+        generator.send(traffic)?;
+        Ok(generator)
+    }
+
+    /// Sends `traffic` from now on (also while running).
+    pub fn send(&self, traffic: &Traffic) -> Result<()> {
+        ensure!(
+            traffic.frame.len() == self.frame_len,
+            "the generator's frames are {} bytes, not {}",
+            self.frame_len,
+            traffic.frame.len()
+        );
+        let header: [u8; bench_xdp::GEN_HEADER_LEN] = traffic
+            .frame
+            .get(..bench_xdp::GEN_HEADER_LEN)
+            .context("the generator's frame is shorter than its header")?
+            .try_into()?;
+        let mut maps = self
+            .traffic
+            .lock()
+            .map_err(|_| anyhow!("the generator's maps were poisoned"))?;
+        maps.header
+            .set(0, header, 0)
+            .context("writing GEN_HEADER")?;
+        maps.flows
+            .set(0, traffic.flows, 0)
+            .context("writing GEN_FLOWS")?;
+        maps.sources
+            .set(0, traffic.sources, 0)
+            .context("writing GEN_SOURCES")?;
+        Ok(())
     }
 
     /// Transmits from `cpu::GENERATOR_CPU` until `stop` is requested.
@@ -77,12 +124,14 @@ impl Generator {
         let _running = stop.register_current_thread();
         let _pinned = cpu::pin_current_thread(cpu::GENERATOR_CPU)?;
         let program = bench_xdp::program(&self.bench, bench_xdp::GENERATE)?;
-        let ctx = bench_xdp::xdp_md(self.frame.len(), self.ifindex);
+        // The kernel fills its frames from this once; the program rewrites the headers.
+        let frame = vec![0; self.frame_len];
+        let ctx = bench_xdp::xdp_md(self.frame_len, self.ifindex);
         // In the generator's namespace: the kernel looks the ingress ifindex up there.
         self.ns.enter(|| {
             while !stop.requested() {
                 let sent = program.test_run(TestRunOptions {
-                    data_in: Some(&self.frame),
+                    data_in: Some(&frame),
                     ctx_in: Some(&ctx),
                     repeat: u32::MAX,
                     attrs: TestRunAttrs::new().xdp_live_frames(BATCH),

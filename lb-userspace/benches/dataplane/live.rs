@@ -13,8 +13,13 @@
 //! LB veth's NAPI runs in a kernel thread pinned to the other CPU; everything the LB
 //! does (and the sink's receive, which its sends trigger) happens there.
 //!
+//! The drop cases send what the LB must drop instead: UDP from a denied source, or a
+//! TCP SYN flood from 1024 sources over the VIP's per-source rate limit; weir drops it
+//! in XDP, nftables in its ingress hook (the earliest the kernel's firewall sees a
+//! packet). Their rate is what the LB veth took in.
+//!
 //! Every case runs once per round, so cases interleave; each run warms up, then counts
-//! what reached the sink over a window.
+//! what reached the sink (or the LB) over a window.
 
 use std::{
     collections::BTreeMap,
@@ -40,7 +45,7 @@ use weir_testbed::{MacAddr, Netns, veth_pair};
 
 use crate::{
     bench_xdp, cpu,
-    generator::{Generator, Stop},
+    generator::{Generator, Stop, Traffic},
 };
 
 /// Distinct flows (client source ports) the generator cycles through.
@@ -63,6 +68,20 @@ const REDIRECT_LB_CIDR: &str = "198.18.1.1/24";
 const REDIRECT_BACKENDS: [Ipv4Addr; 2] =
     [Ipv4Addr::new(198, 18, 1, 11), Ipv4Addr::new(198, 18, 1, 12)];
 
+/// The drop cases: a UDP VIP that denies `DENIED_SOURCES`, where `DENIED_CLIENT`
+/// sends from; a TCP VIP whose sources may open one flow a second, flooded with SYNs
+/// from `FLOOD_SOURCES` addresses.
+const DENIED_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
+const DENIED_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 100);
+const DENIED_SOURCES: &str = "198.18.2.0/24";
+const FLOOD_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 30);
+const FLOOD_VIP_PORT: u16 = 80;
+const FIRST_FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 0);
+pub const FLOOD_SOURCES: u32 = 1024;
+const FLOOD_PREFIX: &str = "198.18.16.0/22";
+/// nftables' table for the drop cases, on the LB veth's ingress hook.
+const NFT_DROP_TABLE: &str = "weir_bench_drop";
+
 const GEN_MAC: MacAddr = MacAddr::testbed(100);
 const GEN_REDIRECT_MAC: MacAddr = MacAddr::testbed(101);
 const LB_MAC: MacAddr = MacAddr::testbed(1);
@@ -81,15 +100,27 @@ pub enum Case {
     WeirRedirect,
     /// weir's program, the VIP in full NAT; its backends are on the ingress veth.
     WeirNatTx,
+    /// weir's program dropping UDP from a source its VIP denies.
+    WeirDenied,
+    /// nftables dropping the same traffic in the LB veth's ingress hook.
+    NftablesDenied,
+    /// weir's program dropping a SYN flood over its VIP's per-source rate limit.
+    WeirFlood,
+    /// nftables dropping the same flood in the LB veth's ingress hook.
+    NftablesFlood,
 }
 
 impl Case {
-    pub const ALL: [Case; 5] = [
+    pub const ALL: [Case; 9] = [
         Case::WeirTx,
         Case::Ceiling,
         Case::Nftables,
         Case::WeirRedirect,
         Case::WeirNatTx,
+        Case::WeirDenied,
+        Case::NftablesDenied,
+        Case::WeirFlood,
+        Case::NftablesFlood,
     ];
 
     pub fn label(self) -> &'static str {
@@ -99,14 +130,47 @@ impl Case {
             Case::Nftables => "nftables DNAT jhash mod 2, forwarding",
             Case::WeirRedirect => "weir, DSR via XDP_REDIRECT to 2nd veth",
             Case::WeirNatTx => "weir, NAT (DNAT+SNAT) via XDP_TX",
+            Case::WeirDenied => "drop: weir, denied source (UDP)",
+            Case::NftablesDenied => "drop: nftables ingress, same traffic",
+            Case::WeirFlood => "drop: weir, SYN flood over new_flow_rate",
+            Case::NftablesFlood => "drop: nftables ingress, same flood",
         }
+    }
+
+    /// The case measures what the LB drops, not what it forwards.
+    pub fn drops(self) -> bool {
+        matches!(
+            self,
+            Case::WeirDenied | Case::NftablesDenied | Case::WeirFlood | Case::NftablesFlood
+        )
+    }
+
+    fn traffic(self) -> Result<Traffic> {
+        Ok(match self {
+            Case::WeirDenied | Case::NftablesDenied => Traffic {
+                frame: udp_frame(DENIED_CLIENT, DENIED_VIP)?,
+                flows: FLOWS,
+                sources: 1,
+            },
+            Case::WeirFlood | Case::NftablesFlood => Traffic {
+                frame: syn_frame(FIRST_FLOOD_SOURCE, FLOOD_VIP)?,
+                flows: FLOWS,
+                sources: FLOOD_SOURCES,
+            },
+            _ => Traffic {
+                frame: udp_frame(CLIENT, VIP)?,
+                flows: FLOWS,
+                sources: 1,
+            },
+        })
     }
 }
 
 /// One run of one case.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
-    /// Frames that came back to the sink, in millions per second.
+    /// Frames that came back to the sink (the drop cases: that the LB took in), in
+    /// millions per second.
     pub mpps: f64,
     /// The LB NAPI thread's CPU time per frame.
     pub napi_ns_per_packet: f64,
@@ -141,6 +205,7 @@ fn measure_rounds(generator: &Generator, lb: &mut LoadBalancer, rounds: usize) -
         for case in Case::ALL {
             lb.select(case)
                 .with_context(|| format!("setting up {case:?}"))?;
+            generator.send(&case.traffic()?)?;
             let sample = sample(generator, lb, case)
                 .with_context(|| format!("round {round}, {}", case.label()))?;
             eprintln!(
@@ -161,15 +226,23 @@ fn sample(generator: &Generator, lb: &LoadBalancer, case: Case) -> Result<Sample
     thread::sleep(WINDOW);
     let after = Snapshot::take(generator, lb)?;
 
-    let delivered = after.delivered - before.delivered;
-    ensure!(delivered > 0, "no frame came back to the sink");
-    check_forwarder(case, &before, &after, delivered)?;
+    let frames = if case.drops() {
+        let taken = after.taken_in - before.taken_in;
+        ensure!(taken > 0, "the LB took no frame in");
+        check_dropper(case, &before, &after, taken)?;
+        taken
+    } else {
+        let delivered = after.delivered - before.delivered;
+        ensure!(delivered > 0, "no frame came back to the sink");
+        check_forwarder(case, &before, &after, delivered)?;
+        delivered
+    };
     let seconds = (after.at - before.at).as_secs_f64();
     let napi = (after.napi_runtime - before.napi_runtime).as_secs_f64();
     let busy = (after.lb_cpu_busy - before.lb_cpu_busy).as_secs_f64();
     Ok(Sample {
-        mpps: delivered as f64 / seconds / 1e6,
-        napi_ns_per_packet: napi * 1e9 / delivered as f64,
+        mpps: frames as f64 / seconds / 1e6,
+        napi_ns_per_packet: napi * 1e9 / frames as f64,
         lb_cpu_busy: busy / seconds,
     })
 }
@@ -177,22 +250,27 @@ fn sample(generator: &Generator, lb: &LoadBalancer, case: Case) -> Result<Sample
 /// The counters a window is measured between.
 struct Snapshot {
     delivered: u64,
+    /// Frames the LB veth took in, whatever became of them.
+    taken_in: u64,
     at: Instant,
     napi_runtime: Duration,
     lb_cpu_busy: Duration,
     weir: BTreeMap<Counter, u64>,
     ip_forwarded: u64,
+    ip_received: u64,
 }
 
 impl Snapshot {
     fn take(generator: &Generator, lb: &LoadBalancer) -> Result<Snapshot> {
         Ok(Snapshot {
             delivered: generator.delivered()?,
+            taken_in: lb.taken_in()?,
             at: Instant::now(),
             napi_runtime: cpu::thread_runtime(lb.napi_thread)?,
             lb_cpu_busy: cpu::busy_time(cpu::LB_CPU)?,
             weir: lb.dataplane.global_counters()?,
-            ip_forwarded: lb.ip_forwarded()?,
+            ip_forwarded: lb.ip_counter("ForwDatagrams")?,
+            ip_received: lb.ip_counter("InReceives")?,
         })
     }
 }
@@ -202,10 +280,10 @@ impl Snapshot {
 /// program cannot do anything else.)
 fn check_forwarder(case: Case, before: &Snapshot, after: &Snapshot, delivered: u64) -> Result<()> {
     let forwarded = match case {
-        Case::WeirTx | Case::WeirNatTx => weir_forwarded(&before.weir, &after.weir, Counter::Tx)?,
-        Case::WeirRedirect => weir_forwarded(&before.weir, &after.weir, Counter::Redirect)?,
+        Case::WeirTx | Case::WeirNatTx => weir_verdicts(&before.weir, &after.weir, Counter::Tx)?,
+        Case::WeirRedirect => weir_verdicts(&before.weir, &after.weir, Counter::Redirect)?,
         Case::Nftables => after.ip_forwarded - before.ip_forwarded,
-        Case::Ceiling => return Ok(()),
+        _ => return Ok(()),
     };
     // The counters are read one after the other: allow for the frames in flight.
     ensure!(
@@ -215,20 +293,41 @@ fn check_forwarder(case: Case, before: &Snapshot, after: &Snapshot, delivered: u
     Ok(())
 }
 
+/// Fails unless the dropper under test dropped what the LB took in: weir by its own
+/// count, nftables by letting (almost) nothing through to IP.
+fn check_dropper(case: Case, before: &Snapshot, after: &Snapshot, taken: u64) -> Result<()> {
+    let reason = match case {
+        Case::WeirDenied => Counter::DropFirewall,
+        Case::WeirFlood => Counter::DropRateLimited,
+        _ => {
+            let received = after.ip_received - before.ip_received;
+            ensure!(
+                received as f64 <= 0.01 * taken as f64,
+                "nftables let {received} of {taken} frames through to IP"
+            );
+            return Ok(());
+        }
+    };
+    weir_verdicts(&before.weir, &after.weir, reason)?;
+    let verdicts = verdict_count(&after.weir) - verdict_count(&before.weir);
+    // The counters are read one after the other: allow for the frames in flight.
+    ensure!(
+        taken as f64 <= 1.01 * verdicts as f64,
+        "the LB took {taken} frames in, but weir decided on only {verdicts}"
+    );
+    Ok(())
+}
+
 /// The frames weir filed under `reason` between two readings of its counters. Fails
-/// unless that is at least 99% of its verdicts: the rate must be weir forwarding, not
-/// weir passing or dropping.
-fn weir_forwarded(
+/// unless that is at least 99% of its verdicts: the rate must be weir doing what the
+/// case measures (forwarding, or dropping for that reason), not anything else.
+fn weir_verdicts(
     before: &BTreeMap<Counter, u64>,
     after: &BTreeMap<Counter, u64>,
     reason: Counter,
 ) -> Result<u64> {
     let moved = |counter: &Counter| after[counter] - before.get(counter).copied().unwrap_or(0);
-    let verdicts: u64 = after
-        .keys()
-        .filter(|c| c.verdict().is_some())
-        .map(moved)
-        .sum();
+    let verdicts = verdict_count(after) - verdict_count(before);
     let forwarded = moved(&reason);
     if (forwarded as f64) < 0.99 * verdicts as f64 {
         let changes: Vec<String> = after
@@ -237,12 +336,21 @@ fn weir_forwarded(
             .map(|c| format!("{}={}", c.name(), moved(c)))
             .collect();
         bail!(
-            "weir did not forward the traffic as {}: {}",
+            "weir did not file the traffic under {}: {}",
             reason.name(),
             changes.join(" ")
         );
     }
     Ok(forwarded)
+}
+
+/// The packets weir has given a verdict so far.
+fn verdict_count(counters: &BTreeMap<Counter, u64>) -> u64 {
+    counters
+        .iter()
+        .filter(|(counter, _)| counter.verdict().is_some())
+        .map(|(_, count)| count)
+        .sum()
 }
 
 /// The two namespaces and the veths between them.
@@ -265,21 +373,35 @@ fn build() -> Result<(Generator, LoadBalancer)> {
         ns.set_mac(dev, mac)?;
         ns.link_up(dev)?;
     }
-    let generator = Generator::new(gen_ns, &tx.a, &[&redirect.a], client_frame()?, FLOWS)?;
+    let generator = Generator::new(gen_ns, &tx.a, &[&redirect.a], &Case::WeirTx.traffic()?)?;
     let lb = LoadBalancer::new(lb_ns, tx.b, redirect.b)?;
     Ok((generator, lb))
 }
 
-/// The client's first frame: UDP to the VIP, 64 bytes on the wire. The generator
-/// rewrites its header into every frame, with the source port of the frame's flow.
-fn client_frame() -> Result<Vec<u8>> {
+/// A client's first frame: UDP from `src` to `vip`, 64 bytes on the wire. The
+/// generator rewrites its header into every frame, with the source port of the frame's
+/// flow.
+fn udp_frame(src: Ipv4Addr, vip: Ipv4Addr) -> Result<Vec<u8>> {
     let headers = PacketBuilder::ethernet2(GEN_MAC.octets(), LB_MAC.octets())
-        .ipv4(CLIENT.octets(), VIP.octets(), 64)
+        .ipv4(src.octets(), vip.octets(), 64)
         .udp(FIRST_CLIENT_PORT, VIP_PORT);
     let mut frame = Vec::new();
-    headers.write(&mut frame, &[0; FRAME_LEN - bench_xdp::GEN_HEADER_LEN])?;
+    headers.write(&mut frame, &[0; FRAME_LEN - 14 - 20 - 8])?;
     // No UDP checksum (legal over IPv4): the source port changes from frame to frame.
-    frame[bench_xdp::GEN_HEADER_LEN - 2..bench_xdp::GEN_HEADER_LEN].fill(0);
+    frame[14 + 20 + 6..14 + 20 + 8].fill(0);
+    Ok(frame)
+}
+
+/// A TCP SYN from `src` to `vip`, padded to 64 bytes on the wire as a NIC would. Its TCP
+/// checksum holds for the first source and port only: nothing on the drop path reads it.
+fn syn_frame(src: Ipv4Addr, vip: Ipv4Addr) -> Result<Vec<u8>> {
+    let headers = PacketBuilder::ethernet2(GEN_MAC.octets(), LB_MAC.octets())
+        .ipv4(src.octets(), vip.octets(), 64)
+        .tcp(FIRST_CLIENT_PORT, FLOOD_VIP_PORT, 1, 64240)
+        .syn();
+    let mut frame = Vec::new();
+    headers.write(&mut frame, &[])?;
+    frame.resize(FRAME_LEN, 0);
     Ok(frame)
 }
 
@@ -290,6 +412,8 @@ struct LoadBalancer {
     state: Reconciler,
     bench: Ebpf,
     attached: Option<Attached>,
+    /// The nftables ingress drop table is installed.
+    ingress_drop: bool,
     dev: String,
     redirect_dev: String,
     napi_thread: i32,
@@ -321,6 +445,7 @@ impl LoadBalancer {
             state: Reconciler::new(DEFAULT_MAGLEV_RING_ENTRIES),
             bench,
             attached: Some(Attached::Bench(bench_xdp::PASS, link)),
+            ingress_drop: false,
             napi_thread,
             dev,
             redirect_dev,
@@ -346,6 +471,12 @@ impl LoadBalancer {
                 self.apply(TX_BACKENDS, Forwarding::Nat)?;
                 self.attach_weir()
             }
+            Case::WeirDenied | Case::WeirFlood => {
+                self.apply(TX_BACKENDS, Forwarding::Dsr)?;
+                self.attach_weir()
+            }
+            Case::NftablesDenied => self.drop_in_ingress(DENIED_SOURCES),
+            Case::NftablesFlood => self.drop_in_ingress(FLOOD_PREFIX),
             Case::Ceiling => self.attach_bench(bench_xdp::MAC_SWAP),
             // The ruleset is always there; only packets that reach the stack meet it.
             Case::Nftables => self.attach_bench(bench_xdp::PASS),
@@ -375,17 +506,56 @@ impl LoadBalancer {
         Ok(())
     }
 
-    /// The LB namespace's count of forwarded IPv4 datagrams (`Ip: ForwDatagrams`).
-    fn ip_forwarded(&self) -> Result<u64> {
+    /// Drops packets from `prefix` in nftables' ingress hook of the LB veth, with the
+    /// bench's XDP_PASS program attached (XDP sees every packet first either way).
+    fn drop_in_ingress(&mut self, prefix: &str) -> Result<()> {
+        self.attach_bench(bench_xdp::PASS)?;
+        let ruleset = format!(
+            "add table netdev {NFT_DROP_TABLE}; \
+             add chain netdev {NFT_DROP_TABLE} c \
+             {{ type filter hook ingress device \"{}\" priority -500; }}; \
+             add rule netdev {NFT_DROP_TABLE} c ip saddr {prefix} drop",
+            self.dev
+        );
+        self.ns
+            .run(&["nft", &ruleset])
+            .context("installing the nftables ingress drop")?;
+        self.ingress_drop = true;
+        Ok(())
+    }
+
+    /// Frames the LB veth took in, whatever became of them: its received packets, which
+    /// on a veth with an XDP program count every frame its NAPI polled (`xdp_packets`).
+    fn taken_in(&self) -> Result<u64> {
+        let table = self.proc_net("dev")?;
+        let prefix = format!("{}:", self.dev);
+        table
+            .lines()
+            .find_map(|line| line.trim_start().strip_prefix(&prefix))
+            .and_then(|counters| counters.split_whitespace().nth(1)?.parse().ok())
+            .with_context(|| format!("no received packets of {} in /proc/net/dev", self.dev))
+    }
+
+    /// `/proc/net/FILE` of the LB namespace.
+    fn proc_net(&self, file: &str) -> Result<String> {
         // The calling thread's view: inside `enter`, the LB namespace's.
-        let snmp = self
-            .ns
-            .enter(|| fs::read_to_string("/proc/thread-self/net/snmp"))?
-            .context("reading the LB namespace's /proc/net/snmp")?;
-        snmp_counter(&snmp, "Ip", "ForwDatagrams")
+        self.ns
+            .enter(|| fs::read_to_string(format!("/proc/thread-self/net/{file}")))?
+            .with_context(|| format!("reading the LB namespace's /proc/net/{file}"))
+    }
+
+    /// An `Ip:` counter of the LB namespace, e.g. forwarded datagrams (`ForwDatagrams`).
+    fn ip_counter(&self, name: &str) -> Result<u64> {
+        snmp_counter(&self.proc_net("snmp")?, "Ip", name)
     }
 
     fn detach(&mut self) -> Result<()> {
+        if self.ingress_drop {
+            self.ns
+                .run(&["nft", "delete", "table", "netdev", NFT_DROP_TABLE])
+                .context("removing the nftables ingress drop")?;
+            self.ingress_drop = false;
+        }
         match self.attached.take() {
             Some(Attached::Weir) => self.dataplane.detach_all()?,
             Some(Attached::Bench(name, link)) => {
@@ -470,15 +640,19 @@ fn install_nftables(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// weir's configuration: the one VIP, UDP, with two backends. In NAT, the LB's address
-/// is the source (its backends' neighbour entries still lead to the sink).
+/// weir's configuration: the VIP, UDP, with two backends, and the drop cases' VIPs. In
+/// NAT, the LB's address is the VIP's source (its backends' neighbour entries still
+/// lead to the sink).
 fn weir_config(
     dev: &str,
     redirect_dev: &str,
     backends: [Ipv4Addr; 2],
     forwarding: Forwarding,
 ) -> Result<Config> {
-    let [first, second] = backends;
+    let backends: String = backends
+        .iter()
+        .map(|addr| format!("[[vip.backend]]\naddress = \"{addr}\"\n"))
+        .collect();
     let nat = match forwarding {
         Forwarding::Dsr => String::new(),
         Forwarding::Nat => format!("forwarding = \"nat\"\nnat_source = \"{LB_ADDRESS}\"\n"),
@@ -493,11 +667,21 @@ name = "bench"
 address = "{VIP}"
 port = {VIP_PORT}
 protocol = "udp"
-{nat}[[vip.backend]]
-address = "{first}"
-[[vip.backend]]
-address = "{second}"
-"#
+{nat}{backends}
+[[vip]]
+name = "denied"
+address = "{DENIED_VIP}"
+port = {VIP_PORT}
+protocol = "udp"
+deny_sources = ["{DENIED_SOURCES}"]
+{backends}
+[[vip]]
+name = "flood"
+address = "{FLOOD_VIP}"
+port = {FLOOD_VIP_PORT}
+protocol = "tcp"
+new_flow_rate = 1
+{backends}"#
     );
     Ok(Config::parse(&text, "bench.toml")?)
 }

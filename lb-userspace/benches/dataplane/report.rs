@@ -123,6 +123,11 @@ fn print_rates(rates: &Rates) {
         live::WINDOW.as_millis()
     );
     println!(
+        "   drop cases: what the LB veth took in; the flood: TCP SYN from {} sources,",
+        live::FLOOD_SOURCES
+    );
+    println!("   each allowed one new flow a second");
+    println!(
         "   {:<42} {:>8} {:>8} {:>13} {:>9}",
         "case", "Mpps", "min", "NAPI ns/pkt", "LB CPU"
     );
@@ -154,6 +159,16 @@ fn print_comparisons(per_packet: &PerPacket, rates: &Rates) {
         let ratio = Summary::paired(&mpps(Case::WeirTx), &mpps(baseline), |a, b| a / b);
         println!(
             "   {label:<20} {:>6.2}  (min {:.2})",
+            ratio.median, ratio.min
+        );
+    }
+    for (label, weir, nftables) in [
+        ("denied source", Case::WeirDenied, Case::NftablesDenied),
+        ("SYN flood", Case::WeirFlood, Case::NftablesFlood),
+    ] {
+        let ratio = Summary::paired(&mpps(weir), &mpps(nftables), |a, b| a / b);
+        println!(
+            "   drop, weir / nftables ingress, {label:<14} {:>6.2}  (min {:.2}; goal >= 5)",
             ratio.median, ratio.min
         );
     }
