@@ -38,6 +38,8 @@ use crate::{
 const NAT_VIP4: [u8; 4] = [198, 19, 0, 60];
 const NAT_BACKEND4: [u8; 4] = [198, 18, 0, 11];
 const NAT_SOURCE4: [u8; 4] = [198, 18, 0, 1];
+/// An address of the host that is neither a VIP address nor a NAT source.
+const HOST_ADDRESS4: [u8; 4] = [198, 18, 0, 200];
 
 /// Runs per BPF_PROG_TEST_RUN call.
 pub const REPEAT: u32 = 1_000_000;
@@ -54,6 +56,7 @@ pub enum Path {
     Tcp4NewFlow,
     Udp6Established,
     VipMiss,
+    HostAddress,
     IcmpTooBig,
     ChurnSameFlow,
     ChurnNewFlow,
@@ -74,7 +77,8 @@ impl Path {
             Path::Tcp4Established => "weir TCP v4, established (conntrack hit)",
             Path::Tcp4NewFlow => "weir TCP v4, new flow (conntrack miss + insert) *",
             Path::Udp6Established => "weir UDP v6, established",
-            Path::VipMiss => "weir VIP miss (XDP_PASS)",
+            Path::VipMiss => "weir VIP miss, to the NAT source (XDP_PASS)",
+            Path::HostAddress => "weir, to another host address (XDP_PASS)",
             Path::IcmpTooBig => "weir ICMP frag-needed, established flow",
             Path::ChurnSameFlow => "wrapper + weir, one flow",
             Path::ChurnNewFlow => "wrapper + weir, new flow every run",
@@ -197,6 +201,12 @@ fn cases(bed: &mut Bed) -> Result<Vec<Case>> {
             Path::VipMiss,
             Program::Weir,
             &tcp4(CLIENT4, 40000, NOT_A_VIP4, 80),
+            Verdict::Pass,
+        ),
+        case(
+            Path::HostAddress,
+            Program::Weir,
+            &tcp4(CLIENT4, 40000, HOST_ADDRESS4, 80),
             Verdict::Pass,
         ),
         Case {

@@ -167,6 +167,13 @@ fn print_comparisons(per_packet: &PerPacket, rates: &Rates) {
          BPF_PROG_TEST_RUN (TCP v4 established); medians of the rounds' differences",
         live.median, test_run.median
     );
+    let not_vip = Summary::paired(ns(Path::HostAddress), ns(Path::EmptyPass), |a, b| a - b);
+    let nat = Summary::paired(ns(Path::Nat4Reply), ns(Path::Nat4Request), |a, b| a / b);
+    println!(
+        "   a packet for the host over the empty program: {:.0} ns; NAT reply / NAT request:\n   \
+         {:.2} (BPF_PROG_TEST_RUN, medians of the rounds' differences and ratios)",
+        not_vip.median, nat.median
+    );
 }
 
 fn field(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> Vec<f64> {

@@ -14,9 +14,10 @@ use std::{
 
 use aya::maps::MapInfo;
 use lb_common::{
-    Backend, Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS,
-    MAX_INTERFACES, MAX_VIPS, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey,
-    VipMeta, map_names,
+    Backend, CLIENT_HOP_SLOTS, ClientHop, DestinationFilter, Flow, FlowKey, FlowTimeouts,
+    GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
+    NAT_HANDOFF_SIZE, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey, VipMeta,
+    map_names,
 };
 
 /// What a map must look like: key and value sizes (`None`: set by the kernel's features)
@@ -56,7 +57,7 @@ pub fn map_specs(
     conntrack_entries: u32,
     maglev_ring_entries: u32,
     nat_entries: u32,
-) -> [MapSpec; 15] {
+) -> [MapSpec; 18] {
     [
         spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
         spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
@@ -77,6 +78,12 @@ pub fn map_specs(
         spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
         spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
         spec::<u32, OwnMacs>(map_names::OWN_MACS, 1),
+        spec::<u32, DestinationFilter>(map_names::DESTINATIONS, 2),
+        MapSpec {
+            value_size: Some(NAT_HANDOFF_SIZE),
+            ..spec::<u32, u32>(map_names::NAT_HANDOFF, 1)
+        },
+        spec::<u32, ClientHop>(map_names::CLIENT_HOPS, CLIENT_HOP_SLOTS),
     ]
 }
 
