@@ -109,6 +109,9 @@ pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
 /// `VipMeta::flags`: full NAT: the destination becomes the backend, the source the
 /// backend's `nat_source` and a port of the NAT range; replies are translated back.
 pub const VIP_FORWARDING_NAT: u32 = 1 << 1;
+/// `VipMeta::flags`, DSR only: no connection table; every packet goes to the backend
+/// the Maglev table gives its flow (Katran's `F_LRU_BYPASS`).
+pub const VIP_NO_CONNTRACK: u32 = 1 << 2;
 
 /// Value of the VIP table.
 #[repr(C)]

@@ -8,6 +8,47 @@ use lb_common::{Counter, Verdict};
 
 /// Neither a VIP address nor a NAT source (`DESTINATIONS`).
 const HOST4: [u8; 4] = [198, 18, 0, 200];
+/// A VIP without a connection table.
+const STATELESS4: [u8; 4] = [198, 19, 0, 70];
+const STATELESS_CONFIG: &str = r#"
+[[vip]]
+name = "stateless"
+address = "198.19.0.70"
+port = 80
+conntrack = false
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+[[vip.backend]]
+address = "198.18.0.12"
+"#;
+
+/// `conntrack = false`: every packet goes to the Maglev pick, as with a connection
+/// table, but no flow is recorded; a SYN counts as a new flow, nothing else does.
+#[test]
+fn a_vip_without_connection_table_forwards_by_maglev_alone() {
+    let mut bed = Bed::new();
+    bed.apply(&(BASE_CONFIG.to_owned() + STATELESS_CONFIG));
+    for port in [40000, 40001, 40002, 40003] {
+        let syn = tcp4(CLIENT4, port, STATELESS4, 80);
+        let established = tcp4_established(CLIENT4, port, STATELESS4, 80, false);
+        let backend = bed.maglev_pick("stateless", &key(&syn)).to_string();
+        let out = |frame: &[u8]| rewritten(frame, mac_of(&backend), LB0_MAC);
+        bed.expect("syn", &syn, Verdict::Tx, &out(&syn), &forwarded(1));
+        bed.expect(
+            "established",
+            &established,
+            Verdict::Tx,
+            &out(&established),
+            &forwarded(0),
+        );
+    }
+    let flows = bed.dataplane.flows().unwrap();
+    assert!(
+        flows.iter().all(|(key, _)| key.dst[0] != u32::from_ne_bytes(STATELESS4)),
+        "{flows:?}"
+    );
+}
 
 /// A packet for the host is passed once its IP header is read: even a transport header
 /// cut short is the host's to judge, not a malformed VIP packet.

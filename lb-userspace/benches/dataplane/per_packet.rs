@@ -40,6 +40,18 @@ const NAT_BACKEND4: [u8; 4] = [198, 18, 0, 11];
 const NAT_SOURCE4: [u8; 4] = [198, 18, 0, 1];
 /// An address of the host that is neither a VIP address nor a NAT source.
 const HOST_ADDRESS4: [u8; 4] = [198, 18, 0, 200];
+/// A DSR VIP without a connection table (`conntrack = false`), which the bench adds.
+const STATELESS_VIP4: [u8; 4] = [198, 19, 0, 70];
+const STATELESS_VIP_CONFIG: &str = r#"
+[[vip]]
+name = "stateless-tcp4"
+address = "198.19.0.70"
+port = 80
+conntrack = false
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+"#;
 
 /// Runs per BPF_PROG_TEST_RUN call.
 pub const REPEAT: u32 = 1_000_000;
@@ -54,12 +66,15 @@ pub enum Path {
     Tcp4Established,
     /// Derived: `Tcp4Established` + `ChurnNewFlow` − `ChurnSameFlow`.
     Tcp4NewFlow,
+    /// Derived: `Tcp4Established` + `ChurnStateless` − `ChurnSameFlow`.
+    Tcp4NewFlowStateless,
     Udp6Established,
     VipMiss,
     HostAddress,
     IcmpTooBig,
     ChurnSameFlow,
     ChurnNewFlow,
+    ChurnStateless,
     /// Derived: `Tcp4Established` + `ReplayNatRequest` − `ReplayDsr`.
     Nat4Request,
     /// Derived: `Tcp4Established` + `ReplayNatReply` − `ReplayDsr`.
@@ -76,12 +91,14 @@ impl Path {
             Path::MacSwapTx => "bare MAC swap, XDP_TX (harness floor)",
             Path::Tcp4Established => "weir TCP v4, established (conntrack hit)",
             Path::Tcp4NewFlow => "weir TCP v4, new flow (conntrack miss + insert) *",
+            Path::Tcp4NewFlowStateless => "weir TCP v4, new flow, VIP with conntrack = false *",
             Path::Udp6Established => "weir UDP v6, established",
             Path::VipMiss => "weir VIP miss, to the NAT source (XDP_PASS)",
             Path::HostAddress => "weir, to another host address (XDP_PASS)",
             Path::IcmpTooBig => "weir ICMP frag-needed, established flow",
             Path::ChurnSameFlow => "wrapper + weir, one flow",
             Path::ChurnNewFlow => "wrapper + weir, new flow every run",
+            Path::ChurnStateless => "wrapper + weir, new flow every run, conntrack = false",
             Path::Nat4Request => "weir TCP v4 NAT, client → backend (established) *",
             Path::Nat4Reply => "weir TCP v4 NAT, backend reply → client *",
             Path::ReplayDsr => "restore wrapper + weir DSR",
@@ -132,6 +149,11 @@ pub fn measure(rounds: usize) -> Result<PerPacket> {
     }
     let derived = [
         (Path::Tcp4NewFlow, Path::ChurnNewFlow, Path::ChurnSameFlow),
+        (
+            Path::Tcp4NewFlowStateless,
+            Path::ChurnStateless,
+            Path::ChurnSameFlow,
+        ),
         (Path::Nat4Request, Path::ReplayNatRequest, Path::ReplayDsr),
         (Path::Nat4Reply, Path::ReplayNatReply, Path::ReplayDsr),
     ];
@@ -189,6 +211,12 @@ fn cases(bed: &mut Bed) -> Result<Vec<Case>> {
             Path::ChurnNewFlow,
             Program::Churn { step: 1 },
             &tcp_flow,
+            Verdict::Tx,
+        ),
+        case(
+            Path::ChurnStateless,
+            Program::Churn { step: 1 },
+            &tcp4(CLIENT4, 40000, STATELESS_VIP4, 80),
             Verdict::Tx,
         ),
         case(
@@ -286,7 +314,7 @@ struct Harness {
 impl Harness {
     fn new() -> Result<Harness> {
         let mut bed = Bed::new();
-        bed.apply(&nat_config("20000-29999"));
+        bed.apply(&(nat_config("20000-29999") + STATELESS_VIP_CONFIG));
         // A repeated run sees the frame as the previous run left it, and weir forwards
         // only frames sent to lb0's MAC: the backends on lb0 take lb0's MAC, so that a
         // forwarded frame is sent to lb0 again. (NAT's wrapper restores the headers.)

@@ -103,6 +103,7 @@ fn is_wrapper(path: Path) -> bool {
         path,
         Path::ChurnSameFlow
             | Path::ChurnNewFlow
+            | Path::ChurnStateless
             | Path::ReplayDsr
             | Path::ReplayNatRequest
             | Path::ReplayNatReply

@@ -23,7 +23,7 @@ use std::{
 use lb_common::{
     BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, DESTINATION_NAT_SOURCES,
     DESTINATION_VIPS, DestinationFilter, FlowTimeouts, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
-    VIP_FORWARDING_NAT, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey, VipMeta,
+    VIP_FORWARDING_NAT, VIP_HASH_SOURCE_ONLY, VIP_NO_CONNTRACK, VipAddressKey, VipKey, VipMeta,
 };
 
 use crate::{
@@ -399,7 +399,7 @@ impl Reconciler {
         } | match vip.forwarding {
             Forwarding::Dsr => 0,
             Forwarding::Nat => VIP_FORWARDING_NAT,
-        };
+        } | if vip.conntrack { 0 } else { VIP_NO_CONNTRACK };
         let previous = self.vips.get(&key).cloned();
         let is_new = previous.is_none();
         let vip_id = match &previous {
