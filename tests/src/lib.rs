@@ -15,6 +15,7 @@ pub mod bins;
 pub mod bird;
 pub mod client;
 pub mod cmd;
+pub mod cpu;
 pub mod keepalived;
 pub mod link;
 pub mod load;

@@ -15,8 +15,9 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd::Cmd, is_root, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and benchmarks
-/// use (BIRD 2 for the route announcement tests, keepalived for the VRRP interop tests:
-/// both run in namespaces), and xz for the rust-src fallback.
+/// use (BIRD 2 for the route announcement tests, keepalived for the VRRP interop tests,
+/// HAProxy for the end-to-end bench: all run in namespaces), and xz for the rust-src
+/// fallback.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,12 +32,17 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "bird2",
     "keepalived",
+    "haproxy",
     "xz-utils",
 ];
 
 /// (package, service) pairs whose service must not run on the host: the tests start
 /// their own daemons in namespaces.
-const NO_SERVICE: &[(&str, &str)] = &[("keepalived", "keepalived"), ("bird2", "bird")];
+const NO_SERVICE: &[(&str, &str)] = &[
+    ("keepalived", "keepalived"),
+    ("bird2", "bird"),
+    ("haproxy", "haproxy"),
+];
 /// Debian's hook that lets package scripts start services; exit 101 forbids it.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
