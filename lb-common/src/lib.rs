@@ -10,6 +10,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod firewall;
 mod hash;
 #[cfg(feature = "user")]
 mod user;
@@ -29,8 +30,8 @@ pub const PROTO_UDP: u8 = 17;
 /// A Maglev slot that names no backend: the VIP has no backend in rotation.
 pub const NO_BACKEND: u32 = u32::MAX;
 
-/// Capacities of the fixed-size maps. The connection table and the Maglev ring are
-/// sized by the agent at load time; these are their defaults.
+/// Capacities of the fixed-size maps, then the defaults of those the agent sizes at load
+/// time: the connection table, the Maglev ring and the NAT tables.
 pub const MAX_VIPS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 16384;
 pub const MAX_INTERFACES: u32 = 64;
@@ -42,7 +43,7 @@ pub const DEFAULT_NAT_ENTRIES: u32 = 1 << 18;
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -68,6 +69,15 @@ pub mod map_names {
     pub const DESTINATIONS: &str = "DESTINATIONS";
     pub const NAT_HANDOFF: &str = "NAT_HANDOFF";
     pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
+    pub const FW_VIPS: &str = "FW_VIPS";
+    pub const FW_SOURCES: &str = "FW_SOURCES";
+    pub const FW_PORTS: &str = "FW_PORTS";
+    pub const FW_HOST_PORTS: &str = "FW_HOST_PORTS";
+    pub const FW_SETTINGS: &str = "FW_SETTINGS";
+    pub const FW_VIP_STATS: &str = "FW_VIP_STATS";
+    pub const FW_RULE_STATS: &str = "FW_RULE_STATS";
+    pub const FLOOD_BUCKETS: &str = "FLOOD_BUCKETS";
+    pub const FLOOD_CAP: &str = "FLOOD_CAP";
 }
 
 /// Size of `NAT_HANDOFF`'s value: the parse of a packet that `weir_xdp` hands to
@@ -109,9 +119,13 @@ pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
 /// `VipMeta::flags`: full NAT: the destination becomes the backend, the source the
 /// backend's `nat_source` and a port of the NAT range; replies are translated back.
 pub const VIP_FORWARDING_NAT: u32 = 1 << 1;
+/// `VipMeta::flags`: the VIP has a firewall policy (`FW_VIPS[id]`): source filters, a
+/// port list, a new-flow rate limit, or the global new-flow cap. Without it the fast
+/// path never looks at the firewall maps.
+pub const VIP_GUARDED: u32 = 1 << 2;
 /// `VipMeta::flags`, DSR only: no connection table; every packet goes to the backend
 /// the Maglev table gives its flow (Katran's `F_LRU_BYPASS`).
-pub const VIP_NO_CONNTRACK: u32 = 1 << 2;
+pub const VIP_NO_CONNTRACK: u32 = 1 << 3;
 
 /// Value of the VIP table.
 #[repr(C)]
@@ -330,8 +344,8 @@ impl Default for OwnMacs {
 
 /// `DESTINATIONS[DESTINATION_VIPS]`: every VIP address, `[DESTINATION_NAT_SOURCES]`:
 /// every NAT source; each a Bloom filter with one hash function. A destination clear in
-/// both is the host's, passed after reading the IP header only; one that is only a NAT
-/// source (the host's own address, often) skips the VIP lookup. A set bit is no promise
+/// both is the host's, passed after reading the IP header only; only one for a NAT
+/// source is checked for a NAT reply. A set bit is no promise
 /// (another address may share it): such packets take the full path. 65536 bits keep
 /// false positives below 1 % up to 650 addresses.
 #[repr(C)]
@@ -428,9 +442,10 @@ const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 
 /// What the program did with a packet, for the per-CPU `GLOBAL_STATS` array.
 ///
-/// Every packet is counted under exactly one *verdict reason* (the variants before
-/// `FlowNew`); the variants from `FlowNew` on are *events* that happen on the way and
-/// are counted in addition.
+/// Every packet is counted under exactly one *verdict reason*; *events* (`FlowNew` to
+/// `NatIcmpTranslated`) happen on the way and are counted in addition. New counters are
+/// appended, so that the slots of the old ones keep their meaning; `verdict` tells which
+/// is which.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Counter {
@@ -490,11 +505,19 @@ pub enum Counter {
     /// backend takes no new flows (draining): a new connection, placed by Maglev as a new
     /// flow (also counted `flow_new`).
     FlowReused,
+    /// Dropped by a VIP's firewall: a denied source, or a port not in `allow_ports`.
+    DropFirewall,
+    /// Dropped by a `[firewall.host]` rule: a source not allowed to the host's port.
+    DropHostFirewall,
+    /// A new flow over its source's rate (`new_flow_rate`, per source and VIP).
+    DropRateLimited,
+    /// A new flow over the global cap (`firewall.new_flow_cap`).
+    DropFlowCap,
 }
 
 impl Counter {
     /// Number of `GLOBAL_STATS` slots.
-    pub const COUNT: u32 = Counter::FlowReused as u32 + 1;
+    pub const COUNT: u32 = Counter::DropFlowCap as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotIp,
@@ -521,6 +544,10 @@ impl Counter {
         Counter::NatPortReclaimed,
         Counter::NatIcmpTranslated,
         Counter::FlowReused,
+        Counter::DropFirewall,
+        Counter::DropHostFirewall,
+        Counter::DropRateLimited,
+        Counter::DropFlowCap,
     ];
 
     /// The XDP verdict this reason ends in, or `None` for an event counter.
@@ -541,7 +568,11 @@ impl Counter {
             | Counter::DropNatPortsExhausted
             | Counter::DropNatTableFull
             | Counter::DropNatUnavailable
-            | Counter::DropNatNoFlow => Some(Verdict::Drop),
+            | Counter::DropNatNoFlow
+            | Counter::DropFirewall
+            | Counter::DropHostFirewall
+            | Counter::DropRateLimited
+            | Counter::DropFlowCap => Some(Verdict::Drop),
             Counter::FlowNew
             | Counter::FlowRescheduled
             | Counter::ConntrackInsertFailed
@@ -580,6 +611,10 @@ impl Counter {
             Counter::NatPortReclaimed => "nat_port_reclaimed",
             Counter::NatIcmpTranslated => "nat_icmp_translated",
             Counter::FlowReused => "flow_reused",
+            Counter::DropFirewall => "drop_firewall",
+            Counter::DropHostFirewall => "drop_host_firewall",
+            Counter::DropRateLimited => "drop_rate_limited",
+            Counter::DropFlowCap => "drop_flow_cap",
         }
     }
 }

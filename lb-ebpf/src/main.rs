@@ -4,7 +4,9 @@
 //! forward (next hop by bpf_fib_lookup, MAC rewrite, XDP_TX or XDP_REDIRECT). Packets of
 //! NAT VIPs, and packets for no VIP whose port may make them NAT replies, go on by tail
 //! call to `weir_nat`: NAT flows and ports (`nat`), header rewrites (`translate`), and
-//! replies translated back to their clients. Every packet is counted under exactly one
+//! replies translated back to their clients. Guarded VIPs (`VIP_GUARDED`) pass their
+//! firewall (`firewall`, with the flood guard in `flood`) before selection; packets for
+//! no VIP meet the host's port rules. Every packet is counted under exactly one
 //! verdict reason (see `lb_common::Counter`).
 #![no_std]
 #![no_main]
@@ -13,6 +15,8 @@
 
 mod atomic;
 mod destinations;
+mod firewall;
+mod flood;
 mod forward;
 mod nat;
 mod packet;
@@ -25,14 +29,22 @@ mod translate;
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
+        ProgramArray,
+    },
     programs::XdpContext,
 };
 use lb_common::{
     Backend, CLIENT_HOP_SLOTS, ClientHop, Counter, DEFAULT_CONNTRACK_ENTRIES,
     DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES, DestinationFilter, Flow, FlowKey,
     FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, NatReply, NextHop,
-    OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VipAddressKey, VipKey, VipMeta,
+    OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VIP_GUARDED, VipAddressKey, VipKey, VipMeta,
+    firewall::{
+        BucketKey, FLOOD_BUCKET_ENTRIES, FirewallCounters, FwPolicy, FwPortKey, FwRule, FwSettings,
+        FwSource, HostPortKey, MAX_FW_HOST_PORTS, MAX_FW_PORTS, MAX_FW_RULES, MAX_FW_SOURCES,
+        TokenBucket,
+    },
 };
 
 use crate::parse::{IcmpKind, Kind, NatHandoff, Packet, Parsed};
@@ -121,6 +133,44 @@ static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(M
 #[map(name = "BACKEND_STATS")]
 static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Per VIP id: its firewall, read when the VIP is `VIP_GUARDED`.
+#[map(name = "FW_VIPS")]
+static FW_VIPS: Array<FwPolicy> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// Source rules of every ruleset (VIPs' and host ports'): longest prefix wins.
+#[map(name = "FW_SOURCES")]
+static FW_SOURCES: LpmTrie<FwSource, FwRule> = LpmTrie::with_max_entries(MAX_FW_SOURCES, 0);
+
+/// Allowed destination ports of port-0 VIPs, by ruleset.
+#[map(name = "FW_PORTS")]
+static FW_PORTS: HashMap<FwPortKey, u32> = HashMap::with_max_entries(MAX_FW_PORTS, 0);
+
+/// The host's ports that have rules: (port, protocol) → policy.
+#[map(name = "FW_HOST_PORTS")]
+static FW_HOST_PORTS: HashMap<HostPortKey, FwPolicy> =
+    HashMap::with_max_entries(MAX_FW_HOST_PORTS, 0);
+
+/// `[0]`: whether host rules exist, and the global new-flow cap (per CPU).
+#[map(name = "FW_SETTINGS")]
+static FW_SETTINGS: Array<FwSettings> = Array::with_max_entries(1, 0);
+
+/// Per VIP id: packets its firewall dropped, by why.
+#[map(name = "FW_VIP_STATS")]
+static FW_VIP_STATS: PerCpuArray<FirewallCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per rule id (`FwRule::rule_id`, `FwPolicy::default_rule`): packets it decided.
+#[map(name = "FW_RULE_STATS")]
+static FW_RULE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_FW_RULES, 0);
+
+/// New-flow token buckets per (VIP, source), per CPU.
+#[map(name = "FLOOD_BUCKETS")]
+static FLOOD_BUCKETS: LruPerCpuHashMap<BucketKey, TokenBucket> =
+    LruPerCpuHashMap::with_max_entries(FLOOD_BUCKET_ENTRIES, 0);
+
+/// `[0]`: this CPU's bucket of the global new-flow cap.
+#[map(name = "FLOOD_CAP")]
+static FLOOD_CAP: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
 #[xdp]
 pub fn weir_xdp(ctx: XdpContext) -> u32 {
     stats::verdict(process(&ctx))
@@ -136,20 +186,23 @@ fn process(ctx: &XdpContext) -> Counter {
         Ok(packet) => packet,
         Err(reason) => return reason,
     };
-    // A NAT source that is no VIP address (the host's own address) costs no VIP lookup.
-    let dst = &packet.key.dst;
-    let vip = match destinations::may_be_vip(dst) {
-        true => select::lookup_vip(packet),
-        false => None,
-    };
-    let Some(vip) = vip else {
-        if destinations::may_be_nat_source(dst) && nat::may_be_reply(packet) {
+    let Some(vip) = select::lookup_vip(packet) else {
+        if destinations::may_be_nat_source(&packet.key.dst) && nat::may_be_reply(packet) {
             return to_nat(ctx, packet, None);
         }
-        return Counter::PassNotVip;
+        return firewall::check_host(packet);
     };
     if !forward::sent_to_us(ctx) {
         return Counter::PassNotOurMac;
+    }
+    if vip.flags & VIP_GUARDED != 0 {
+        let mut check = firewall::check_vip(packet, &vip);
+        if check == firewall::Check::Pass {
+            check = flood::admit(packet, &vip);
+        }
+        if check != firewall::Check::Pass {
+            return check.reason();
+        }
     }
     if vip.flags & VIP_FORWARDING_NAT != 0 {
         return to_nat(ctx, packet, Some(&vip));
@@ -189,8 +242,8 @@ fn to_nat(ctx: &XdpContext, packet: &Packet, vip: Option<&VipMeta>) -> Counter {
             (*handoff).vip = *vip;
         }
         // SAFETY: the slot holds an XDP program of this object, put there by the agent.
-        NAT_PROGRAM.tail_call(ctx, 0)
-    };
+        let _ = NAT_PROGRAM.tail_call(ctx, 0);
+    }
     Counter::DropNatUnavailable
 }
 
@@ -292,7 +345,7 @@ fn nat_reply(ctx: &XdpContext, packet: &Packet) -> Counter {
     packet::keep_context(ctx);
     let now = select::clock();
     let Some(client) = nat::reply_flow(packet, now) else {
-        return Counter::PassNotVip;
+        return firewall::check_host(packet);
     };
     if !forward::sent_to_us(ctx) {
         return Counter::PassNotOurMac;

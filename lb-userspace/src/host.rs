@@ -1,7 +1,8 @@
 //! What the host's network stack must provide for `bpf_fib_lookup` to succeed:
 //!
 //! - forwarding enabled on the attached interfaces (the helper answers FWD_DISABLED
-//!   otherwise, as the kernel would refuse to route the packet);
+//!   otherwise, as the kernel would refuse to route the packet), with IPv6 router
+//!   advertisements still accepted where they were;
 //! - resolved next hops towards backends, so the first packet of a flow finds a neighbour
 //!   entry instead of failing with NO_NEIGH. The kernel's *managed* neighbour entries
 //!   (Linux 5.16, `NTF_MANAGED`) exist for this: the kernel resolves them on its own and
@@ -14,6 +15,7 @@
 use std::{
     collections::BTreeSet,
     net::IpAddr,
+    path::Path,
     process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -42,10 +44,13 @@ pub enum HostError {
     NoRoute { command: String },
 }
 
+/// Where the network sysctls are.
+const SYSCTL_NET: &str = "/proc/sys/net";
+
 /// Host settings changed by the agent, and how to undo them.
 #[derive(Debug, Default)]
 pub struct HostSetup {
-    /// Forwarding sysctls written, with the value each had before.
+    /// Forwarding sysctls (and `accept_ra`) written, with the value each had before.
     forwarding: Vec<(String, String)>,
     /// Neighbour entries (next hop, device) made managed.
     managed: BTreeSet<(IpAddr, String)>,
@@ -56,19 +61,58 @@ pub struct HostSetup {
 
 impl HostSetup {
     /// Enables IPv4 and IPv6 forwarding on `interface` (per interface, not host-wide).
+    /// IPv6 forwarding turns off router advertisements on the interface (a router takes
+    /// none), which would cost a host that gets its address or default route from them
+    /// (SLAAC) that address or route: `accept_ra = 1` becomes 2, "even when forwarding".
     pub fn enable_forwarding(&mut self, interface: &str) -> Result<(), HostError> {
+        self.enable_forwarding_in(Path::new(SYSCTL_NET), interface)
+    }
+
+    /// [`Self::enable_forwarding`] on the sysctls under `root` (`/proc/sys/net`).
+    fn enable_forwarding_in(&mut self, root: &Path, interface: &str) -> Result<(), HostError> {
+        let conf = |family: &str, name: &str| {
+            root.join(family)
+                .join("conf")
+                .join(interface)
+                .join(name)
+                .display()
+                .to_string()
+        };
+        let accept_ra = conf("ipv6", "accept_ra");
+        // Before forwarding, so that no advertisement is missed in between.
+        if self.read_sysctl(interface, &accept_ra)? == "1" {
+            self.write_sysctl(interface, accept_ra, "2")?;
+        }
         for family in ["ipv4", "ipv6"] {
-            let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
-            let error = |source| HostError::Forwarding {
-                interface: interface.to_owned(),
-                path: path.clone(),
-                source,
-            };
-            let previous = std::fs::read_to_string(&path).map_err(error)?;
-            std::fs::write(&path, "1").map_err(error)?;
-            if !self.forwarding.iter().any(|(known, _)| *known == path) {
-                self.forwarding.push((path, previous.trim().to_owned()));
-            }
+            self.write_sysctl(interface, conf(family, "forwarding"), "1")?;
+        }
+        Ok(())
+    }
+
+    fn read_sysctl(&self, interface: &str, path: &str) -> Result<String, HostError> {
+        let value = std::fs::read_to_string(path).map_err(|source| HostError::Forwarding {
+            interface: interface.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(value.trim().to_owned())
+    }
+
+    /// Writes a sysctl, remembering the value it had first (for [`Self::restore`]).
+    fn write_sysctl(
+        &mut self,
+        interface: &str,
+        path: String,
+        value: &str,
+    ) -> Result<(), HostError> {
+        let previous = self.read_sysctl(interface, &path)?;
+        std::fs::write(&path, value).map_err(|source| HostError::Forwarding {
+            interface: interface.to_owned(),
+            path: path.clone(),
+            source,
+        })?;
+        if !self.forwarding.iter().any(|(known, _)| *known == path) {
+            self.forwarding.push((path, previous));
         }
         Ok(())
     }
@@ -121,7 +165,8 @@ impl HostSetup {
     /// kernel resolves those next hops again on demand). Returns what could not be undone.
     pub fn restore(self) -> Vec<HostError> {
         let mut errors = Vec::new();
-        for (path, previous) in self.forwarding {
+        // Last written, first put back: forwarding off before RAs go back to `1`.
+        for (path, previous) in self.forwarding.into_iter().rev() {
             if let Err(source) = std::fs::write(&path, previous) {
                 errors.push(HostError::Forwarding {
                     interface: String::new(),
@@ -210,4 +255,40 @@ pub async fn ip_async(args: &[&str]) -> Result<String, HostError> {
             source: std::io::Error::other(err),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::Path};
+
+    use super::HostSetup;
+
+    fn sysctl(root: &Path, family: &str, name: &str) -> String {
+        fs::read_to_string(root.join(family).join("conf/eth0").join(name)).unwrap()
+    }
+
+    #[test]
+    fn forwarding_keeps_router_advertisements_and_restores_them() {
+        let root = std::env::temp_dir().join(format!("weir-sysctl-{}", std::process::id()));
+        for family in ["ipv4", "ipv6"] {
+            fs::create_dir_all(root.join(family).join("conf/eth0")).unwrap();
+            fs::write(root.join(family).join("conf/eth0/forwarding"), "0\n").unwrap();
+        }
+        fs::write(root.join("ipv6/conf/eth0/accept_ra"), "1\n").unwrap();
+        let mut host = HostSetup::default();
+        host.enable_forwarding_in(&root, "eth0").unwrap();
+        assert_eq!(sysctl(&root, "ipv4", "forwarding"), "1");
+        assert_eq!(sysctl(&root, "ipv6", "forwarding"), "1");
+        assert_eq!(sysctl(&root, "ipv6", "accept_ra"), "2");
+        assert!(host.restore().is_empty());
+        assert_eq!(sysctl(&root, "ipv6", "forwarding"), "0");
+        assert_eq!(sysctl(&root, "ipv6", "accept_ra"), "1");
+
+        // RAs turned off stay off.
+        fs::write(root.join("ipv6/conf/eth0/accept_ra"), "0\n").unwrap();
+        let mut host = HostSetup::default();
+        host.enable_forwarding_in(&root, "eth0").unwrap();
+        assert_eq!(sysctl(&root, "ipv6", "accept_ra").trim(), "0");
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -59,18 +59,20 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    if cli.client.given() && !matches!(cli.command, Command::Admin(_)) {
+    // `weir proxy status --json` too.
+    let json_for_proxy = matches!(cli.command, Command::Proxy(_)) && cli.client.socket.is_none();
+    if cli.client.given() && !matches!(cli.command, Command::Admin(_)) && !json_for_proxy {
         Cli::command()
             .error(
                 ErrorKind::ArgumentConflict,
-                "--socket and --json apply to the admin commands only",
+                "--socket and --json apply to the admin commands (and --json to weir proxy status) only",
             )
             .exit();
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("weir: {err:#}");
+            eprintln!("weir: {}", weir::error_report::describe(err.as_ref()));
             // The admin commands' exit codes (see EXIT_CODES).
             err.downcast_ref::<CliError>()
                 .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.exit_code()))
@@ -103,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
-        Command::Proxy(args) => Ok(weir::proxy::cli::run(args)?),
+        Command::Proxy(args) => Ok(weir::proxy::cli::run(args, cli.client.json)?),
         Command::Admin(command) => Ok(weir::cli::run(&cli.client, command)?),
     }
 }

@@ -11,7 +11,7 @@ use weir_testbed::agent::AgentDirs;
 #[test]
 fn a_failed_load_removes_the_pins_it_created() {
     let dirs = AgentDirs::new().expect("the pins tests need root and a bpffs");
-    let pins = Pins::new(dirs.pins());
+    let pins = Pins::new(dirs.pins().expect("a pin directory of its own"));
     for attempt in 0..5 {
         let result = Dataplane::load(LoadOptions {
             // Above the kernel's limit for a hash map (2^31 entries): E2BIG at creation,

@@ -45,7 +45,9 @@ fn a_vip_without_connection_table_forwards_by_maglev_alone() {
     }
     let flows = bed.dataplane.flows().unwrap();
     assert!(
-        flows.iter().all(|(key, _)| key.dst[0] != u32::from_ne_bytes(STATELESS4)),
+        flows
+            .iter()
+            .all(|(key, _)| key.dst[0] != u32::from_ne_bytes(STATELESS4)),
         "{flows:?}"
     );
 }

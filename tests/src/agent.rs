@@ -48,24 +48,37 @@ fn mount_bpffs() -> Result<()> {
 /// goes away with it) and a private directory for `state_dir` and the API socket.
 #[derive(Debug)]
 pub struct AgentDirs {
-    pins: PathBuf,
+    /// `None`: the agent's default pin directory (see [`AgentDirs::default_pins`]).
+    pins: Option<PathBuf>,
     home: PathBuf,
 }
 
 impl AgentDirs {
     pub fn new() -> Result<AgentDirs> {
         mount_bpffs()?;
+        let mut dirs = AgentDirs::default_pins()?;
+        dirs.pins = Some(Path::new(BPFFS).join(dirs.name()));
+        Ok(dirs)
+    }
+
+    /// Like [`AgentDirs::new`], but the agent keeps its default `bpf_pin_dir` (under
+    /// /sys/fs/bpf). Only for agents in a network namespace: `ip netns exec` gives each
+    /// its own mount namespace and /sys, so what it mounts and pins there goes with it.
+    pub fn default_pins() -> Result<AgentDirs> {
         let name = format!("{}-{}", std::process::id(), next_id());
         let home = std::env::temp_dir().join(format!("weir-test-{name}"));
         fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
-        Ok(AgentDirs {
-            pins: Path::new(BPFFS).join(name),
-            home,
-        })
+        Ok(AgentDirs { pins: None, home })
     }
 
-    pub fn pins(&self) -> &Path {
-        &self.pins
+    fn name(&self) -> String {
+        let home = self.home.file_name().unwrap_or_default().to_string_lossy();
+        home.trim_start_matches("weir-test-").to_owned()
+    }
+
+    /// The pin directory on the test bed's bpffs (`None` with the default one).
+    pub fn pins(&self) -> Option<&Path> {
+        self.pins.as_deref()
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -79,9 +92,11 @@ impl AgentDirs {
 
     /// The `[agent]` settings that place an agent in these directories.
     fn settings(&self) -> String {
+        let pins = self.pins.as_ref().map_or(String::new(), |pins| {
+            format!("bpf_pin_dir = \"{}\"\n", pins.display())
+        });
         format!(
-            "bpf_pin_dir = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\n",
-            self.pins.display(),
+            "{pins}state_dir = \"{}\"\napi_socket = \"{}\"\n",
             self.state_dir().display(),
             self.socket().display()
         )
@@ -90,7 +105,9 @@ impl AgentDirs {
 
 impl Drop for AgentDirs {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.pins);
+        if let Some(pins) = &self.pins {
+            let _ = fs::remove_dir_all(pins);
+        }
         let _ = fs::remove_dir_all(&self.home);
     }
 }

@@ -1,5 +1,7 @@
-//! weir's test bed: network namespaces, veths and a bridge wired into a direct server
-//! return topology, a test server for the backends, and clients for the tests.
+//! weir's test bed: network namespaces, veths and a bridge wired into one-arm
+//! (`topology`: DSR, or NAT to plain backends) and two-arm (`two_arm`) topologies, a test
+//! server for the backends, the agent and its peers (BIRD, keepalived) as fixtures, and
+//! clients for the tests.
 //!
 //! Everything is an RAII guard: namespaces ([`Netns`]), the processes inside them
 //! ([`Child`]) and XDP attachments ([`XdpLink`]) go away when dropped, also while a test
@@ -13,9 +15,11 @@
 pub mod agent;
 pub mod bins;
 pub mod bird;
+pub mod browser;
 pub mod client;
 pub mod cmd;
 pub mod cpu;
+pub mod flood;
 pub mod keepalived;
 pub mod link;
 pub mod load;

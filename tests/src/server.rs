@@ -1,6 +1,7 @@
 //! The test server behind the `weir-test-server` binary: HTTP/1.1 answering every GET
 //! with `200` and body `NAME\n` (keep-alive; `GET /forwarded` adds the request's
-//! `X-Forwarded-*` header lines, for proxies in front of it), and UDP echo answering each datagram with
+//! `X-Forwarded-*` header lines and the connection's PROXY v2 addresses, for proxies in
+//! front of it; `GET /hang` is never answered, for their response timeouts), and UDP echo answering each datagram with
 //! `NAME ` + the datagram. Plain threads, one per TCP connection and one per UDP socket.
 //!
 //! Made for direct server return: wildcard UDP sockets answer from the address the
@@ -292,8 +293,12 @@ struct Request {
     forwarded: Vec<String>,
 }
 
-/// The path whose answer also shows the request's `X-Forwarded-*` headers.
+/// The path whose answer also shows the request's `X-Forwarded-*` headers, and the
+/// addresses of the connection's PROXY v2 header (`proxy-v2: SOURCE DESTINATION`).
 pub const FORWARDED_PATH: &str = "/forwarded";
+/// The path whose requests are never answered (the connection is held until it idles
+/// out).
+pub const HANG_PATH: &str = "/hang";
 
 fn serve_connection(
     stream: TcpStream,
@@ -305,6 +310,7 @@ fn serve_connection(
     let _ = stream.set_nodelay(true);
     let mut reader = io::BufReader::new(stream.try_clone()?);
     let mut writer = stream;
+    let proxied = read_proxy_v2(&mut reader)?;
     let body = format!("{name}\n");
     loop {
         let request = match read_head(&mut reader) {
@@ -343,8 +349,15 @@ fn serve_connection(
         } else {
             "200 OK"
         };
+        if request.target == HANG_PATH {
+            thread::sleep(IDLE_TIMEOUT);
+            return Ok(());
+        }
         let body = if request.target == FORWARDED_PATH {
-            format!("{body}{}", request.forwarded.join(""))
+            let proxied = proxied
+                .map(|(source, destination)| format!("proxy-v2: {source} {destination}\n"))
+                .unwrap_or_default();
+            format!("{body}{}{proxied}", request.forwarded.join(""))
         } else {
             body.clone()
         };
@@ -367,6 +380,44 @@ fn serve_connection(
             return Ok(());
         }
     }
+}
+
+/// The source and destination of a PROXY protocol v2 header (TCP over IPv4 or IPv6)
+/// starting the connection, consumed; `None` (nothing consumed) without one.
+fn read_proxy_v2(reader: &mut impl BufRead) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
+    const SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+    if !reader.fill_buf()?.starts_with(SIGNATURE) {
+        return Ok(None);
+    }
+    let mut fixed = [0u8; 16];
+    reader.read_exact(&mut fixed)?;
+    let mut addresses = vec![0u8; u16::from_be_bytes([fixed[14], fixed[15]]) as usize];
+    reader.read_exact(&mut addresses)?;
+    let port = |at: usize| u16::from_be_bytes([addresses[at], addresses[at + 1]]);
+    let ends = match (fixed[13], addresses.len()) {
+        (0x11, 12..) => {
+            let ip = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&addresses[at..at + 4]).unwrap());
+            (
+                SocketAddr::new(ip(0), port(8)),
+                SocketAddr::new(ip(4), port(10)),
+            )
+        }
+        (0x21, 36..) => {
+            let ip =
+                |at: usize| IpAddr::from(<[u8; 16]>::try_from(&addresses[at..at + 16]).unwrap());
+            (
+                SocketAddr::new(ip(0), port(32)),
+                SocketAddr::new(ip(16), port(34)),
+            )
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unsupported PROXY v2 header",
+            ));
+        }
+    };
+    Ok(Some(ends))
 }
 
 /// Reads a request head; `None` on a clean end of stream before it.

@@ -90,7 +90,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
 }
 
 /// Loads `r0 = action; exit` as an XDP program.
-fn load(action: XdpAction) -> Result<OwnedFd> {
+pub(crate) fn load(action: XdpAction) -> Result<OwnedFd> {
     let insns = [
         // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
         BpfInsn {

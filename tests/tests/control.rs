@@ -14,7 +14,7 @@ use weir_testbed::{
     DsrTopology,
     agent::{Agent, AgentDirs},
     http_get,
-    topology::{HTTP_PORT, LB_V4, VIP_V4, backend_v4},
+    topology::{HTTP_PORT, VIP_V4, backend_v4},
 };
 
 fn config(topology: &DsrTopology, extra_agent: &str) -> String {
@@ -239,7 +239,13 @@ fn the_tcp_listener_requires_the_token() {
     let dirs = AgentDirs::new().unwrap();
     let token_file = dirs.state_dir().with_file_name("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let listen = format!("{LB_V4}:9900");
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // Loopback only (plain HTTP): the client runs in the LB's namespace.
+    let listen = "127.0.0.1:9900";
     let extra = format!(
         "api_listen = \"{listen}\"\napi_token_file = \"{}\"\n",
         token_file.display()
@@ -247,7 +253,7 @@ fn the_tcp_listener_requires_the_token() {
     let _agent =
         Agent::start_with(topology.lb_ns(), &config(&topology, &extra), &dirs, &[]).unwrap();
 
-    let client = &topology.client().ns;
+    let client = topology.lb_ns();
     let url = format!("http://{listen}/v1/status");
     let code = |args: &[&str]| {
         let mut argv = vec![

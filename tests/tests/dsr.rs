@@ -359,7 +359,7 @@ fn stopping_the_agent_detaches_and_restores_the_host() {
         !lb.ip(&["neigh"]).unwrap().contains("managed"),
         "managed neighbours removed"
     );
-    assert!(!pins.pins().join("v1").exists(), "pins removed");
+    assert!(!pins.pins().unwrap().join("v1").exists(), "pins removed");
 }
 
 #[test]

@@ -27,7 +27,8 @@ use serde_json::Value;
 use weir_testbed::{
     Child, DsrTopology, Netns,
     agent::Agent,
-    server::FORWARDED_PATH,
+    http_get,
+    server::{FORWARDED_PATH, HANG_PATH},
     topology::{CLIENT_V4, HTTP_PORT, LB_V4, LB_V6, VIP_V4, backend_v4},
     weir_bin,
 };
@@ -126,11 +127,15 @@ fn config(topology: &DsrTopology, certificates: &Path, extra: &str) -> String {
     }
     text += &format!(
         "\n[[frontend]]\nname = \"www\"\nbind = [\"{LB_V4}:443\", \"[{LB_V6}]:443\"]\n\
-         certificates = \"{}\"\nredirect_http = [\"{LB_V4}:80\"]\nhsts = \"max-age=600\"\nbackends = \"web\"\n{extra}",
+         certificates = \"{}\"\nredirect_http = [\"{LB_V4}:80\"]\nhsts = \"max-age=600\"\nbackends = \"web\"\n{extra}\
+         \n[stats]\nlisten = \"{STATS}\"\n",
         certificates.display()
     );
     text
 }
+
+/// The agent's stats page and metrics, on the load balancer's loopback.
+const STATS: &str = "127.0.0.1:8404";
 
 impl Bed {
     /// `extra`: more keys for the frontend (e.g. its timeouts table).
@@ -255,10 +260,10 @@ fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `weir proxy status` (JSON) of the proxy beside `agent`.
+/// `weir proxy status --json` of the proxy beside `agent`.
 fn proxy_status(agent: &Agent) -> Value {
     let output = Command::new(weir_bin().unwrap())
-        .args(["proxy", "status", "--config"])
+        .args(["proxy", "status", "--json", "--config"])
         .arg(agent.config_path())
         .output()
         .unwrap();
@@ -356,6 +361,33 @@ fn https_with_http1_http2_sni_alpn_forwarding_and_redirects() {
         "{frontend}"
     );
     assert_eq!(frontend["counters"]["redirects"], 1);
+
+    // The table of `weir proxy status`, and the frontends' lines in `weir status`.
+    let table = Command::new(weir_bin().unwrap())
+        .args(["proxy", "status", "--config"])
+        .arg(bed.agent.config_path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("FRONTEND"), "{table}");
+    let www = table.lines().find(|l| l.starts_with("www ")).expect(&table);
+    assert!(www.contains(" web ") && www.contains(" 3/3 "), "{table}");
+    let status = bed.agent.cli(&["status"]).unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("TLS tier (weir proxy"), "{status}");
+
+    // The agent's stats page and metrics show the frontend too.
+    let lb = &bed.topology.lb().ns;
+    let page = http_get(lb, &format!("http://{STATS}/stats")).unwrap();
+    assert!(page.body.contains("id=\"frontend-www\""), "{}", page.body);
+    let metrics = http_get(lb, &format!("http://{STATS}/metrics")).unwrap();
+    let requests = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("weir_frontend_requests_total{frontend=\"www\"}"))
+        .unwrap_or_else(|| panic!("{}", metrics.body));
+    let served: f64 = requests.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(served >= 30.0, "{requests}");
 }
 
 /// HTTPS load from the client: `workers` threads each running one-shot curls (a new
@@ -737,4 +769,46 @@ fn bad_clients_are_closed_and_others_are_served() {
     let _ = slow.kill();
     let _ = slow.wait();
     drop(proxy);
+}
+
+#[test]
+fn a_backend_that_does_not_answer_gets_a_504_and_proxy_v2_carries_the_client() {
+    let bed = Bed::new("forward = \"proxy-v2\"\n[frontend.timeouts]\nresponse = \"1s\"\n");
+    let proxy = bed.proxy();
+
+    // The backend reads the PROXY v2 header: the client's address and the one it reached.
+    for flag in ["--http1.1", "--http2"] {
+        let out = stdout(&bed.curl(&[flag, &format!("https://{HOST}{FORWARDED_PATH}")]));
+        assert!(
+            out.contains(&format!("proxy-v2: {CLIENT_V4}:"))
+                && out.contains(&format!(" {LB_V4}:443\n")),
+            "{out}"
+        );
+        assert!(!out.contains("x-forwarded-for"), "{out}");
+    }
+
+    // No response head within timeouts.response: 504, logged with the backend.
+    let started = Instant::now();
+    let out = stdout(&bed.curl(&[
+        "--http2",
+        "--write-out",
+        "%{http_code}",
+        &format!("https://{HOST}{HANG_PATH}"),
+    ]));
+    assert!(out.ends_with("504"), "{out}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains("504 Gateway Timeout: no response within 1s"),
+        "{log}"
+    );
+    assert!(log.contains(" sH \"GET /hang HTTP/2.0\""), "{log}");
+    assert_eq!(
+        proxy_status(&bed.agent)["frontends"][0]["counters"]["backend_timeouts"],
+        1
+    );
 }

@@ -71,24 +71,48 @@ fn program_id(topology: &DsrTopology) -> Option<u32> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// The restarted agent adds a backend, which takes over Maglev slots: established
+/// streams stay on their backends only if it adopted the connection table (a fresh one
+/// would send those flows to the new backend, which resets them).
 #[test]
 fn kill_9_and_restart_under_load_loses_nothing() {
     let topology = DsrTopology::with_servers(3).unwrap();
     let pins = AgentDirs::new().unwrap();
-    let text = config(&topology, 65536, "");
-    let agent = Agent::start_with(topology.lb_ns(), &text, &pins, &[]).unwrap();
-    let load = start_load(&topology);
+    let backend_3 = format!(
+        "\n[[vip.backend]]\naddress = \"{}\"\n",
+        IpAddr::from(backend_v4(3))
+    );
+    let two_backends = config(&topology, 65536, "").replace(&backend_3, "\n");
+    assert_ne!(
+        two_backends,
+        config(&topology, 65536, ""),
+        "backend 3 left out"
+    );
+    let agent = Agent::start_with(topology.lb_ns(), &two_backends, &pins, &[]).unwrap();
+    let load = Load::start(
+        &topology.client().ns,
+        LoadSpec {
+            target: SocketAddr::new(VIP_V4.into(), HTTP_PORT),
+            // Enough that some would move to the added backend: each does with p = 1/3.
+            streams: 24,
+            stream_interval: Duration::from_millis(20),
+            short_workers: 2,
+        },
+    )
+    .expect("the client load starts");
+    wait_for_traffic(&load, 50);
 
     agent.kill().unwrap();
     // No agent: the pinned program goes on forwarding.
     wait_for_traffic(&load, 100);
+    let text = config(&topology, 65536, "");
     let agent = Agent::start_with(topology.lb_ns(), &text, &pins, &[]).unwrap();
     assert!(
         agent.log().contains("adopting the pinned dataplane"),
         "{}",
         agent.log()
     );
-    wait_for_traffic(&load, 100);
+    wait_for_traffic(&load, 300);
 
     let report = load.stop();
     report.assert_clean();

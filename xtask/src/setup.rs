@@ -16,7 +16,8 @@ use crate::{cmd::Cmd, is_root, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the network tools the tests and benchmarks
 /// use (BIRD 2 for the route announcement tests, keepalived for the VRRP interop tests,
-/// HAProxy for the end-to-end bench: all run in namespaces), and xz for the rust-src
+/// HAProxy as the TLS tier's yardstick in the benchmark: all run in namespaces), headless
+/// Chromium and promtool (`prometheus`) for the stats page tests, and xz for the rust-src
 /// fallback.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -33,6 +34,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "bird2",
     "keepalived",
     "haproxy",
+    "chromium",
+    "prometheus",
     "xz-utils",
 ];
 
@@ -42,6 +45,7 @@ const NO_SERVICE: &[(&str, &str)] = &[
     ("keepalived", "keepalived"),
     ("bird2", "bird"),
     ("haproxy", "haproxy"),
+    ("prometheus", "prometheus"),
 ];
 /// Debian's hook that lets package scripts start services; exit 101 forbids it.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

@@ -8,7 +8,7 @@ pub mod runtime;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,6 +24,7 @@ use crate::{
     agent::runtime::{RuntimeError, RuntimeState},
     api::model::AnnounceStatus,
     api::server::{self as api, SharedControl},
+    api::token::read_token,
     config::{Config, ConfigError, Forwarding},
     dataplane::flows,
     dataplane::pins::Pins,
@@ -34,7 +35,7 @@ use crate::{
     failover::vrrp::{Vrrp, VrrpError},
     health::{self, HealthMonitor, Report, Transition},
     host::{self, HostSetup},
-    stats::report::StatsReport,
+    stats::{self, census::Census, report::StatsReport},
 };
 
 /// How often ended NAT flows are removed from the NAT tables (the program also takes
@@ -55,14 +56,18 @@ pub enum AgentError {
     Runtime(#[from] RuntimeError),
     #[error("the control API: {0}")]
     Api(#[from] api::ApiError),
-    #[error("the control API token in {path}: {message}")]
-    Token { path: PathBuf, message: String },
+    #[error(transparent)]
+    Token(#[from] crate::api::token::TokenError),
     #[error(transparent)]
     Announce(#[from] AnnounceError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
     Vrrp(#[from] VrrpError),
+    #[error(transparent)]
+    Stats(#[from] stats::server::StatsError),
+    #[error("starting the flow census: {0}")]
+    Census(std::io::Error),
 }
 
 /// How the agent starts and stops.
@@ -103,6 +108,8 @@ pub struct Agent {
     health_reports: Option<mpsc::UnboundedReceiver<Report>>,
     /// The VRRP instances' state, while `[vrrp]` runs.
     vrrp_status: Option<watch::Receiver<crate::api::model::VrrpStatus>>,
+    /// Live flows per backend, counted in the background while `[stats]` serves.
+    census: Option<watch::Receiver<Census>>,
 }
 
 impl Agent {
@@ -172,6 +179,7 @@ impl Agent {
             health,
             health_reports: Some(health_reports),
             vrrp_status: None,
+            census: None,
         })
     }
 
@@ -226,6 +234,9 @@ impl Agent {
         }
         if file_config.announce != self.file_config.announce {
             warn!("[announce] settings changed; they take effect at the next restart");
+        }
+        if file_config.stats != self.file_config.stats {
+            warn!("[stats] settings changed; they take effect at the next restart");
         }
         if file_config.vrrp != self.file_config.vrrp {
             warn!(
@@ -341,15 +352,20 @@ impl Agent {
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
 
         let settings = self.config.agent.clone();
+        let stats_settings = self.config.stats.clone();
         let listeners = async {
             let unix = api::bind_unix(&settings.api_socket).await?;
+            let stats = match &stats_settings {
+                Some(stats) => Some(stats::server::bind(stats, &settings.api_socket).await?),
+                None => None,
+            };
             let tcp = match (settings.api_listen, &settings.api_token_file) {
                 (Some(addr), Some(token_file)) => {
                     Some((api::bind_tcp(addr).await?, read_token(token_file)?))
                 }
                 _ => None,
             };
-            Ok::<_, AgentError>((unix, tcp))
+            Ok::<_, AgentError>((unix, tcp, stats))
         };
         let vrrp_config = self.config.vrrp.clone();
         let serving = self.subscribe_serving();
@@ -363,7 +379,18 @@ impl Agent {
             Ok(listeners) => vrrp.await.map(|vrrp| (listeners, vrrp)),
             Err(err) => Err(err),
         };
-        let ((unix, tcp), vrrp) = match started {
+        let started = started.and_then(|started| {
+            if stats_settings.is_some() {
+                let tables = self.dataplane.flow_tables()?;
+                let agent = &self.config.agent;
+                self.census = Some(
+                    stats::census::spawn(tables, agent.conntrack_entries, agent.nat_entries)
+                        .map_err(AgentError::Census)?,
+                );
+            }
+            Ok(started)
+        });
+        let ((unix, tcp, stats_listener), vrrp) = match started {
             Ok(started) => started,
             Err(err) => {
                 // As a failed start: a dataplane this agent created goes, an adopted one
@@ -405,7 +432,16 @@ impl Agent {
                 shutdown,
             )));
         }
-        info!(api = %settings.api_socket.display(), tcp = ?settings.api_listen, "weir agent ready");
+        let stats_listen = stats_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = stats_listener {
+            let shutdown = until_stopped(stopped.clone());
+            servers.push(tokio::spawn(stats::server::serve_on(
+                listener,
+                control.clone(),
+                shutdown,
+            )));
+        }
+        info!(api = %settings.api_socket.display(), tcp = ?settings.api_listen, stats = ?stats_listen, "weir agent ready");
 
         let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
         let mut suspects = HashSet::new();
@@ -486,22 +522,6 @@ impl Agent {
         }
         Ok(())
     }
-}
-
-/// The control API's bearer token, from its file (surrounding white space ignored).
-fn read_token(path: &Path) -> Result<String, AgentError> {
-    let token = std::fs::read_to_string(path).map_err(|source| AgentError::Token {
-        path: path.to_owned(),
-        message: source.to_string(),
-    })?;
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(AgentError::Token {
-            path: path.to_owned(),
-            message: "the file is empty".into(),
-        });
-    }
-    Ok(token.to_owned())
 }
 
 /// The file's configuration with the runtime changes applied; changes that no longer

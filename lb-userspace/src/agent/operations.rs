@@ -8,10 +8,12 @@ use std::{
 };
 
 use lb_common::{FlowKey, VipKey};
+use tracing::error;
 
 use super::Agent;
 use crate::{
     agent::runtime::{BackendOverride, RuntimeState, VipOverride, validate_vip},
+    api::firewall::{FirewallEdit, FirewallView},
     api::model::{
         BackendChange, BackendView, Control, ControlError, FlowView, HealthView, InterfaceStatus,
         LastCheck, NewBackend, NewVip, ReloadOutcome, Status, VipStatus, VipView, unix_ms,
@@ -21,7 +23,10 @@ use crate::{
     dataplane::plan::vip_key,
     failover::serving::vip_serving,
     health::BackendHealth,
-    stats::report::StatsReport,
+    stats::{
+        overview::{CensusView, Overview},
+        report::StatsReport,
+    },
 };
 
 fn internal(err: impl std::fmt::Display) -> ControlError {
@@ -37,38 +42,41 @@ impl Agent {
             .ok_or_else(|| ControlError::NotFound(format!("no VIP named {name:?}")))
     }
 
-    /// Records a runtime change (`edit`), then plans and applies the result; on any
-    /// error nothing (runtime file included) has changed.
+    /// Records a runtime change (`edit`), plans and applies the result, then saves it:
+    /// the file only ever holds changes that were applied. On any error nothing (runtime
+    /// file included) has changed: a change that cannot be saved is taken back.
     fn change_runtime(&mut self, edit: impl FnOnce(&mut RuntimeState)) -> Result<(), ControlError> {
         let mut runtime = self.runtime.clone();
         edit(&mut runtime);
         let (config, _) = runtime.apply(&self.file_config);
-        // Plan first: a change that cannot be applied is refused before it is saved.
+        // Plan first: a change that cannot be applied is refused before anything moves.
         self.state
             .set_nat_sources(super::resolve_nat_sources(&config));
         self.state
             .plan(&self.health.effective(&config))
             .map_err(|err| ControlError::Invalid(err.to_string()))?;
-        runtime
-            .save(&self.config.agent.state_dir)
-            .map_err(internal)?;
         self.program_resolved(&config).map_err(internal)?;
+        if let Err(err) = runtime.save(&self.config.agent.state_dir) {
+            let running = self.config.clone();
+            if let Err(undo) = self.program_config(&running) {
+                error!(error = %undo, "cannot take back a change that could not be saved");
+            }
+            return Err(internal(err));
+        }
         self.runtime = runtime;
         self.config = config;
         Ok(())
     }
 
-    /// Live connections per backend id.
+    /// Live connections per backend id, counted now (a walk of the connection table:
+    /// the API's exact answer; the stats page reads the census instead).
     fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ControlError> {
-        let now = flows::now_ns();
-        let timeouts = self.config.flows.timeouts(false);
-        let mut counts = HashMap::new();
-        for (key, flow) in self.dataplane.flows().map_err(internal)? {
-            if flows::is_live(&flow, key.protocol, now, &timeouts) {
-                *counts.entry(flow.backend_id).or_insert(0) += 1;
-            }
-        }
-        Ok(counts)
+        let entries = self.dataplane.flows().map_err(internal)?;
+        Ok(flows::live_per_backend(
+            entries,
+            flows::now_ns(),
+            &self.config.flows.timeouts(false),
+        ))
     }
 
     fn vip_view(&self, vip: &VipConfig, flows: &HashMap<u32, u64>) -> VipView {
@@ -237,6 +245,37 @@ impl Control for Agent {
         self.vip(&name)
     }
 
+    fn firewalls(&self) -> Vec<FirewallView> {
+        self.config
+            .vips
+            .iter()
+            .filter(|vip| !vip.firewall.is_empty())
+            .map(|vip| FirewallView {
+                vip: vip.name.clone(),
+                firewall: vip.firewall.clone(),
+            })
+            .collect()
+    }
+
+    fn edit_firewall(
+        &mut self,
+        name: &str,
+        edit: FirewallEdit,
+    ) -> Result<FirewallView, ControlError> {
+        let vip = self.vip_config(name)?;
+        let firewall = edit.apply(&vip.firewall).map_err(ControlError::Invalid)?;
+        crate::firewall::check_vip(&firewall, vip.address, vip.port)
+            .map_err(|err| ControlError::Invalid(err.to_string()))?;
+        let recorded = firewall.clone();
+        self.change_runtime(|runtime| {
+            runtime.firewalls.insert(name.to_owned(), recorded);
+        })?;
+        Ok(FirewallView {
+            vip: name.to_owned(),
+            firewall,
+        })
+    }
+
     fn remove_vip(&mut self, name: &str) -> Result<(), ControlError> {
         self.vip_config(name)?;
         self.change_runtime(|runtime| runtime.record_vip(name, VipOverride::Removed))
@@ -348,6 +387,34 @@ impl Control for Agent {
         self.stats_report().map_err(internal)
     }
 
+    fn overview(&self) -> Result<Overview, ControlError> {
+        let census = self
+            .census
+            .as_ref()
+            .map(|census| census.borrow().clone())
+            .unwrap_or_default();
+        Ok(Overview {
+            status: self.status(),
+            vips: self
+                .config
+                .vips
+                .iter()
+                .map(|vip| self.vip_view(vip, &census.per_backend))
+                .collect(),
+            stats: self.stats()?,
+            census: CensusView {
+                at_unix_ms: census.at.map(unix_ms),
+                walk_ms: census.walk.as_millis() as u64,
+                conntrack_entries: census.conntrack_entries,
+                conntrack_capacity: self.config.agent.conntrack_entries,
+                nat_entries: census.nat_entries,
+                nat_capacity: self.config.agent.nat_entries,
+            },
+            // The stats server asks the proxy itself, outside the agent's lock.
+            tls: None,
+        })
+    }
+
     fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
         Agent::reload(self)
             .map(|writes| ReloadOutcome { writes })
@@ -362,6 +429,8 @@ fn health_view(health: &BackendHealth) -> HealthView {
         since_unix_ms: unix_ms(health.changed_at),
         checks: health.checks,
         failed_checks: health.failed_checks,
+        down_transitions: health.down_transitions,
+        downtime_ms: health.downtime(std::time::SystemTime::now()).as_millis() as u64,
         last_check: health.last.as_ref().map(|(result, at)| LastCheck {
             passed: result.passed,
             reason: result.reason.to_string(),

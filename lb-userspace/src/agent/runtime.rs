@@ -7,16 +7,19 @@
 
 use std::{
     collections::BTreeMap,
-    fs, io,
+    fs,
+    io::{self, Write},
     net::IpAddr,
     path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
+use tracing::error;
 
 use crate::{
     api::model::NewVip,
-    config::{AdminState, BackendConfig, Config, ConfigError, VipConfig},
+    config::{AdminState, BackendConfig, Config, ConfigError, VipConfig, VipFirewall},
     dataplane::plan::vip_key,
 };
 
@@ -62,33 +65,57 @@ pub struct RuntimeState {
     pub vips: BTreeMap<String, VipOverride>,
     #[serde(default)]
     pub backends: BTreeMap<String, BTreeMap<IpAddr, BackendOverride>>,
+    /// VIPs' firewalls as edited at runtime, each replacing the VIP's whole firewall
+    /// (applied last).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub firewalls: BTreeMap<String, VipFirewall>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is not valid runtime state: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
 }
 
 impl RuntimeState {
-    /// The runtime changes kept in `state_dir` (none if there is no file yet).
+    /// The runtime changes kept in `state_dir` (none if there is no file yet). A file that
+    /// does not parse (torn by a crash, edited by hand) does not stop the agent: it is
+    /// moved aside to `runtime.json.bad-<unix time>`, loudly, and the agent starts on the
+    /// configuration file alone — the operator re-applies the changes (or repairs the
+    /// file, moves it back and restarts).
     pub fn load(state_dir: &Path) -> Result<Self, RuntimeError> {
         let path = state_dir.join(RUNTIME_FILE);
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str(&text).map_err(|source| RuntimeError::Parse { path, source })
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(RuntimeError::Io { path, source }),
-        }
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(RuntimeError::Io { path, source }),
+        };
+        let error = match serde_json::from_str(&text) {
+            Ok(state) => return Ok(state),
+            Err(error) => error,
+        };
+        let seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let aside = state_dir.join(format!("{RUNTIME_FILE}.bad-{seconds}"));
+        fs::rename(&path, &aside).map_err(|source| RuntimeError::Io {
+            path: aside.clone(),
+            source,
+        })?;
+        error!(
+            file = %path.display(),
+            kept_as = %aside.display(),
+            %error,
+            "the runtime changes cannot be read: starting on the configuration file ALONE; \
+             changes made through the API are not applied until made again"
+        );
+        Ok(Self::default())
     }
 
-    /// Writes the changes atomically (temporary file, then rename).
+    /// Writes the changes so that a crash or power loss at any point leaves either the
+    /// old file or the new one: a temporary file, flushed to disk, renamed over the old
+    /// one, and the directory flushed (which makes the rename durable).
     pub fn save(&self, state_dir: &Path) -> Result<(), RuntimeError> {
         let io_error = |path: &Path| {
             let path = path.to_owned();
@@ -98,8 +125,14 @@ impl RuntimeState {
         let path = state_dir.join(RUNTIME_FILE);
         let temporary = state_dir.join(format!("{RUNTIME_FILE}.new"));
         let text = serde_json::to_string_pretty(self).expect("runtime state always serializes");
-        fs::write(&temporary, text).map_err(io_error(&temporary))?;
-        fs::rename(&temporary, &path).map_err(io_error(&path))
+        let mut file = fs::File::create(&temporary).map_err(io_error(&temporary))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(&temporary))?;
+        fs::rename(&temporary, &path).map_err(io_error(&path))?;
+        fs::File::open(state_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error(state_dir))
     }
 
     /// Records a change to a backend, merged with what was recorded before.
@@ -139,6 +172,7 @@ impl RuntimeState {
     /// Records a change to a whole VIP; it replaces the VIP's earlier backend changes.
     pub fn record_vip(&mut self, name: &str, change: VipOverride) {
         self.backends.remove(name);
+        self.firewalls.remove(name);
         self.vips.insert(name.to_owned(), change);
     }
 
@@ -199,6 +233,20 @@ impl RuntimeState {
                         "runtime change to backend {address} of VIP {vip_name:?} skipped: it is not configured any more"
                     )),
                 }
+            }
+        }
+        for (vip_name, firewall) in &self.firewalls {
+            let Some(vip) = config.vips.iter_mut().find(|vip| vip.name == *vip_name) else {
+                warnings.push(format!(
+                    "runtime firewall of VIP {vip_name:?} skipped: it is not configured any more"
+                ));
+                continue;
+            };
+            match crate::firewall::check_vip(firewall, vip.address, vip.port) {
+                Ok(()) => vip.firewall = firewall.clone(),
+                Err(err) => warnings.push(format!(
+                    "runtime firewall of VIP {vip_name:?} skipped: {err}"
+                )),
             }
         }
         (config, warnings)
@@ -284,6 +332,35 @@ mod tests {
     }
 
     #[test]
+    fn a_runtime_firewall_replaces_the_files_and_is_checked_again() {
+        let mut runtime = RuntimeState::default();
+        let firewall = VipFirewall {
+            deny_sources: vec!["198.18.5.0/24".parse().unwrap()],
+            ..VipFirewall::default()
+        };
+        runtime.firewalls.insert("web".into(), firewall.clone());
+        let (config, warnings) = runtime.apply(&file());
+        assert_eq!(config.vips[0].firewall, firewall);
+        assert!(warnings.is_empty());
+        // A list that no longer fits its VIP (ports on a one-port VIP) is skipped.
+        runtime.firewalls.insert(
+            "web".into(),
+            VipFirewall {
+                allow_ports: vec![443],
+                ..VipFirewall::default()
+            },
+        );
+        let (config, warnings) = runtime.apply(&file());
+        assert!(config.vips[0].firewall.is_empty());
+        assert!(warnings[0].contains("allow_ports[0]"), "{warnings:?}");
+        // It survives a save and a load.
+        let dir = std::env::temp_dir().join(format!("weir-fw-runtime-{}", std::process::id()));
+        runtime.save(&dir).unwrap();
+        assert_eq!(RuntimeState::load(&dir).unwrap(), runtime);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn changes_apply_on_top_of_the_file() {
         let mut runtime = RuntimeState::default();
         runtime.record(
@@ -360,6 +437,39 @@ mod tests {
         assert_eq!(RuntimeState::load(&dir).unwrap(), runtime);
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(RuntimeState::load(&dir).unwrap(), RuntimeState::default());
+    }
+
+    #[test]
+    fn a_torn_runtime_file_is_set_aside_and_the_agent_starts_without_it() {
+        let dir = std::env::temp_dir().join(format!("weir-runtime-torn-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(RUNTIME_FILE), "{\"vips\": {\"web\": {\"chan").unwrap();
+        assert_eq!(RuntimeState::load(&dir).unwrap(), RuntimeState::default());
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("runtime.json.bad-"), "{names:?}");
+        assert_eq!(
+            fs::read_to_string(dir.join(&names[0])).unwrap(),
+            "{\"vips\": {\"web\": {\"chan",
+            "kept as it was, for the operator"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_save_leaves_only_the_runtime_file() {
+        let dir = std::env::temp_dir().join(format!("weir-runtime-save-{}", std::process::id()));
+        RuntimeState::default().save(&dir).unwrap();
+        RuntimeState::default().save(&dir).unwrap();
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [RUNTIME_FILE]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     fn new_vip(port: u16, table_size: Option<u32>) -> NewVip {

@@ -9,11 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::firewall::{FirewallEdit, FirewallView};
 use crate::{
     config::{AdminState, CheckKind, Forwarding, HashMode, Protocol},
     failover::vrrp::state::State as VrrpState,
     health::Operational,
-    stats::report::StatsReport,
+    stats::{overview::Overview, report::StatsReport},
 };
 
 /// Unix time in milliseconds, as the API's `*_unix_ms` fields carry it (0 before 1970).
@@ -164,6 +165,12 @@ pub struct HealthView {
     pub since_unix_ms: u64,
     pub checks: u64,
     pub failed_checks: u64,
+    /// Changes from UP to DOWN since the agent started checking it.
+    #[serde(default)]
+    pub down_transitions: u64,
+    /// Total time DOWN since the agent started checking it, the current period included.
+    #[serde(default)]
+    pub downtime_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<LastCheck>,
 }
@@ -176,6 +183,8 @@ impl Default for HealthView {
             since_unix_ms: 0,
             checks: 0,
             failed_checks: 0,
+            down_transitions: 0,
+            downtime_ms: 0,
             last_check: None,
         }
     }
@@ -305,7 +314,18 @@ pub trait Control: Send {
         backend: Option<IpAddr>,
     ) -> Result<Vec<FlowView>, ControlError>;
     fn stats(&self) -> Result<StatsReport, ControlError>;
+    /// Everything the stats page and `/metrics` show, without walking the connection
+    /// table (current flows: the last census).
+    fn overview(&self) -> Result<Overview, ControlError>;
     fn reload(&mut self) -> Result<ReloadOutcome, ControlError>;
+    /// The VIPs that have a firewall.
+    fn firewalls(&self) -> Vec<FirewallView>;
+    /// Edits a VIP's source lists; the result is validated and applied whole.
+    fn edit_firewall(
+        &mut self,
+        vip: &str,
+        edit: FirewallEdit,
+    ) -> Result<FirewallView, ControlError>;
 }
 
 /// An in-memory [`Control`] for the tests of the HTTP layer and of the CLI.
@@ -314,8 +334,8 @@ pub(crate) mod fake {
     use std::{collections::BTreeMap, net::IpAddr};
 
     use super::{
-        BackendChange, BackendView, Control, ControlError, FlowView, InterfaceStatus, NewBackend,
-        NewVip, ReloadOutcome, Status, VipView,
+        BackendChange, BackendView, Control, ControlError, FirewallEdit, FirewallView, FlowView,
+        InterfaceStatus, NewBackend, NewVip, ReloadOutcome, Status, VipView,
     };
     use crate::stats::report::StatsReport;
 
@@ -332,6 +352,7 @@ pub(crate) mod fake {
         pub(crate) check_weight: fn(u32) -> Result<(), ControlError>,
         /// Each backend change ends one of the backend's flows (a drain, as a test polls).
         pub(crate) change_ends_a_flow: bool,
+        pub(crate) firewalls: Vec<FirewallView>,
     }
 
     fn at_most_1000(weight: u32) -> Result<(), ControlError> {
@@ -354,10 +375,13 @@ pub(crate) mod fake {
                     verdicts: BTreeMap::from([("tx".to_owned(), 10)]),
                     counters: BTreeMap::from([("forwarded".to_owned(), 10)]),
                     vips: vec![],
+                    interfaces: vec![],
+                    host_rules: vec![],
                 },
                 failing_vip: None,
                 check_weight: at_most_1000,
                 change_ends_a_flow: false,
+                firewalls: Vec::new(),
             }
         }
 
@@ -535,8 +559,41 @@ pub(crate) mod fake {
             Ok(self.stats.clone())
         }
 
+        fn overview(&self) -> Result<crate::stats::overview::Overview, ControlError> {
+            Ok(crate::stats::overview::Overview {
+                status: self.status(),
+                vips: self.vips.clone(),
+                stats: self.stats.clone(),
+                census: Default::default(),
+                tls: None,
+            })
+        }
+
         fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
             Ok(ReloadOutcome { writes: 3 })
+        }
+
+        fn firewalls(&self) -> Vec<FirewallView> {
+            self.firewalls.clone()
+        }
+
+        fn edit_firewall(
+            &mut self,
+            vip: &str,
+            edit: FirewallEdit,
+        ) -> Result<FirewallView, ControlError> {
+            self.vip_mut(vip)?;
+            let current = self.firewalls.iter().find(|f| f.vip == vip);
+            let firewall = edit
+                .apply(&current.map(|f| f.firewall.clone()).unwrap_or_default())
+                .map_err(ControlError::Invalid)?;
+            let view = FirewallView {
+                vip: vip.to_owned(),
+                firewall,
+            };
+            self.firewalls.retain(|f| f.vip != vip);
+            self.firewalls.push(view.clone());
+            Ok(view)
         }
     }
 }

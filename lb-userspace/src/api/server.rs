@@ -38,6 +38,8 @@ use tokio::{
     sync::Mutex,
 };
 
+use crate::api::connections::{self, Limits, Listener};
+use crate::api::firewall::{FirewallEdit, FirewallView};
 use crate::api::model::{
     BackendChange, BackendView, Control, ControlError, ErrorBody, FlowView, NewBackend, NewVip,
     ReloadOutcome, Status, VipView,
@@ -86,8 +88,6 @@ pub enum ApiError {
     },
     #[error("the TCP control API needs a non-empty token")]
     EmptyToken,
-    #[error("serving the control API: {0}")]
-    Serve(#[source] io::Error),
 }
 
 /// What a route does; [`ROUTES`] pairs each with its method and path.
@@ -105,6 +105,8 @@ enum Op {
     Flows,
     Stats,
     Reload,
+    Firewalls,
+    EditFirewall,
 }
 
 /// One route of the API: a method and an axum path template (`{param}`, as OpenAPI's).
@@ -141,6 +143,8 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/v1/flows", Op::Flows),
     route(Method::GET, "/v1/stats", Op::Stats),
     route(Method::POST, "/v1/reload", Op::Reload),
+    route(Method::GET, "/v1/firewall", Op::Firewalls),
+    route(Method::PATCH, "/v1/vips/{name}/firewall", Op::EditFirewall),
 ];
 
 /// The API's routes, without authentication (for the Unix socket).
@@ -162,6 +166,8 @@ pub fn router(control: SharedControl) -> Router {
             Op::Flows => on(filter, flows),
             Op::Stats => on(filter, stats),
             Op::Reload => on(filter, reload),
+            Op::Firewalls => on(filter, firewalls),
+            Op::EditFirewall => on(filter, edit_firewall),
         };
         router = router.route(route.path, handler);
     }
@@ -232,21 +238,48 @@ pub async fn bind_unix(path: &Path) -> Result<UnixApiListener, ApiError> {
         Ok(_) => return Err(ApiError::NotASocket(path.to_owned())),
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|source| ApiError::BindUnix {
+    let listener = bind_private(path)?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ApiError::BindUnix {
         path: path.to_owned(),
         source,
     })?;
-    let chmod = |source| ApiError::Chmod {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(chmod)?;
-    let meta = std::fs::symlink_metadata(path).map_err(chmod)?;
     Ok(UnixApiListener {
         listener: Some(listener),
         path: path.to_owned(),
         file: (meta.dev(), meta.ino()),
     })
+}
+
+/// Binds a socket that appears at `path` with mode 0600 already: bound and restricted in
+/// a fresh 0700 directory beside it, where no one else can reach it, then renamed into
+/// place (a chmod after binding at `path` would leave it open to anyone for a moment).
+fn bind_private(path: &Path) -> Result<UnixListener, ApiError> {
+    let bind_error = |source| ApiError::BindUnix {
+        path: path.to_owned(),
+        source,
+    };
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let private = parent.join(format!(".weir-bind-{}", std::process::id()));
+    // Left by an earlier agent of the same pid that died here.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(bind_error)?;
+    let bound = private.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&bound).map_err(bind_error)?;
+        std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| ApiError::Chmod {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
+        std::fs::rename(&bound, path).map_err(bind_error)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 /// Serves the API on a bound Unix socket until `shutdown` resolves (then lets the
@@ -267,12 +300,9 @@ pub async fn serve_router_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     let socket = listener.listener.take().expect("a listener not yet served");
-    let result = axum::serve(socket, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ApiError::Serve);
+    connections::serve(Listener::Unix(socket), router, Limits::default(), shutdown).await;
     drop(listener);
-    result
+    Ok(())
 }
 
 pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ApiError> {
@@ -292,10 +322,9 @@ pub async fn serve_tcp_on(
     if token.is_empty() {
         return Err(ApiError::EmptyToken);
     }
-    axum::serve(listener, router_with_token(control, &token))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ApiError::Serve)
+    let router = router_with_token(control, &token);
+    connections::serve(Listener::Tcp(listener), router, Limits::default(), shutdown).await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -564,6 +593,21 @@ async fn stats(State(control): State<SharedControl>) -> Reply<StatsReport> {
 async fn reload(State(control): State<SharedControl>) -> Reply<ReloadOutcome> {
     let outcome = control.lock().await.reload()?;
     Ok(Json(outcome))
+}
+
+async fn firewalls(State(control): State<SharedControl>) -> Json<Vec<FirewallView>> {
+    let firewalls = control.lock().await.firewalls();
+    Json(firewalls)
+}
+
+async fn edit_firewall(
+    State(control): State<SharedControl>,
+    path: Result<VipPath, PathRejection>,
+    JsonBody(edit): JsonBody<FirewallEdit>,
+) -> Reply<FirewallView> {
+    let name = path?.0;
+    let edited = control.lock().await.edit_firewall(&name, edit)?;
+    Ok(Json(edited))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -907,7 +951,7 @@ mod tests {
             r.json(),
             json!({"address": "10.0.0.3", "weight": 20, "state": "drain", "flows": 0,
                    "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
-                              "failed_checks": 0}})
+                              "failed_checks": 0, "down_transitions": 0, "downtime_ms": 0}})
         );
         // Defaults.
         let r = server
@@ -922,7 +966,7 @@ mod tests {
             r.json(),
             json!({"address": "2001:db8::2", "weight": 100, "state": "ready", "flows": 0,
                    "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
-                              "failed_checks": 0}})
+                              "failed_checks": 0, "down_transitions": 0, "downtime_ms": 0}})
         );
 
         let r = server
@@ -937,7 +981,7 @@ mod tests {
             r.json(),
             json!({"address": "10.0.0.3", "weight": 20, "state": "maint", "flows": 0,
                    "health": {"check": "none", "state": "up", "since_unix_ms": 0, "checks": 0,
-                              "failed_checks": 0}})
+                              "failed_checks": 0, "down_transitions": 0, "downtime_ms": 0}})
         );
         // IPv6 in the path, and an empty change.
         let r = server
@@ -997,6 +1041,43 @@ mod tests {
     }
 
     // -- Errors ---------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn firewall_edits_apply_and_list() {
+        let server = Server::start().await;
+        let r = server.call("GET", "/v1/firewall", None).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "[]"), "{r:?}");
+        let body = r#"{"allow": ["198.18.0.0/16"], "deny": ["198.18.5.0/24"]}"#;
+        let r = server
+            .call("PATCH", "/v1/vips/web/firewall", Some(body))
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let view: FirewallView = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(view.firewall.deny_sources[0].to_string(), "198.18.5.0/24");
+        let r = server.call("GET", "/v1/firewall", None).await;
+        let list: Vec<FirewallView> = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(list, [view]);
+        server
+            .call(
+                "PATCH",
+                "/v1/vips/web/firewall",
+                Some(r#"{"allow": ["198.18.0.1/16"]}"#),
+            )
+            .await
+            .assert_error(400, "has bits set past its prefix length");
+        server
+            .call(
+                "PATCH",
+                "/v1/vips/web/firewall",
+                Some(r#"{"remove": ["198.18.9.0/24"]}"#),
+            )
+            .await
+            .assert_error(422, "in neither");
+        server
+            .call("PATCH", "/v1/vips/nope/firewall", Some("{}"))
+            .await
+            .assert_error(404, "nope");
+    }
 
     #[tokio::test]
     async fn control_errors_map_to_status_codes() {
@@ -1365,5 +1446,48 @@ mod tests {
                     .unwrap_or_else(|| panic!("{reference} does not resolve"));
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_with_its_mode_already_set() {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(&dir.0).unwrap();
+        // SAFETY: inotify_init1 has no preconditions; the descriptor is closed below.
+        let inotify = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(inotify >= 0);
+        let watched = std::ffi::CString::new(dir.0.as_os_str().as_encoded_bytes()).unwrap();
+        let mask = libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MOVED_TO;
+        // SAFETY: a valid descriptor and C string.
+        assert!(unsafe { libc::inotify_add_watch(inotify, watched.as_ptr(), mask) } >= 0);
+        let socket = dir.0.join("api.sock");
+        let listener = bind_unix(&socket).await.unwrap();
+        let mut buffer = [0u8; 4096];
+        // SAFETY: reads into a buffer of the given length.
+        let read = unsafe { libc::read(inotify, buffer.as_mut_ptr().cast(), buffer.len()) };
+        // SAFETY: the descriptor is ours.
+        unsafe { libc::close(inotify) };
+        assert!(read > 0, "no event");
+        // What happened to the name "api.sock": it must appear by a rename of a socket
+        // already restricted, never be created (or chmod-ed) under that name.
+        let mut events = Vec::new();
+        let mut offset = 0;
+        while offset < read as usize {
+            let field = |at: usize| {
+                u32::from_ne_bytes(buffer[offset + at..offset + at + 4].try_into().unwrap())
+            };
+            let (event_mask, length) = (field(4), field(12) as usize);
+            let name = &buffer[offset + 16..offset + 16 + length];
+            let name = String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_owned();
+            if name == "api.sock" {
+                events.push(event_mask);
+            }
+            offset += 16 + length;
+        }
+        assert_eq!(events, [libc::IN_MOVED_TO], "{events:x?}");
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        drop(listener);
     }
 }

@@ -1,5 +1,6 @@
 //! The admin commands' arguments (clap) and the parsers of their values.
 
+use crate::firewall::Prefix;
 use std::{
     env,
     net::{IpAddr, SocketAddr},
@@ -83,6 +84,39 @@ pub enum AdminCommand {
     /// Re-read the configuration file and apply it, as SIGHUP does.
     #[command(after_help = EXIT_CODES)]
     Reload,
+    /// List the VIPs' firewalls, or allow, deny or remove source prefixes of one. Changes
+    /// apply at once, whole, and persist across agent restarts.
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum FirewallCommand {
+    /// List the VIPs that have a firewall, with their lists.
+    #[command(after_help = EXIT_CODES)]
+    List,
+    /// Allow source prefixes to reach a VIP (taking them off its deny list). A VIP with
+    /// an allow list drops every source it does not allow.
+    #[command(after_help = EXIT_CODES)]
+    Allow {
+        vip: String,
+        #[arg(required = true, value_name = "PREFIX")]
+        prefixes: Vec<Prefix>,
+    },
+    /// Deny source prefixes (taking them off the allow list); the longest prefix wins.
+    #[command(after_help = EXIT_CODES)]
+    Deny {
+        vip: String,
+        #[arg(required = true, value_name = "PREFIX")]
+        prefixes: Vec<Prefix>,
+    },
+    /// Take source prefixes off a VIP's allow and deny lists.
+    #[command(after_help = EXIT_CODES)]
+    Remove {
+        vip: String,
+        #[arg(required = true, value_name = "PREFIX")]
+        prefixes: Vec<Prefix>,
+    },
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]

@@ -16,6 +16,7 @@ pub use client::*;
 pub use error::*;
 pub use render::*;
 
+use crate::api::firewall::{FirewallEdit, FirewallView};
 use std::{
     fmt::Write as _,
     io::{self, IsTerminal, Write},
@@ -89,7 +90,11 @@ pub fn execute(
     match command {
         AdminCommand::Status => {
             let a = client.call::<Status>("GET", "/v1/status", NO_BODY, 200)?;
-            output.show(&a.raw, || render_status(&a.value))
+            output.show(&a.raw, || {
+                // The TLS tier's frontends, when a `weir proxy` runs beside the agent.
+                let frontends = crate::proxy::cli::summary_beside(client.socket());
+                render_status(&a.value) + frontends.as_deref().unwrap_or_default()
+            })
         }
         AdminCommand::Vip(VipCommand::List) => {
             let a = client.call::<Vec<VipView>>("GET", "/v1/vips", NO_BODY, 200)?;
@@ -122,6 +127,7 @@ pub fn execute(
             watch: true,
             interval,
         } => watch_stats(client, interval, output),
+        AdminCommand::Firewall(command) => firewall(client, command, output),
         AdminCommand::Reload => {
             let a = client.call::<ReloadOutcome>("POST", "/v1/reload", NO_BODY, 200)?;
             output.show(&a.raw, || match a.value.writes {
@@ -130,6 +136,43 @@ pub fn execute(
             })
         }
     }
+}
+
+fn firewall(
+    client: &Client,
+    command: FirewallCommand,
+    output: &mut Output<'_>,
+) -> Result<(), CliError> {
+    let (vip, edit) = match command {
+        FirewallCommand::List => {
+            let a = client.call::<Vec<FirewallView>>("GET", "/v1/firewall", None::<&()>, 200)?;
+            return output.show(&a.raw, || render_firewalls(&a.value));
+        }
+        FirewallCommand::Allow { vip, prefixes } => (
+            vip,
+            FirewallEdit {
+                allow: prefixes,
+                ..FirewallEdit::default()
+            },
+        ),
+        FirewallCommand::Deny { vip, prefixes } => (
+            vip,
+            FirewallEdit {
+                deny: prefixes,
+                ..FirewallEdit::default()
+            },
+        ),
+        FirewallCommand::Remove { vip, prefixes } => (
+            vip,
+            FirewallEdit {
+                remove: prefixes,
+                ..FirewallEdit::default()
+            },
+        ),
+    };
+    let path = format!("{}/firewall", vip_path(&vip));
+    let a = client.call::<FirewallView>("PATCH", &path, Some(&edit), 200)?;
+    output.show(&a.raw, || render_firewalls(std::slice::from_ref(&a.value)))
 }
 
 fn backend(
@@ -417,6 +460,8 @@ mod tests {
                     since_unix_ms: 1_000_000,
                     checks: 10,
                     failed_checks: 1,
+                    down_transitions: 0,
+                    downtime_ms: 0,
                     last_check: Some(LastCheck {
                         passed: false,
                         reason: "HTTP status 503".into(),
@@ -660,7 +705,10 @@ mod tests {
                     address: "198.18.0.11".parse().unwrap(),
                     traffic: traffic(vip_packets, backend_bytes),
                 }],
+                firewall: None,
             }],
+            interfaces: vec![],
+            host_rules: vec![],
         }
     }
 

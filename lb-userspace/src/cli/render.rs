@@ -1,6 +1,7 @@
 //! Pure formatting of the agent's answers: aligned tables, durations, rates between two
 //! counter reports, pretty JSON.
 
+use crate::api::firewall::FirewallView;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -509,7 +510,7 @@ pub struct Rates {
     pub counters: BTreeMap<String, f64>,
 }
 
-pub(super) fn rate(earlier: Option<u64>, now: u64, seconds: f64) -> Option<f64> {
+pub(crate) fn rate(earlier: Option<u64>, now: u64, seconds: f64) -> Option<f64> {
     let earlier = earlier?;
     (now >= earlier && seconds > 0.0).then(|| (now - earlier) as f64 / seconds)
 }
@@ -606,6 +607,54 @@ pub fn render_rates(rates: &Rates) -> String {
             .map(|(name, r)| format!("{name} {}", si(*r)))
             .collect();
         let _ = writeln!(out, "counters/s: {}", counters.join(", "));
+    }
+    out
+}
+
+/// `weir firewall list`: each VIP's lists, one line per list.
+pub fn render_firewalls(firewalls: &[FirewallView]) -> String {
+    if firewalls.is_empty() {
+        return "no VIP has a firewall\n".to_owned();
+    }
+    let mut out = String::new();
+    for view in firewalls {
+        let firewall = &view.firewall;
+        let _ = writeln!(out, "{}:", view.vip);
+        let list = |items: Vec<String>| items.join(" ");
+        for (name, items) in [
+            (
+                "allow",
+                list(
+                    firewall
+                        .allow_sources
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "deny",
+                list(
+                    firewall
+                        .deny_sources
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "ports",
+                list(firewall.allow_ports.iter().map(|p| p.to_string()).collect()),
+            ),
+        ] {
+            if !items.is_empty() {
+                let _ = writeln!(out, "  {name:<6} {items}");
+            }
+        }
+        if let Some(rate) = firewall.new_flow_rate {
+            let burst = firewall.new_flow_burst.unwrap_or(rate);
+            let _ = writeln!(out, "  rate   {rate} new flows/s per source, burst {burst}");
+        }
     }
     out
 }

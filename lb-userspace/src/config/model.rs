@@ -6,6 +6,8 @@ use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 use lb_common::{FlowTimeouts, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
+pub use crate::firewall::{FirewallConfig, HostRule, Prefix, VipFirewall};
+
 /// Weight of a backend that does not set one.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest backend weight.
@@ -51,6 +53,42 @@ pub struct Config {
     /// The TLS tier's frontends (`weir proxy`); the agent ignores them.
     #[serde(rename = "frontend", skip_serializing_if = "Vec::is_empty")]
     pub frontends: Vec<super::frontend::FrontendConfig>,
+    /// The HAProxy-style stats page and Prometheus metrics (`[stats]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsConfig>,
+    /// `[firewall]`: the global new-flow cap and the host's port rules.
+    #[serde(skip_serializing_if = "is_default")]
+    pub firewall: FirewallConfig,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// Default of `stats.uri`, as HAProxy's `stats uri`.
+pub const DEFAULT_STATS_URI: &str = "/stats";
+/// Default of `stats.refresh`: how often the page reloads itself.
+pub const DEFAULT_STATS_REFRESH: Duration = Duration::from_secs(5);
+/// Bounds of `stats.refresh`.
+pub const STATS_REFRESH: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// `[stats]`: the stats page (`uri`, its `;csv` export and, with `admin`, its forms)
+/// and `/metrics`, on one listener of their own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatsConfig {
+    pub listen: std::net::SocketAddr,
+    pub uri: String,
+    /// The users file (`name:hash` lines, bcrypt or SHA-crypt hashes). Without it the
+    /// listener must be on a loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PathBuf>,
+    /// The page may set a backend ready, drain or maint.
+    pub admin: bool,
+    /// `/metrics` asks for the users too (else it is open, as HAProxy's exporter).
+    pub metrics_auth: bool,
+    #[serde(serialize_with = "crate::config::duration::serialize_duration")]
+    pub refresh: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -209,6 +247,9 @@ pub struct VipConfig {
     pub table_size: u32,
     /// How its backends are checked (`[vip.health]`).
     pub health: HealthConfig,
+    /// Source filters, port list and new-flow rate (empty: none).
+    #[serde(flatten)]
+    pub firewall: VipFirewall,
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }

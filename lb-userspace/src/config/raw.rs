@@ -27,6 +27,37 @@ pub(super) struct RawConfig {
     pub(super) vrrp: Option<RawVrrp>,
     #[serde(default)]
     pub(super) frontend: Vec<super::frontend::RawFrontend>,
+    pub(super) stats: Option<RawStats>,
+    pub(super) firewall: Option<RawFirewall>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStats {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) uri: Option<Spanned<String>>,
+    pub(super) auth: Option<Spanned<String>>,
+    pub(super) admin: Option<bool>,
+    pub(super) metrics_auth: Option<Spanned<bool>>,
+    pub(super) refresh: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFirewall {
+    pub(super) new_flow_cap: Option<Spanned<Integer>>,
+    pub(super) new_flow_cap_burst: Option<Spanned<Integer>>,
+    #[serde(default)]
+    pub(super) host: Vec<RawHostRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHostRule {
+    pub(super) protocol: Option<Protocol>,
+    pub(super) port: Option<Spanned<Integer>>,
+    pub(super) allow_sources: Option<Vec<Spanned<String>>>,
+    pub(super) deny_sources: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +120,11 @@ pub(super) struct RawVip {
     pub(super) conntrack: Option<Spanned<bool>>,
     pub(super) table_size: Option<Spanned<Integer>>,
     pub(super) health: Option<RawHealth>,
+    pub(super) allow_sources: Option<Vec<Spanned<String>>>,
+    pub(super) deny_sources: Option<Vec<Spanned<String>>>,
+    pub(super) allow_ports: Option<Vec<Spanned<Integer>>>,
+    pub(super) new_flow_rate: Option<Spanned<Integer>>,
+    pub(super) new_flow_burst: Option<Spanned<Integer>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
 }

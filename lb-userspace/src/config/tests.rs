@@ -92,6 +92,7 @@ fn full_config_with_defaults() {
                 conntrack: true,
                 table_size: maglev::DEFAULT_TABLE_SIZE,
                 health: HealthConfig::default_for(Protocol::Tcp, 80),
+                firewall: VipFirewall::default(),
                 backends: vec![
                     BackendConfig {
                         port: None,
@@ -118,6 +119,7 @@ fn full_config_with_defaults() {
                 conntrack: true,
                 table_size: 251,
                 health: HealthConfig::default_for(Protocol::Udp, 53),
+                firewall: VipFirewall::default(),
                 backends: vec![BackendConfig {
                     port: None,
                     address: ip("2001:db8::1:53"),
@@ -129,6 +131,8 @@ fn full_config_with_defaults() {
         announce: None,
         vrrp: None,
         frontends: Vec::new(),
+        stats: None,
+        firewall: FirewallConfig::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.vips[1].protocol.number(), PROTO_UDP);
@@ -315,6 +319,27 @@ fn vips_without_connection_table() {
     assert_eq!(
         error(&web("port = 80\nforwarding = \"nat\"\nconntrack = false\n")),
         "weir.toml:9:13: vip[0].conntrack: NAT needs its flow table: conntrack = false is for DSR VIPs only"
+    );
+}
+
+#[test]
+fn a_nat_source_may_not_be_a_vip_address() {
+    // Its own: replies to the NAT source would be load-balanced as client traffic.
+    assert_eq!(
+        error(&web(
+            "port = 80\nforwarding = \"nat\"\nnat_source = \"198.18.0.10\"\n"
+        )),
+        "weir.toml:9:14: vip[0].nat_source: 198.18.0.10 is the address of VIP \"web\" (vip[0]): \
+         backends' replies to it would be taken for clients' traffic"
+    );
+    // Another VIP's, further down the file.
+    assert_eq!(
+        error(&web(
+            "port = 80\nforwarding = \"nat\"\nnat_source = \"198.18.0.20\"\n\
+             [[vip]]\nname = \"dns\"\naddress = \"198.18.0.20\"\nport = 53\n"
+        )),
+        "weir.toml:9:14: vip[0].nat_source: 198.18.0.20 is the address of VIP \"dns\" (vip[1]): \
+         backends' replies to it would be taken for clients' traffic"
     );
 }
 
@@ -636,6 +661,19 @@ fn a_tcp_api_listener_needs_a_token() {
 }
 
 #[test]
+fn a_tcp_api_listener_listens_on_loopback_only() {
+    let err = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"198.18.0.1:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "weir.toml:3:14: agent.api_listen: 198.18.0.1 is not a loopback address: the TCP \
+         listener speaks plain HTTP, so the bearer token would cross the network in clear; \
+         listen on 127.0.0.1 or [::1] and reach it through an SSH tunnel or a TLS proxy"
+    );
+    let ok = parse("[agent]\ninterfaces = [\"eth0\"]\napi_listen = \"[::1]:9900\"\napi_token_file = \"/etc/weir/token\"\n").unwrap();
+    assert_eq!(ok.agent.api_listen, Some("[::1]:9900".parse().unwrap()));
+}
+
+#[test]
 fn announce_names_a_dummy_interface_of_its_own() {
     let config = parse(&format!("{AGENT}[announce]\ninterface = \"weir-vips\"\n")).unwrap();
     assert_eq!(
@@ -920,4 +958,123 @@ fn vrrp_errors_name_key_and_position() {
 fn vrrp_interface_must_be_a_valid_name() {
     let text = format!("{AGENT}[vrrp]\ninterface = \"a/b\"\nvrid = 1\n");
     assert!(error(&text).contains("vrrp.interface: \"a/b\" is not a valid interface name"));
+}
+
+/// A VIP on every port with the firewall keys after `extra`.
+fn firewall_vip(port: u16, extra: &str) -> String {
+    format!(
+        "{AGENT}[[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\nport = {port}\n{extra}\
+         [[vip.backend]]\naddress = \"198.18.1.11\"\n"
+    )
+}
+
+#[test]
+fn vip_firewall_keys_are_validated_where_they_are_written() {
+    let config = parse(&firewall_vip(
+        0,
+        "allow_sources = [\"198.18.0.0/16\"]\ndeny_sources = [\"198.18.5.0/24\"]\n\
+         allow_ports = [80, 443]\nnew_flow_rate = 100\n",
+    ))
+    .unwrap();
+    let firewall = &config.vips[0].firewall;
+    assert_eq!(firewall.allow_sources[0].to_string(), "198.18.0.0/16");
+    assert_eq!(firewall.allow_ports, [80, 443]);
+    assert_eq!(firewall.new_flow_rate, Some(100));
+
+    let cases = [
+        (
+            0,
+            "allow_sources = [\"198.18.0.1/16\"]\n",
+            "weir.toml:7:18: vip[0].allow_sources[0]: \"198.18.0.1/16\" has bits set past its prefix length",
+        ),
+        (
+            0,
+            "allow_sources = [\"198.18.0.0/16\"]\ndeny_sources = [\"198.18.0.0/16\"]\n",
+            "weir.toml:8:17: vip[0].deny_sources[0]: 198.18.0.0/16 is also allow_sources[0]",
+        ),
+        (
+            0,
+            "allow_sources = [\"2001:db8::/32\"]\n",
+            "vip[0].allow_sources: no IPv4 prefix: every client of 198.18.0.10 would be dropped",
+        ),
+        (
+            80,
+            "allow_ports = [443]\n",
+            "weir.toml:7:16: vip[0].allow_ports[0]: only a VIP on every port",
+        ),
+        (
+            0,
+            "allow_ports = [0]\n",
+            "vip[0].allow_ports[0]: must be in 1..=65535",
+        ),
+        (
+            0,
+            "new_flow_rate = 0\n",
+            "vip[0].new_flow_rate: must be in 1..=",
+        ),
+        (
+            0,
+            "new_flow_burst = 5\n",
+            "vip[0].new_flow_burst: a burst needs a rate",
+        ),
+    ];
+    for (port, extra, expected) in cases {
+        let message = error(&firewall_vip(port, extra));
+        assert!(message.contains(expected), "{extra:?}: {message}");
+    }
+}
+
+#[test]
+fn host_rules_that_would_cut_off_the_api_or_bgp_are_refused() {
+    let host =
+        |agent_extra: &str, rule: &str| format!("{AGENT}{agent_extra}[[firewall.host]]\n{rule}");
+    let config = parse(&host(
+        "",
+        "port = 22\nallow_sources = [\"198.18.100.0/24\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(config.firewall.host[0].protocol, Protocol::Tcp);
+    let api = "api_listen = \"127.0.0.1:8443\"\napi_token_file = \"/etc/weir/token\"\n";
+    let cases = [
+        (
+            api,
+            "port = 8443\ndeny_sources = [\"198.18.9.0/24\"]\n",
+            "firewall.host[0].port: this rule would cut off tcp port 8443 (the control API listens on 127.0.0.1:8443)",
+        ),
+        (
+            "",
+            "port = 179\nallow_sources = [\"198.18.0.0/24\"]\ndeny_sources = [\"0.0.0.0/0\"]\n",
+            "firewall.host[0].port: this rule would cut off tcp port 179 (BGP peers connect to it)",
+        ),
+        (
+            "",
+            "port = 22\n",
+            "firewall.host[0]: a host rule needs allow_sources or deny_sources",
+        ),
+        (
+            "",
+            "allow_sources = [\"198.18.0.0/24\"]\n",
+            "firewall.host[0].port: required key is missing",
+        ),
+    ];
+    for (agent_extra, rule, expected) in cases {
+        let message = error(&host(agent_extra, rule));
+        assert!(message.contains(expected), "{rule:?}: {message}");
+    }
+    // UDP 8443 is not the API's.
+    assert!(
+        parse(&host(
+            api,
+            "port = 8443\nprotocol = \"udp\"\ndeny_sources = [\"0.0.0.0/0\"]\n"
+        ))
+        .is_ok()
+    );
+    let twice = host(
+        "",
+        "port = 22\nallow_sources = [\"198.18.0.0/24\"]\n[[firewall.host]]\nport = 22\nallow_sources = [\"198.18.1.0/24\"]\n",
+    );
+    assert!(
+        error(&twice)
+            .contains("firewall.host[1].port: tcp port 22 already has a rule: firewall.host[0]")
+    );
 }

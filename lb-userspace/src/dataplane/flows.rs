@@ -3,12 +3,30 @@
 //! liveness comes from the entry's last-seen time and closing flag (kept by the XDP
 //! program). The NAT tables are plain hashes: the agent sweeps their ended entries.
 
+use std::collections::HashMap;
+
 use lb_common::{Flow, FlowKey, FlowTimeouts};
 
 /// Whether `flow` (of `protocol`) is still a live connection at `now_ns`
 /// (CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns`).
 pub fn is_live(flow: &Flow, protocol: u8, now_ns: u64, timeouts: &FlowTimeouts) -> bool {
     !timeouts.expired(flow, protocol, now_ns)
+}
+
+/// Live connections per backend id among `entries` (of the connection table and the NAT
+/// flows), at `now_ns`.
+pub fn live_per_backend(
+    entries: impl IntoIterator<Item = (FlowKey, Flow)>,
+    now_ns: u64,
+    timeouts: &FlowTimeouts,
+) -> HashMap<u32, u64> {
+    let mut counts = HashMap::new();
+    for (key, flow) in entries {
+        if is_live(&flow, key.protocol, now_ns, timeouts) {
+            *counts.entry(flow.backend_id).or_insert(0) += 1;
+        }
+    }
+    counts
 }
 
 /// What the NAT sweep does with a reply entry.
@@ -167,9 +185,51 @@ mod tests {
         assert_eq!(sweep_decision(&reply, None, &DEFAULT, now), Sweep::Orphan);
     }
 
+    fn clock_ns(clock: libc::clockid_t) -> u64 {
+        // SAFETY: `ts` is a valid, writable timespec.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    #[test]
+    fn live_flows_are_counted_per_backend() {
+        let now = 1000 * SECOND;
+        let key = |port| {
+            FlowKey::new(
+                "198.18.0.100".parse().unwrap(),
+                port,
+                "198.19.0.10".parse().unwrap(),
+                80,
+                PROTO_TCP,
+            )
+        };
+        let on = |backend_id, last_seen_ns| Flow {
+            backend_id,
+            ..flow(0, last_seen_ns)
+        };
+        let entries = [
+            (key(1), on(1, now)),
+            (key(2), on(1, now - SECOND)),
+            (key(3), on(2, now)),
+            (key(4), on(2, now - 400 * SECOND)),
+        ];
+        let counts = live_per_backend(entries, now, &DEFAULT);
+        assert_eq!(counts, HashMap::from([(1, 2), (2, 1)]));
+    }
+
     #[test]
     fn the_clock_is_the_coarse_monotonic_one() {
-        let (a, b) = (now_ns(), now_ns());
-        assert!(b >= a && a > 0);
+        // Between two reads of the coarse clock, every time: a finer clock runs up to a
+        // tick ahead of it, another clock (boot time, real time) is elsewhere entirely.
+        for _ in 0..1000 {
+            let before = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
+            let now = now_ns();
+            let after = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
+            assert!(before <= now && now <= after, "{before} {now} {after}");
+        }
+        // And a coarse clock: its reads repeat within a tick.
+        let reads: std::collections::BTreeSet<u64> = (0..1000).map(|_| now_ns()).collect();
+        assert!(reads.len() < 1000, "every read differs: not a coarse clock");
     }
 }

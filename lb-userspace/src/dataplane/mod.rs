@@ -1,8 +1,9 @@
 //! The XDP program and its maps: loading, attaching, applying [`MapWrite`]s and reading
 //! counters. The only module that talks to the kernel's BPF side; its submodules are pure:
-//! what to write (`plan`, with `maglev`), which pinned maps to expect (`pins`) and when a
-//! flow has ended (`flows`).
+//! what to write (`plan`, with `maglev`), which pinned maps to expect (`pins`, on the
+//! bpffs `bpffs` mounts if needed) and when a flow has ended (`flows`).
 
+pub mod bpffs;
 pub mod flows;
 pub mod maglev;
 pub mod pins;
@@ -38,6 +39,7 @@ use crate::{
         pins::{MapSpec, PinError, Pins, map_specs, per_cpu_lru_capacity},
         plan::{MapWrite, ProgrammedState, ProgrammedVip},
     },
+    firewall::maps::FirewallMaps,
 };
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
@@ -143,6 +145,7 @@ pub struct Dataplane {
     /// Holds `weir_nat` for `weir_xdp`'s tail call. Kept open: the kernel empties a
     /// program array when its last user reference (an fd or a pin) goes.
     _nat_program: ProgramArray<MapData>,
+    firewall: FirewallMaps,
     links: Vec<AttachedLink>,
     pins: Option<Pins>,
     /// The maps were pinned by a previous agent and adopted, not created.
@@ -150,12 +153,12 @@ pub struct Dataplane {
     cpus: usize,
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
 /// Takes a map out of the object as its typed handle.
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
@@ -248,6 +251,7 @@ impl Dataplane {
             nat_reverse: take(&mut ebpf, map_names::NAT_REVERSE)?,
             nat_config: take(&mut ebpf, map_names::NAT_CONFIG)?,
             _nat_program: nat_program,
+            firewall: FirewallMaps::take(&mut ebpf, cpus)?,
             links: Vec::new(),
             pins,
             adopted,
@@ -446,12 +450,12 @@ impl Dataplane {
                 .destinations
                 .set(*slot, filter.as_ref(), 0)
                 .map_err(map_err(map_names::DESTINATIONS)),
+            MapWrite::Firewall(write) => self.firewall.apply(write),
         }
     }
 
     fn zeroed_per_cpu<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>, DataplaneError> {
-        PerCpuValues::try_from(vec![T::default(); self.cpus])
-            .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))
+        on_every_cpu(T::default(), self.cpus)
     }
 
     /// Global counters summed over CPUs, in `Counter` order.
@@ -500,10 +504,16 @@ impl Dataplane {
             .nat_config
             .get(&0, 0)
             .map_err(map_err(map_names::NAT_CONFIG))?;
+        let guarded = vips
+            .iter()
+            .filter(|vip| vip.meta.flags & lb_common::VIP_GUARDED != 0)
+            .map(|vip| vip.meta.id);
+        let firewall = self.firewall.programmed(guarded)?;
         Ok(ProgrammedState {
             vips,
             backends,
             timeouts,
+            firewall,
         })
     }
 
@@ -518,6 +528,16 @@ impl Dataplane {
             flows.push(entry.map_err(map_err(map_names::NAT_FLOWS))?);
         }
         Ok(flows)
+    }
+
+    /// Handles of their own on the flow tables, to read them without the agent's lock
+    /// (the flow census).
+    pub fn flow_tables(&self) -> Result<FlowTables, DataplaneError> {
+        Ok(FlowTables {
+            conntrack: reopen(&self.conntrack, map_names::CONNTRACK)?,
+            nat_flows: reopen(&self.nat_flows, map_names::NAT_FLOWS)?,
+            nat_config: reopen(&self.nat_config, map_names::NAT_CONFIG)?,
+        })
     }
 
     /// The NAT flow of a client flow key.
@@ -615,12 +635,66 @@ impl Dataplane {
         Ok(removed)
     }
 
+    /// The firewall's maps: counters, and the flood guard's buckets.
+    pub fn firewall(&self) -> &FirewallMaps {
+        &self.firewall
+    }
+
+    pub fn firewall_mut(&mut self) -> &mut FirewallMaps {
+        &mut self.firewall
+    }
+
     /// One backend entry as the program sees it.
     pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
         self.backends
             .get(&id, 0)
             .map_err(map_err(map_names::BACKENDS))
     }
+}
+
+/// The connection table, the NAT flows and the flow timeouts, on descriptors of their own.
+pub struct FlowTables {
+    pub conntrack: HashMap<MapData, FlowKey, Flow>,
+    pub nat_flows: HashMap<MapData, FlowKey, Flow>,
+    nat_config: Array<MapData, FlowTimeouts>,
+}
+
+impl FlowTables {
+    /// The flow timeouts the program uses now.
+    pub fn timeouts(&self) -> Result<FlowTimeouts, DataplaneError> {
+        self.nat_config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NAT_CONFIG))
+    }
+}
+
+/// A new typed handle on the map behind `map` (a duplicated descriptor).
+fn reopen<K: aya::Pod, V, M, T>(map: &M, name: &'static str) -> Result<T, DataplaneError>
+where
+    M: aya::maps::IterableMap<K, V>,
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    use std::os::fd::AsFd;
+    let fd = map
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|err| DataplaneError::Map {
+            map: name,
+            source: MapError::IoError(err),
+        })?;
+    let data = MapData::from_fd(fd).map_err(map_err(name))?;
+    T::try_from(aya::maps::Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))
+}
+
+/// `value` for each of `cpus` CPUs: a per-CPU map write.
+pub(crate) fn on_every_cpu<T: aya::Pod>(
+    value: T,
+    cpus: usize,
+) -> Result<PerCpuValues<T>, DataplaneError> {
+    PerCpuValues::try_from(vec![value; cpus])
+        .map_err(|err| DataplaneError::Cpus(std::io::Error::other(err)))
 }
 
 fn sum_per_cpu(

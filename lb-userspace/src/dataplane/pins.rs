@@ -17,8 +17,16 @@ use lb_common::{
     Backend, CLIENT_HOP_SLOTS, ClientHop, DestinationFilter, Flow, FlowKey, FlowTimeouts,
     GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
     NAT_HANDOFF_SIZE, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey, VipMeta,
+    firewall::{
+        BucketKey, FLOOD_BUCKET_ENTRIES, FirewallCounters, FwPolicy, FwPortKey, FwRule, FwSettings,
+        FwSource, HostPortKey, MAX_FW_HOST_PORTS, MAX_FW_PORTS, MAX_FW_RULES, MAX_FW_SOURCES,
+        TokenBucket,
+    },
     map_names,
 };
+use tracing::{info, warn};
+
+use crate::dataplane::bpffs::{self, Mounted};
 
 /// What a map must look like: key and value sizes (`None`: set by the kernel's features)
 /// and capacity.
@@ -57,7 +65,7 @@ pub fn map_specs(
     conntrack_entries: u32,
     maglev_ring_entries: u32,
     nat_entries: u32,
-) -> [MapSpec; 18] {
+) -> [MapSpec; 27] {
     [
         spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
         spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
@@ -78,6 +86,16 @@ pub fn map_specs(
         spec::<u32, FlowTimeouts>(map_names::NAT_CONFIG, 1),
         spec::<u32, u32>(map_names::NAT_PROGRAM, 1),
         spec::<u32, OwnMacs>(map_names::OWN_MACS, 1),
+        spec::<u32, FwPolicy>(map_names::FW_VIPS, MAX_VIPS),
+        // An LPM trie's key: the prefix length, then the data.
+        spec::<(u32, FwSource), FwRule>(map_names::FW_SOURCES, MAX_FW_SOURCES),
+        spec::<FwPortKey, u32>(map_names::FW_PORTS, MAX_FW_PORTS),
+        spec::<HostPortKey, FwPolicy>(map_names::FW_HOST_PORTS, MAX_FW_HOST_PORTS),
+        spec::<u32, FwSettings>(map_names::FW_SETTINGS, 1),
+        spec::<u32, FirewallCounters>(map_names::FW_VIP_STATS, MAX_VIPS),
+        spec::<u32, u64>(map_names::FW_RULE_STATS, MAX_FW_RULES),
+        spec::<BucketKey, TokenBucket>(map_names::FLOOD_BUCKETS, FLOOD_BUCKET_ENTRIES),
+        spec::<u32, TokenBucket>(map_names::FLOOD_CAP, 1),
         spec::<u32, DestinationFilter>(map_names::DESTINATIONS, 2),
         MapSpec {
             value_size: Some(NAT_HANDOFF_SIZE),
@@ -108,21 +126,14 @@ pub enum PinError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "{path} is not on a bpffs, so nothing can be pinned there: mount one \
+        "{path} is not on a bpffs, so nothing can be pinned there{mount_failure}: mount one \
          (`mount -t bpf bpf /sys/fs/bpf`) or choose another [agent] bpf_pin_dir"
     )]
-    NotBpffs { path: PathBuf },
-}
-
-/// Whether `path` lies on a bpffs (statfs magic `BPF_FS_MAGIC`).
-fn on_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
-    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: `path` is a valid C string and `stat` a writable statfs buffer.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(path.as_ptr(), &mut stat) }) == 0 && stat.f_type == BPF_FS_MAGIC
+    NotBpffs {
+        path: PathBuf,
+        /// Why mounting one at /sys/fs/bpf failed (", and …"), or empty.
+        mount_failure: String,
+    },
 }
 
 /// The pin directory of one layout version.
@@ -150,15 +161,49 @@ impl Pins {
         self.root.join("links").join(interface)
     }
 
-    /// Creates the directories, which must be on a bpffs.
+    /// Creates the directories, which must be on a bpffs; under /sys/fs/bpf, mounts one
+    /// there first if there is none.
     pub fn create_dirs(&self) -> Result<(), PinError> {
-        for dir in [self.root.join("maps"), self.root.join("links")] {
-            fs::create_dir_all(&dir).map_err(|source| PinError::Io { path: dir, source })?;
+        let not_bpffs = |mount_failure| PinError::NotBpffs {
+            path: self.root.clone(),
+            mount_failure,
+        };
+        let mounted = bpffs::mount_for(&self.root).map_err(|err| {
+            not_bpffs(format!(
+                ", and mounting one at {} failed: {err}",
+                bpffs::MOUNT_POINT
+            ))
+        })?;
+        let private_namespace = bpffs::in_private_mount_namespace() == Some(true);
+        if mounted == Mounted::Yes {
+            info!(
+                mount_point = bpffs::MOUNT_POINT,
+                "mounted a bpffs for the pins"
+            );
         }
-        if !on_bpffs(&self.root) {
-            return Err(PinError::NotBpffs {
-                path: self.root.clone(),
-            });
+        if private_namespace {
+            warn!(
+                mounted_bpffs = mounted == Mounted::Yes,
+                "the agent runs in a mount namespace of its own (as under `ip netns exec`): \
+                 pins on a bpffs mounted only in it vanish with the process, which detaches \
+                 the dataplane; run the agent in the host's mount namespace to keep it"
+            );
+        }
+        for dir in [self.root.join("maps"), self.root.join("links")] {
+            if let Err(source) = fs::create_dir_all(&dir) {
+                // An unmounted /sys/fs/bpf refuses mkdir (ENOENT): say what is missing.
+                if !dir
+                    .ancestors()
+                    .find(|path| path.exists())
+                    .is_some_and(bpffs::on_bpffs)
+                {
+                    return Err(not_bpffs(String::new()));
+                }
+                return Err(PinError::Io { path: dir, source });
+            }
+        }
+        if !bpffs::on_bpffs(&self.root) {
+            return Err(not_bpffs(String::new()));
         }
         Ok(())
     }

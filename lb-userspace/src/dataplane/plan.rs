@@ -23,12 +23,16 @@ use std::{
 use lb_common::{
     BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, DESTINATION_NAT_SOURCES,
     DESTINATION_VIPS, DestinationFilter, FlowTimeouts, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
-    VIP_FORWARDING_NAT, VIP_HASH_SOURCE_ONLY, VIP_NO_CONNTRACK, VipAddressKey, VipKey, VipMeta,
+    VIP_FORWARDING_NAT, VIP_GUARDED, VIP_HASH_SOURCE_ONLY, VIP_NO_CONNTRACK, VipAddressKey, VipKey,
+    VipMeta,
 };
 
 use crate::{
     config::{AdminState, BackendConfig, Config, Forwarding, HashMode, VipConfig},
     dataplane::maglev::{self, MaglevBackend},
+    firewall::plan::{
+        FirewallPlanError, FirewallState, FirewallWrite, ProgrammedFirewall, guarded,
+    },
 };
 
 /// A VIP as the maps hold it.
@@ -46,6 +50,7 @@ pub struct ProgrammedState {
     pub vips: Vec<ProgrammedVip>,
     pub backends: Vec<(u32, Backend)>,
     pub timeouts: FlowTimeouts,
+    pub firewall: ProgrammedFirewall,
 }
 
 /// One write to the dataplane's maps.
@@ -98,6 +103,8 @@ pub enum MapWrite {
         slot: u32,
         filter: Box<DestinationFilter>,
     },
+    /// The firewall's maps (`crate::firewall::plan`).
+    Firewall(FirewallWrite),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,8 +114,8 @@ pub enum PlanError {
     #[error("too many backends: {wanted} across all VIPs, the dataplane holds {MAX_BACKENDS}")]
     TooManyBackends { wanted: usize },
     #[error(
-        "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free \
-         (lower table_size, or raise [agent] maglev_ring_entries)"
+        "the Maglev tables need {wanted} more ring slots but only {free} of {capacity} are free: \
+         the ring is shared by all VIPs; lower their table_size (65521 fits 64 VIPs)"
     )]
     RingFull {
         wanted: u64,
@@ -125,6 +132,8 @@ pub enum PlanError {
          set nat_source"
     )]
     NoNatSource { vip: String, backend: IpAddr },
+    #[error(transparent)]
+    Firewall(#[from] FirewallPlanError),
     #[error("VIP {vip:?}: {source}")]
     Maglev {
         vip: String,
@@ -165,6 +174,7 @@ pub struct Reconciler {
     timeouts: FlowTimeouts,
     /// The address the host reaches each backend from: the default NAT source.
     nat_sources: BTreeMap<IpAddr, IpAddr>,
+    firewall: FirewallState,
 }
 
 impl Reconciler {
@@ -185,6 +195,7 @@ impl Reconciler {
                 nat_port_count: 0,
             },
             nat_sources: BTreeMap::new(),
+            firewall: FirewallState::default(),
         }
     }
 
@@ -248,11 +259,17 @@ impl Reconciler {
             );
         }
         state.timeouts = programmed.timeouts;
+        state.firewall = FirewallState::adopt(&programmed.firewall);
         Ok(state)
     }
 
     pub fn vips(&self) -> impl Iterator<Item = &VipState> {
         self.vips.values()
+    }
+
+    /// The firewall as programmed: policies and their rule ids, for the counters.
+    pub fn firewall(&self) -> &FirewallState {
+        &self.firewall
     }
 
     /// The writes that take the dataplane from this state to `config`, and the state
@@ -313,12 +330,24 @@ impl Reconciler {
             next.apply_vip(
                 *key,
                 vip,
+                guarded(&config.firewall, &vip.firewall),
                 &mut writes,
                 &mut released_slices,
                 &mut released_backends,
                 &mut late_writes,
             )?;
         }
+
+        // The firewall: new policies are complete before a VIP is flagged to use them;
+        // old ones go once nothing points at them.
+        let firewalls = wanted
+            .iter()
+            .filter(|(_, vip)| guarded(&config.firewall, &vip.firewall))
+            .filter_map(|(key, vip)| Some((next.vips.get(key)?.meta.id, vip.firewall.clone())))
+            .collect();
+        let (firewall, firewall_state) = next.firewall.plan(&config.firewall, &firewalls)?;
+        next.firewall = firewall_state;
+        writes.splice(0..0, firewall.before.into_iter().map(MapWrite::Firewall));
 
         // 4. Backends that left or went to maint stop accepting flows, now that no slot
         //    names them.
@@ -364,6 +393,7 @@ impl Reconciler {
         for id in released_vips {
             next.vip_ids.free(id);
         }
+        writes.extend(firewall.after.into_iter().map(MapWrite::Firewall));
         Ok((writes, next))
     }
 
@@ -384,10 +414,12 @@ impl Reconciler {
         filter
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply_vip(
         &mut self,
         key: VipKey,
         vip: &VipConfig,
+        guarded: bool,
         writes: &mut Vec<MapWrite>,
         released_slices: &mut Vec<(u32, u32)>,
         released_backends: &mut Vec<u32>,
@@ -399,7 +431,8 @@ impl Reconciler {
         } | match vip.forwarding {
             Forwarding::Dsr => 0,
             Forwarding::Nat => VIP_FORWARDING_NAT,
-        } | if vip.conntrack { 0 } else { VIP_NO_CONNTRACK };
+        } | if guarded { VIP_GUARDED } else { 0 }
+            | if vip.conntrack { 0 } else { VIP_NO_CONNTRACK };
         let previous = self.vips.get(&key).cloned();
         let is_new = previous.is_none();
         let vip_id = match &previous {
@@ -746,19 +779,87 @@ mod tests {
             .sum()
     }
 
+    /// `count` VIPs of one backend each, at the default table size.
+    fn default_vips(count: usize) -> Config {
+        let mut text = String::from("[agent]\ninterfaces = [\"eth0\"]\n");
+        for i in 0..count {
+            text += &format!(
+                "[[vip]]\nname = \"v{i}\"\naddress = \"198.18.2.{i}\"\nport = 80\n\
+                 [[vip.backend]]\naddress = \"198.18.1.11\"\n"
+            );
+        }
+        config(&text)
+    }
+
+    #[test]
+    fn the_default_ring_holds_63_vips_at_the_default_table_size() {
+        let ring = lb_common::DEFAULT_MAGLEV_RING_ENTRIES;
+        assert!(Reconciler::new(ring).plan(&default_vips(63)).is_ok());
+        let err = Reconciler::new(ring)
+            .plan(&default_vips(64))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the Maglev tables need 65537 more ring slots but only 65473 of 4194304 are \
+             free: the ring is shared by all VIPs; lower their table_size (65521 fits 64 VIPs)"
+        );
+    }
+
     #[test]
     fn first_apply_writes_backends_then_ring_then_vip() {
-        let cfg = web(&[("198.18.1.11", 100), ("198.18.1.12", 100)], 251);
-        let (writes, next) = Reconciler::new(RING).plan(&cfg).unwrap();
-        let position = |pred: &dyn Fn(&MapWrite) -> bool| writes.iter().position(pred).unwrap();
-        let backend = position(&|w| matches!(w, MapWrite::SetBackend { .. }));
-        let ring = position(&|w| matches!(w, MapWrite::SetRing { .. }));
-        let vip = position(&|w| matches!(w, MapWrite::SetVip { .. }));
-        let address = position(&|w| matches!(w, MapWrite::AddVipAddress { .. }));
-        assert!(backend < ring && ring < vip && address < vip, "{writes:?}");
-        let state = next.vips().next().unwrap();
-        assert_eq!(state.table.len(), 251);
-        assert!(state.table.iter().all(|id| *id != NO_BACKEND));
+        // Two VIPs: several writes of each kind, all of which must be in order.
+        let text = "[agent]\ninterfaces = [\"eth0\"]\n\
+                    [[vip]]\nname = \"web\"\naddress = \"198.18.0.10\"\nport = 80\ntable_size = 251\n\
+                    [[vip.backend]]\naddress = \"198.18.1.11\"\n[[vip.backend]]\naddress = \"198.18.1.12\"\n\
+                    [[vip]]\nname = \"dns\"\naddress = \"198.18.0.20\"\nport = 53\ntable_size = 251\n\
+                    [[vip.backend]]\naddress = \"198.18.1.13\"\n";
+        let (writes, next) = Reconciler::new(RING).plan(&config(text)).unwrap();
+        // Every VIP is written after everything it makes the program use: its address,
+        // its counters reset, its ring slots, and the backends those name.
+        let index = |pred: &dyn Fn(&MapWrite) -> bool| {
+            writes
+                .iter()
+                .position(pred)
+                .unwrap_or_else(|| panic!("missing write: {writes:?}"))
+        };
+        let mut vips = 0;
+        for (at, write) in writes.iter().enumerate() {
+            let MapWrite::SetVip { key, meta } = write else {
+                continue;
+            };
+            vips += 1;
+            let address =
+                index(&|w| matches!(w, MapWrite::AddVipAddress { key: a } if a.addr == key.addr));
+            let stats = index(&|w| matches!(w, MapWrite::ClearVipStats { id } if *id == meta.id));
+            assert!(address < at && stats < at, "{writes:?}");
+            let ring = meta.ring_base..meta.ring_base + meta.ring_size;
+            let mut covered = 0;
+            for (ring_at, ring_write) in writes.iter().enumerate() {
+                let MapWrite::SetRing { base, slots } = ring_write else {
+                    continue;
+                };
+                if !ring.contains(base) {
+                    continue;
+                }
+                assert!(ring_at < at, "ring slots after their VIP: {writes:?}");
+                covered += slots.len() as u32;
+                for id in slots.iter().collect::<BTreeSet<_>>() {
+                    let backend =
+                        index(&|w| matches!(w, MapWrite::SetBackend { id: b, .. } if b == id));
+                    assert!(
+                        backend < ring_at,
+                        "backend {id} after its slots: {writes:?}"
+                    );
+                }
+            }
+            assert_eq!(covered, meta.ring_size, "{writes:?}");
+        }
+        assert_eq!(vips, 2, "{writes:?}");
+        for state in next.vips() {
+            assert_eq!(state.table.len(), 251);
+            assert!(state.table.iter().all(|id| *id != NO_BACKEND));
+        }
     }
 
     #[test]
@@ -963,6 +1064,7 @@ mod tests {
     fn programmed(state: &Reconciler) -> ProgrammedState {
         ProgrammedState {
             timeouts: FlowTimeouts::DEFAULT,
+            firewall: Default::default(),
             vips: state
                 .vips()
                 .map(|vip| crate::dataplane::ProgrammedVip {

@@ -59,6 +59,23 @@ pub struct BackendHealth {
     pub changed_at: SystemTime,
     pub checks: u64,
     pub failed_checks: u64,
+    /// Changes from UP to DOWN (HAProxy's `chkdown`).
+    pub down_transitions: u64,
+    /// Time spent DOWN before the current state (see [`BackendHealth::downtime`]).
+    pub past_downtime: Duration,
+}
+
+impl BackendHealth {
+    /// Total time spent DOWN up to `now`, the current DOWN period included (HAProxy's
+    /// `downtime`).
+    pub fn downtime(&self, now: SystemTime) -> Duration {
+        let current = if self.state.is_up() {
+            Duration::ZERO
+        } else {
+            now.duration_since(self.changed_at).unwrap_or_default()
+        };
+        self.past_downtime + current
+    }
 }
 
 /// An UP/DOWN change, to log and act on.
@@ -175,6 +192,8 @@ impl HealthMonitor {
                             changed_at: SystemTime::now(),
                             checks: 0,
                             failed_checks: 0,
+                            down_transitions: 0,
+                            past_downtime: Duration::ZERO,
                         },
                     },
                 );
@@ -196,6 +215,14 @@ impl HealthMonitor {
         }
         health.state = report.state;
         if report.changed {
+            if health.state.is_up() {
+                health.past_downtime += report
+                    .at
+                    .duration_since(health.changed_at)
+                    .unwrap_or_default();
+            } else {
+                health.down_transitions += 1;
+            }
             health.changed_at = report.at;
         }
         health.last = Some((report.result.clone(), report.at));
@@ -387,6 +414,9 @@ mod tests {
         let health = monitor.get("web", "127.0.0.2".parse().unwrap()).unwrap();
         assert_eq!(health.state.operational(), Operational::Down);
         assert!(health.checks >= 2 && health.failed_checks == health.checks);
+        assert_eq!(health.down_transitions, 1);
+        let later = health.changed_at + Duration::from_secs(3);
+        assert_eq!(health.downtime(later), Duration::from_secs(3));
 
         // An unchanged check keeps its state; a removed backend is forgotten; a stale
         // report (of a stopped task) is ignored.
@@ -524,6 +554,52 @@ mod tests {
         );
         config.vips[0].name = "renamed".into();
         assert!(down_in_dataplane(&config, programmed.vips()).is_empty());
+    }
+
+    /// UP→DOWN changes are counted, and DOWN periods add up to the downtime, the
+    /// current one included.
+    #[test]
+    fn transitions_and_downtime_are_kept_incrementally() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let config = config("interval = \"1h\"\n", &["127.0.0.1"]);
+        let (mut monitor, _reports) = HealthMonitor::new();
+        monitor.sync(&config, &BTreeSet::new(), false);
+        let generation = monitor.backends[&key("127.0.0.1")].generation;
+        let start = monitor.get("web", ip("127.0.0.1")).unwrap().changed_at;
+        let report = |seconds: u64, up: bool| Report {
+            key: key("127.0.0.1"),
+            generation,
+            result: CheckResult {
+                passed: up,
+                reason: CheckReason::ConnectionRefused,
+                duration: Duration::from_millis(1),
+            },
+            at: start + Duration::from_secs(seconds),
+            state: if up {
+                HealthState::UP
+            } else {
+                HealthState::DOWN
+            },
+            changed: true,
+        };
+        for (at, up) in [(10, false), (15, true), (20, false)] {
+            monitor.record(report(at, up)).expect("a change");
+        }
+        let health = monitor.get("web", ip("127.0.0.1")).unwrap();
+        assert_eq!(health.down_transitions, 2);
+        assert_eq!(health.past_downtime, Duration::from_secs(5));
+        assert_eq!(
+            health.downtime(start + Duration::from_secs(27)),
+            Duration::from_secs(12)
+        );
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]

@@ -136,17 +136,15 @@ pub async fn handle(
     connection.activity.request();
     upstream.stats.request();
     let (mut head, body) = request.into_parts();
+    // Cheap to keep (reference counts, no formatting): a request pays for its log line
+    // only when the line is written.
     let mut log = AccessLog {
         client: connection.client.peer,
-        frontend: upstream.frontend.clone(),
-        vip: upstream.pool.vip().to_owned(),
+        upstream: upstream.clone(),
         backend: None,
-        request_line: format!(
-            "{} {} {:?}",
-            head.method,
-            head.uri.path_and_query().map_or("/", |p| p.as_str()),
-            head.version
-        ),
+        method: head.method.clone(),
+        path: head.uri.path_and_query().cloned(),
+        version: head.version,
         started,
         head_after: Duration::ZERO,
         status: 0,
@@ -246,7 +244,7 @@ fn proxy_answer(
         .map_or_else(|| "-".to_owned(), |b| b.to_string());
     warn!(
         frontend = %upstream.frontend,
-        vip = %log.vip,
+        vip = %upstream.pool.vip(),
         %backend,
         "{} {}: {reason}",
         status.as_u16(),
@@ -329,10 +327,11 @@ fn redirect_location(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Option<
 #[derive(Debug)]
 struct AccessLog {
     client: SocketAddr,
-    frontend: String,
-    vip: String,
+    upstream: Arc<Upstream>,
     backend: Option<SocketAddr>,
-    request_line: String,
+    method: Method,
+    path: Option<hyper::http::uri::PathAndQuery>,
+    version: hyper::Version,
     started: Instant,
     head_after: Duration,
     status: u16,
@@ -403,17 +402,19 @@ impl Drop for LoggedBody {
             .map_or_else(|| "-".to_owned(), |b| b.to_string());
         info!(
             target: "weir::access",
-            "{} {} {}/{} {}/{} {} {} {} \"{}\"",
+            "{} {} {}/{} {}/{} {} {} {} \"{} {} {:?}\"",
             log.client,
-            log.frontend,
-            log.vip,
+            log.upstream.frontend,
+            log.upstream.pool.vip(),
             backend,
             log.head_after.as_millis(),
             log.started.elapsed().as_millis(),
             log.status,
             self.bytes,
             termination,
-            log.request_line
+            log.method,
+            log.path.as_ref().map_or("/", |p| p.as_str()),
+            log.version
         );
     }
 }

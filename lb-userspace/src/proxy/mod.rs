@@ -85,7 +85,12 @@ pub enum ProxyError {
 
 /// The proxy's control socket: beside the agent's API socket.
 pub fn control_socket(config: &Config) -> PathBuf {
-    config.agent.api_socket.with_file_name("proxy.sock")
+    control_socket_beside(&config.agent.api_socket)
+}
+
+/// The control socket of a proxy beside the agent whose API socket is `api_socket`.
+pub fn control_socket_beside(api_socket: &Path) -> PathBuf {
+    api_socket.with_file_name("proxy.sock")
 }
 
 /// One frontend while it runs.

@@ -229,15 +229,19 @@ pub enum Ending {
     Closed,
     /// Closed for its idle timeout.
     Idle,
+    /// Closed for bringing no whole request head within the first-request time (a
+    /// slowloris; for HTTP/2, whose server in hyper has no header-read timeout).
+    NoRequest,
     /// Stopping: the drain time ran out before it finished.
     Drained,
 }
 
-/// Drives an HTTP connection to its end: closed by the peer, idle for `idle`, or, once
-/// `stop` turns true, shut down gracefully within `drain`. A connection that has not
-/// brought its first request yet gets up to `first_request` for it before the shutdown
-/// starts: its client connected before the stop and is owed an answer (HTTP/2 would
-/// refuse the stream with GOAWAY, which clients report as an error).
+/// Drives an HTTP connection to its end: closed by the peer, idle for `idle`, without a
+/// whole request head within `first_request` of its start, or, once `stop` turns true,
+/// shut down gracefully within `drain`. A connection that has not brought its first
+/// request yet gets up to `first_request` for it before the shutdown starts: its client
+/// connected before the stop and is owed an answer (HTTP/2 would refuse the stream with
+/// GOAWAY, which clients report as an error).
 pub async fn drive<C>(
     connection: C,
     activity: &Activity,
@@ -252,9 +256,18 @@ where
 {
     let mut connection = pin!(connection);
     let mut idle_timer = pin!(activity.idle_for(idle));
+    let no_first_request = async {
+        if tokio::time::timeout(first_request, activity.requested())
+            .await
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         result = connection.as_mut() => return closed(result),
         _ = &mut idle_timer => return Ending::Idle,
+        _ = no_first_request => return Ending::NoRequest,
         _ = stop.wait_for(|stop| *stop) => {}
     }
     let drain_end = tokio::time::sleep(drain);
@@ -305,5 +318,56 @@ mod tests {
         let address = first.local_addr().unwrap();
         let second = bind(address).expect("a second SO_REUSEPORT listener");
         assert_eq!(second.local_addr().unwrap(), address);
+    }
+
+    /// An HTTP/2 server connection whose client sends nothing.
+    fn silent_http2_connection() -> impl GracefulConnection<Error = hyper::Error> {
+        let (_client, server) = tokio::io::duplex(64 * 1024);
+        // The client's end stays open (leaked for the test) so the connection never ends.
+        std::mem::forget(_client);
+        let service = hyper::service::service_fn(|_request| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                bytes::Bytes,
+            >::new()))
+        });
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_head_is_closed_after_the_first_request_time() {
+        let activity = Activity::new();
+        let (_stop, stopped) = watch::channel(false);
+        let start = tokio::time::Instant::now();
+        // Bytes keep coming (the idle timer never fires), a request never does.
+        let touching = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                activity.touch();
+            }
+        };
+        let ending = tokio::select! {
+            ending = drive(silent_http2_connection(), &activity, Duration::from_secs(60), Duration::from_secs(10), stopped, Duration::from_secs(30)) => ending,
+            () = touching => unreachable!(),
+        };
+        assert_eq!(ending, Ending::NoRequest);
+        assert_eq!(start.elapsed().as_secs(), 10);
+
+        // With a request in time, the connection lives on to its idle timeout.
+        let activity = Activity::new();
+        activity.request();
+        let (_stop, stopped) = watch::channel(false);
+        let start = tokio::time::Instant::now();
+        let ending = drive(
+            silent_http2_connection(),
+            &activity,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            stopped,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(ending, Ending::Idle);
+        assert_eq!(start.elapsed().as_secs(), 60);
     }
 }

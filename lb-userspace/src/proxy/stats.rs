@@ -159,6 +159,46 @@ impl FrontendStats {
     }
 }
 
+impl FrontendCounters {
+    /// The upper bound (ms) of the response-time bucket holding the `quantile` (0 to 1)
+    /// of responses: `Some(None)` beyond the last bound, `None` before any response.
+    pub fn response_time_quantile_ms(&self, quantile: f64) -> Option<Option<u64>> {
+        let total: u64 = self.response_time_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64 * quantile).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, count) in self.response_time_buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(RESPONSE_TIME_BUCKETS_MS.get(i).copied());
+            }
+        }
+        Some(None)
+    }
+
+    /// The response-time bucket bound under which `quantile` of the responses fell, as
+    /// people read it: `<5ms`, `>10000ms` beyond the last bucket, `-` before any.
+    pub fn quantile_label(&self, quantile: f64) -> String {
+        match self.response_time_quantile_ms(quantile) {
+            None => "-".to_owned(),
+            Some(Some(bound)) => format!("<{bound}ms"),
+            Some(None) => format!(">{}ms", RESPONSE_TIME_BUCKETS_MS.last().unwrap_or(&0)),
+        }
+    }
+
+    /// Failed handshakes (and timed out ones) and the proxy's own 502, 503 and 504.
+    pub fn errors(&self) -> u64 {
+        self.handshake_failures
+            + self.handshake_timeouts
+            + self.no_backend
+            + self.backend_connect_errors
+            + self.backend_timeouts
+            + self.backend_errors
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +216,20 @@ mod tests {
         assert_eq!(counters.response_time_buckets[3], 1);
         assert_eq!(counters.response_time_buckets[12], 1);
         assert_eq!(counters.response_time_us_total, 300 + 7000 + 9_000_000);
+    }
+
+    #[test]
+    fn quantiles_name_the_bucket_bound() {
+        let stats = FrontendStats::default();
+        assert_eq!(stats.snapshot().response_time_quantile_ms(0.5), None);
+        for _ in 0..98 {
+            stats.response(200, Duration::from_micros(1500));
+        }
+        stats.response(200, Duration::from_millis(30));
+        stats.response(200, Duration::from_secs(6));
+        let counters = stats.snapshot();
+        assert_eq!(counters.response_time_quantile_ms(0.5), Some(Some(2)));
+        assert_eq!(counters.response_time_quantile_ms(0.99), Some(Some(50)));
+        assert_eq!(counters.response_time_quantile_ms(1.0), Some(None));
     }
 }

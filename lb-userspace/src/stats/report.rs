@@ -6,10 +6,12 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use lb_common::{Counter, TrafficCounters, Verdict, words_addr};
 use serde::{Deserialize, Serialize};
 
+use super::firewall::{HostRuleReport, VipFirewallReport, host_report, vip_report};
 use crate::{
     config::Protocol,
     dataplane::plan::Reconciler,
     dataplane::{Dataplane, DataplaneError},
+    stats::interface::InterfaceCounters,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +45,9 @@ pub struct VipReport {
     pub protocol: u8,
     pub traffic: Traffic,
     pub backends: Vec<BackendReport>,
+    /// Its firewall's drops and rules, if it has a firewall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<VipFirewallReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +57,12 @@ pub struct StatsReport {
     /// Packets per verdict reason, and event counts, by counter name.
     pub counters: BTreeMap<String, u64>,
     pub vips: Vec<VipReport>,
+    /// The kernel's loss counters of the attached interfaces (absent from older agents).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceCounters>,
+    /// `[firewall.host]` rules and the packets each decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_rules: Vec<HostRuleReport>,
 }
 
 impl StatsReport {
@@ -75,6 +86,11 @@ impl StatsReport {
                     })
                 })
                 .collect::<Result<_, DataplaneError>>()?;
+            let firewall = state
+                .firewall()
+                .vip(vip.meta.id)
+                .map(|policy| vip_report(dataplane, vip.meta.id, policy))
+                .transpose()?;
             vips.push(VipReport {
                 name: vip.name.clone(),
                 address: words_addr(vip.key.family, vip.key.addr),
@@ -82,15 +98,35 @@ impl StatsReport {
                 protocol: vip.key.protocol,
                 traffic: dataplane.vip_counters(vip.meta.id)?.into(),
                 backends,
+                firewall,
             });
         }
+        let interfaces = dataplane
+            .attachments()
+            .filter_map(|a| match InterfaceCounters::read(&a.interface) {
+                Ok(counters) => Some(counters),
+                Err(err) => {
+                    tracing::debug!(interface = %a.interface, error = %err, "no interface counters");
+                    None
+                }
+            })
+            .collect();
+        let host_rules = state
+            .firewall()
+            .host()
+            .map(|(key, policy)| {
+                host_report(dataplane, key.protocol, u16::from_be(key.port), policy)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(StatsReport {
+            interfaces,
             verdicts,
             counters: global
                 .into_iter()
                 .map(|(c, v)| (c.name().to_owned(), v))
                 .collect(),
             vips,
+            host_rules,
         })
     }
 
@@ -126,6 +162,12 @@ impl fmt::Display for StatsReport {
             for backend in &vip.backends {
                 row(f, &format!("  {}", backend.address), backend.traffic)?;
             }
+            if let Some(firewall) = &vip.firewall {
+                write!(f, "{firewall}")?;
+            }
+        }
+        for rule in &self.host_rules {
+            write!(f, "{rule}")?;
         }
         writeln!(f)?;
         let verdicts: Vec<String> = self
@@ -138,7 +180,19 @@ impl fmt::Display for StatsReport {
             .iter()
             .map(|c| format!("{} {}", c.name(), self.counter(*c)))
             .collect();
-        write!(f, "counters: {}", counters.join(", "))
+        write!(f, "counters: {}", counters.join(", "))?;
+        // The kernel's view: frames weir counted `tx` may still have been dropped here.
+        for i in &self.interfaces {
+            write!(
+                f,
+                "\ninterface {}: xdp_errors {}, xdp_drops {}, rx_dropped {}, tx_dropped {}",
+                i.name, i.xdp_errors, i.xdp_drops, i.rx_dropped, i.tx_dropped
+            )?;
+            for (name, value) in i.driver.iter().filter(|(_, v)| **v > 0) {
+                write!(f, ", {name} {value}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -85,6 +85,15 @@ impl RawAgent {
                     let message = format!("{:?} is not an address:port", listen.get_ref());
                     return Err(src.error_at(listen, "agent.api_listen", message));
                 };
+                if !addr.ip().is_loopback() {
+                    let message = format!(
+                        "{} is not a loopback address: the TCP listener speaks plain HTTP, so \
+                         the bearer token would cross the network in clear; listen on \
+                         127.0.0.1 or [::1] and reach it through an SSH tunnel or a TLS proxy",
+                        addr.ip()
+                    );
+                    return Err(src.error_at(listen, "agent.api_listen", message));
+                }
                 if api_token_file.is_none() {
                     let message =
                         "a TCP listener needs agent.api_token_file (no token, no TCP listener)";

@@ -2,7 +2,9 @@
 //! its references, and this one the whole.
 
 mod agent;
+mod firewall;
 mod health;
+mod stats;
 mod vip;
 mod vrrp;
 
@@ -45,6 +47,7 @@ impl RawConfig {
             }
             vips.push(vip);
         }
+        vip::check_nat_sources(&self.vip, &vips, src)?;
         let announce = match &self.announce {
             Some(announce) => Some(announce.validate(src, &agent)?),
             None => None,
@@ -53,11 +56,19 @@ impl RawConfig {
             Some(vrrp) => Some(vrrp.validate(src, &vips)?),
             None => None,
         };
+        let stats = match &self.stats {
+            Some(stats) => Some(stats.validate(src, &agent)?),
+            None => None,
+        };
         let flows = match &self.flows {
             Some(flows) => flows.validate(src)?,
             None => FlowSettings::default(),
         };
         let frontends = super::frontend::validate_all(&self.frontend, src, &vips)?;
+        let firewall = match &self.firewall {
+            Some(firewall) => firewall.validate(src, &agent)?,
+            None => FirewallConfig::default(),
+        };
         Ok(Config {
             agent,
             flows,
@@ -65,6 +76,8 @@ impl RawConfig {
             announce,
             vrrp,
             frontends,
+            stats,
+            firewall,
         })
     }
 }

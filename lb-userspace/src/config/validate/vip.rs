@@ -9,6 +9,29 @@ use super::{
     *,
 };
 
+/// A NAT source that is a VIP's address would have the backends' replies, sent to it,
+/// load-balanced as client traffic: refused, at the `nat_source` that names it.
+pub(super) fn check_nat_sources(
+    raws: &[RawVip],
+    vips: &[VipConfig],
+    src: &Source<'_>,
+) -> Result<(), ConfigError> {
+    for (i, (raw, vip)) in raws.iter().zip(vips).enumerate() {
+        let (Some(source), Some(value)) = (vip.nat_source, &raw.nat_source) else {
+            continue;
+        };
+        if let Some(owner) = vips.iter().position(|other| other.address == source) {
+            let message = format!(
+                "{source} is the address of VIP {:?} (vip[{owner}]): backends' replies to it \
+                 would be taken for clients' traffic",
+                vips[owner].name
+            );
+            return Err(src.error_at(value, &format!("vip[{i}].nat_source"), message));
+        }
+    }
+    Ok(())
+}
+
 impl RawVip {
     /// Validates `vip[i]`; `total_backends` counts backends across VIPs for the
     /// `MAX_BACKENDS` capacity of the backend map.
@@ -173,6 +196,8 @@ impl RawVip {
             return Err(src.error(at, &format!("{key}.health.port"), message));
         }
 
+        let firewall = self.validate_firewall(src, i, address, port)?;
+
         Ok(VipConfig {
             name: name.get_ref().clone(),
             address,
@@ -184,6 +209,7 @@ impl RawVip {
             conntrack,
             table_size,
             health,
+            firewall,
             backends,
         })
     }
