@@ -26,6 +26,7 @@ use weir_testbed::{
     agent::Agent,
     cpu,
     topology::{HTTP_PORT, VIP_V4, backend_v4},
+    wrk::WrkReport,
 };
 
 /// The NAT VIP and HAProxy's address, from the range the client routes via the LB.
@@ -233,62 +234,6 @@ fn run(
         napi_per_10k: per_10k(before.0, after.0),
         process_per_10k: per_10k(before.1, after.1),
     })
-}
-
-/// What the bench reads from wrk's output.
-struct WrkReport {
-    requests: u64,
-    errors: u64,
-    p99: Duration,
-}
-
-impl WrkReport {
-    fn parse(output: &str) -> Result<WrkReport> {
-        let requests = output
-            .lines()
-            .find_map(|line| line.trim().split_once(" requests in "))
-            .and_then(|(count, _)| count.trim().parse().ok())
-            .with_context(|| format!("no request count in wrk's output:\n{output}"))?;
-        // "Socket errors: connect 0, read 0, write 0, timeout 0" and "Non-2xx or 3xx
-        // responses: N".
-        let mut errors = 0;
-        for line in output.lines().map(str::trim) {
-            if let Some(counts) = line.strip_prefix("Socket errors:") {
-                errors += counts
-                    .split(',')
-                    .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
-                    .sum::<u64>();
-            }
-            if let Some(count) = line.strip_prefix("Non-2xx or 3xx responses:") {
-                errors += count.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
-        let p99 = output
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("99%"))
-            .and_then(|value| parse_wrk_duration(value.trim()))
-            .with_context(|| format!("no 99th percentile in wrk's output:\n{output}"))?;
-        Ok(WrkReport {
-            requests,
-            errors,
-            p99,
-        })
-    }
-}
-
-/// wrk's durations: `812.00us`, `1.23ms`, `2.00s`.
-fn parse_wrk_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -27,6 +27,7 @@ pub mod netns;
 pub mod server;
 pub mod topology;
 pub mod two_arm;
+pub mod wrk;
 pub mod xdp;
 
 pub use bins::{test_server_bin, weir_bin, workspace_root};
