@@ -241,9 +241,9 @@ fn to_nat(ctx: &XdpContext, packet: &Packet, vip: Option<&VipMeta>) -> Counter {
         if let Some(vip) = vip {
             (*handoff).vip = *vip;
         }
-        // SAFETY: the slot holds an XDP program of this object, put there by the agent.
-        let _ = NAT_PROGRAM.tail_call(ctx, 0);
     }
+    // SAFETY: the slot holds an XDP program of this object, put there by the agent.
+    unsafe { NAT_PROGRAM.tail_call(ctx, 0) };
     Counter::DropNatUnavailable
 }
 

@@ -6,23 +6,6 @@ mod common;
 use common::*;
 use lb_common::{Counter, Verdict};
 
-/// Neither a VIP address nor a NAT source (`DESTINATIONS`).
-const HOST4: [u8; 4] = [198, 18, 0, 200];
-/// A VIP without a connection table.
-const STATELESS4: [u8; 4] = [198, 19, 0, 70];
-const STATELESS_CONFIG: &str = r#"
-[[vip]]
-name = "stateless"
-address = "198.19.0.70"
-port = 80
-conntrack = false
-table_size = 251
-[[vip.backend]]
-address = "198.18.0.11"
-[[vip.backend]]
-address = "198.18.0.12"
-"#;
-
 /// `conntrack = false`: every packet goes to the Maglev pick, as with a connection
 /// table, but no flow is recorded; a SYN counts as a new flow, nothing else does.
 #[test]

@@ -28,8 +28,8 @@ use lb_common::Verdict;
 use crate::{
     bench_xdp,
     common::{
-        Bed, CLIENT_MAC, CLIENT4, CLIENT6, LB0_MAC, NEIGHBOURS, NOT_A_VIP4, ROUTER4, VIP4, VIP6,
-        mac_string, nat_config, tcp4, udp6,
+        Bed, CLIENT_MAC, CLIENT4, CLIENT6, HOST4, LB0_MAC, NEIGHBOURS, NOT_A_VIP4, ROUTER4,
+        STATELESS_CONFIG, STATELESS4, VIP4, VIP6, mac_string, nat_config, tcp4, udp6,
     },
     cpu,
 };
@@ -38,20 +38,6 @@ use crate::{
 const NAT_VIP4: [u8; 4] = [198, 19, 0, 60];
 const NAT_BACKEND4: [u8; 4] = [198, 18, 0, 11];
 const NAT_SOURCE4: [u8; 4] = [198, 18, 0, 1];
-/// An address of the host that is neither a VIP address nor a NAT source.
-const HOST_ADDRESS4: [u8; 4] = [198, 18, 0, 200];
-/// A DSR VIP without a connection table (`conntrack = false`), which the bench adds.
-const STATELESS_VIP4: [u8; 4] = [198, 19, 0, 70];
-const STATELESS_VIP_CONFIG: &str = r#"
-[[vip]]
-name = "stateless-tcp4"
-address = "198.19.0.70"
-port = 80
-conntrack = false
-table_size = 251
-[[vip.backend]]
-address = "198.18.0.11"
-"#;
 
 /// Runs per BPF_PROG_TEST_RUN call.
 pub const REPEAT: u32 = 1_000_000;
@@ -216,7 +202,7 @@ fn cases(bed: &mut Bed) -> Result<Vec<Case>> {
         case(
             Path::ChurnStateless,
             Program::Churn { step: 1 },
-            &tcp4(CLIENT4, 40000, STATELESS_VIP4, 80),
+            &tcp4(CLIENT4, 40000, STATELESS4, 80),
             Verdict::Tx,
         ),
         case(
@@ -234,7 +220,7 @@ fn cases(bed: &mut Bed) -> Result<Vec<Case>> {
         case(
             Path::HostAddress,
             Program::Weir,
-            &tcp4(CLIENT4, 40000, HOST_ADDRESS4, 80),
+            &tcp4(CLIENT4, 40000, HOST4, 80),
             Verdict::Pass,
         ),
         Case {
@@ -314,7 +300,7 @@ struct Harness {
 impl Harness {
     fn new() -> Result<Harness> {
         let mut bed = Bed::new();
-        bed.apply(&(nat_config("20000-29999") + STATELESS_VIP_CONFIG));
+        bed.apply(&(nat_config("20000-29999") + STATELESS_CONFIG));
         // A repeated run sees the frame as the previous run left it, and weir forwards
         // only frames sent to lb0's MAC: the backends on lb0 take lb0's MAC, so that a
         // forwarded frame is sent to lb0 again. (NAT's wrapper restores the headers.)
