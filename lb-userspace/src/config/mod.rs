@@ -7,7 +7,6 @@
 //! turns them into the public types, checking ranges and cross-references.
 
 mod duration;
-pub mod frontend;
 mod model;
 mod raw;
 mod source;

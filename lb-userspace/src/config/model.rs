@@ -1,7 +1,12 @@
 //! The validated configuration: the types the rest of the agent reads, with their
 //! defaults and bounds.
 
-use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use lb_common::{FlowTimeouts, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
@@ -52,7 +57,7 @@ pub struct Config {
     pub vrrp: Option<VrrpConfig>,
     /// The TLS tier's frontends (`weir proxy`); the agent ignores them.
     #[serde(rename = "frontend", skip_serializing_if = "Vec::is_empty")]
-    pub frontends: Vec<super::frontend::FrontendConfig>,
+    pub frontends: Vec<FrontendConfig>,
     /// The HAProxy-style stats page and Prometheus metrics (`[stats]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsConfig>,
@@ -500,3 +505,146 @@ pub const DEFAULT_TRACK_WEIGHT: u8 = 50;
 pub const DEFAULT_GARP_REPEAT: u32 = 5;
 pub const MAX_GARP_REPEAT: u32 = 100;
 pub const DEFAULT_GARP_REFRESH: Duration = Duration::from_secs(60);
+
+/// Defaults of `[frontend.timeouts]`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest timeout of any kind.
+pub const MAX_PROXY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Defaults and bounds of `[frontend.limits]`.
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 16 * 1024;
+/// hyper reads a request head in a buffer of at least 8 KiB.
+pub const MIN_MAX_HEADER_BYTES: u32 = 8 * 1024;
+pub const MAX_MAX_HEADER_BYTES: u32 = 1024 * 1024;
+pub const DEFAULT_MAX_H2_STREAMS: u32 = 100;
+pub const MAX_MAX_H2_STREAMS: u32 = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
+
+/// A validated `[[frontend]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FrontendConfig {
+    pub name: String,
+    /// Where HTTPS is served; unique across frontends.
+    pub bind: Vec<SocketAddr>,
+    /// A PEM file, or a directory of `*.pem` files (one chain and key each, the first in
+    /// name order is the default).
+    pub certificates: PathBuf,
+    /// Offered in this order of preference.
+    pub alpn: Vec<Alpn>,
+    pub min_tls: TlsVersion,
+    /// Where plain HTTP is answered with a redirect to https.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redirect_http: Vec<SocketAddr>,
+    /// The Strict-Transport-Security value added to every answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<String>,
+    pub forward: Forward,
+    /// The VIP (of this file) whose backends serve the requests.
+    pub backends: String,
+    pub timeouts: ProxyTimeouts,
+    pub limits: ProxyLimits,
+}
+
+/// An ALPN protocol a frontend offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Alpn {
+    #[serde(rename = "h2")]
+    H2,
+    #[serde(rename = "http/1.1")]
+    Http11,
+}
+
+impl Alpn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alpn::H2 => "h2",
+            Alpn::Http11 => "http/1.1",
+        }
+    }
+}
+
+/// The oldest TLS version a frontend accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// How a backend learns the client's address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forward {
+    /// X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Port (set).
+    #[default]
+    XForwardedFor,
+    /// A PROXY protocol v2 header on each backend connection; a backend connection then
+    /// serves one client connection only.
+    ProxyV2,
+    None,
+}
+
+/// `[frontend.timeouts]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ProxyTimeouts {
+    /// From accept to the end of the TLS handshake.
+    #[serde(with = "crate::config::duration::duration_text")]
+    pub handshake: Duration,
+    /// To receive a whole request head (slowloris).
+    #[serde(with = "crate::config::duration::duration_text")]
+    pub header_read: Duration,
+    /// A client connection with no byte in either direction for this long is closed.
+    #[serde(with = "crate::config::duration::duration_text")]
+    pub idle: Duration,
+    /// To connect to a backend.
+    #[serde(with = "crate::config::duration::duration_text")]
+    pub connect: Duration,
+    /// From sending the request to the backend's response head.
+    #[serde(with = "crate::config::duration::duration_text")]
+    pub response: Duration,
+    /// How long connections may finish after the proxy was asked to stop.
+    #[serde(with = "crate::config::duration::duration_text")]
+    pub drain: Duration,
+}
+
+impl Default for ProxyTimeouts {
+    fn default() -> Self {
+        ProxyTimeouts {
+            handshake: DEFAULT_HANDSHAKE_TIMEOUT,
+            header_read: DEFAULT_HEADER_READ_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            response: DEFAULT_RESPONSE_TIMEOUT,
+            drain: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// `[frontend.limits]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ProxyLimits {
+    /// Largest request head (HTTP/1.1: answered 431) or header list (HTTP/2).
+    pub max_header_bytes: u32,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_h2_streams: u32,
+    /// Open client connections; more wait in the kernel's accept queue.
+    pub max_connections: u32,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_h2_streams: DEFAULT_MAX_H2_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}

@@ -26,7 +26,7 @@ pub(super) struct RawConfig {
     pub(super) announce: Option<RawAnnounce>,
     pub(super) vrrp: Option<RawVrrp>,
     #[serde(default)]
-    pub(super) frontend: Vec<super::frontend::RawFrontend>,
+    pub(super) frontend: Vec<RawFrontend>,
     pub(super) stats: Option<RawStats>,
     pub(super) firewall: Option<RawFirewall>,
 }
@@ -178,4 +178,39 @@ impl<'de> Deserialize<'de> for Integer {
         }
         deserializer.deserialize_i64(IntegerVisitor)
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFrontend {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) bind: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) certificates: Option<Spanned<String>>,
+    pub(super) alpn: Option<Spanned<Vec<Spanned<Alpn>>>>,
+    pub(super) min_tls: Option<TlsVersion>,
+    pub(super) redirect_http: Option<Vec<Spanned<String>>>,
+    pub(super) hsts: Option<Spanned<String>>,
+    pub(super) forward: Option<Forward>,
+    pub(super) backends: Option<Spanned<String>>,
+    pub(super) timeouts: Option<RawTimeouts>,
+    pub(super) limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    pub(super) handshake: Option<Spanned<String>>,
+    pub(super) header_read: Option<Spanned<String>>,
+    pub(super) idle: Option<Spanned<String>>,
+    pub(super) connect: Option<Spanned<String>>,
+    pub(super) response: Option<Spanned<String>>,
+    pub(super) drain: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_header_bytes: Option<Spanned<Integer>>,
+    pub(super) max_h2_streams: Option<Spanned<Integer>>,
+    pub(super) max_connections: Option<Spanned<Integer>>,
 }

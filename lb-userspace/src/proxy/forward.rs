@@ -10,7 +10,7 @@ use hyper::{
     http::{request, response},
 };
 
-use crate::config::frontend::Forward;
+use crate::config::Forward;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -45,7 +45,7 @@ use super::{
     server::Activity,
     stats::{FrontendStats, ProxyFailure},
 };
-use crate::config::frontend::Forward;
+use crate::config::Forward;
 
 /// A body of either side: a peer's streamed body or one the proxy made.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;

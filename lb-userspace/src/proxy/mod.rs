@@ -45,7 +45,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ConfigError, frontend::FrontendConfig};
+use crate::config::{Config, ConfigError, FrontendConfig};
 use forward::ClientConnection;
 use http::{BackendClient, ConnectionContext, Upstream};
 use pool::{Pool, PoolMember};
@@ -136,7 +136,7 @@ impl Frontend {
             response_timeout: config.timeouts.response,
             stats: Arc::new(FrontendStats::default()),
         });
-        let backends = (config.forward != crate::config::frontend::Forward::ProxyV2)
+        let backends = (config.forward != crate::config::Forward::ProxyV2)
             .then(|| http::backend_client(config.timeouts.connect, None));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -24,7 +24,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use thiserror::Error;
 
-use crate::config::frontend::{FrontendConfig, TlsVersion};
+use crate::config::{FrontendConfig, TlsVersion};
 
 /// TLS 1.2 sessions remembered for resumption by session id (TLS 1.3 uses tickets).
 const SESSION_CACHE_SIZE: usize = 4096;

@@ -3,6 +3,7 @@
 
 mod agent;
 mod firewall;
+mod frontend;
 mod health;
 mod stats;
 mod vip;
@@ -64,7 +65,7 @@ impl RawConfig {
             Some(flows) => flows.validate(src)?,
             None => FlowSettings::default(),
         };
-        let frontends = super::frontend::validate_all(&self.frontend, src, &vips)?;
+        let frontends = frontend::validate_all(&self.frontend, src, &vips)?;
         let firewall = match &self.firewall {
             Some(firewall) => firewall.validate(src, &agent)?,
             None => FirewallConfig::default(),
