@@ -43,7 +43,7 @@ pub const DEFAULT_NAT_ENTRIES: u32 = 1 << 18;
 /// Version of the maps' layout (names, key and value types, sizes). Pinned maps live
 /// under a directory named after it, and an agent adopts only maps of its own version:
 /// any change to a map type or size must bump it.
-pub const MAP_LAYOUT_VERSION: u32 = 7;
+pub const MAP_LAYOUT_VERSION: u32 = 8;
 
 /// Slots of `GLOBAL_STATS`: room for counters added later without a layout change.
 pub const GLOBAL_STATS_SLOTS: u32 = 64;
@@ -66,6 +66,9 @@ pub mod map_names {
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const NAT_PROGRAM: &str = "NAT_PROGRAM";
     pub const OWN_MACS: &str = "OWN_MACS";
+    pub const DESTINATIONS: &str = "DESTINATIONS";
+    pub const NAT_HANDOFF: &str = "NAT_HANDOFF";
+    pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
     pub const FW_VIPS: &str = "FW_VIPS";
     pub const FW_SOURCES: &str = "FW_SOURCES";
     pub const FW_PORTS: &str = "FW_PORTS";
@@ -76,6 +79,10 @@ pub mod map_names {
     pub const FLOOD_BUCKETS: &str = "FLOOD_BUCKETS";
     pub const FLOOD_CAP: &str = "FLOOD_CAP";
 }
+
+/// Size of `NAT_HANDOFF`'s value: the parse of a packet that `weir_xdp` hands to
+/// `weir_nat` (a type of the XDP program alone, which asserts this size).
+pub const NAT_HANDOFF_SIZE: u32 = 72;
 
 /// Name of the XDP program in the object (the one attached to interfaces).
 pub const PROGRAM_NAME: &str = "weir_xdp";
@@ -116,6 +123,9 @@ pub const VIP_FORWARDING_NAT: u32 = 1 << 1;
 /// port list, a new-flow rate limit, or the global new-flow cap. Without it the fast
 /// path never looks at the firewall maps.
 pub const VIP_GUARDED: u32 = 1 << 2;
+/// `VipMeta::flags`, DSR only: no connection table; every packet goes to the backend
+/// the Maglev table gives its flow (Katran's `F_LRU_BYPASS`).
+pub const VIP_NO_CONNTRACK: u32 = 1 << 3;
 
 /// Value of the VIP table.
 #[repr(C)]
@@ -298,8 +308,9 @@ pub const NAT_PORT_PROBES: u32 = 16;
 pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
 
 /// A backend's next hop as `bpf_fib_lookup` found it, cached per CPU (`NEXT_HOPS`,
-/// indexed by backend id). All zero means "not cached"; the agent zeroes a backend
-/// id's entry whenever it gives the id to a new backend.
+/// indexed by backend id; `CLIENT_HOPS` holds NAT clients', see `ClientHop`). All zero
+/// means "not cached"; the agent zeroes a backend id's entry whenever it gives the id to
+/// a new backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
@@ -331,6 +342,87 @@ impl Default for OwnMacs {
         OwnMacs {
             words: [0; MAX_INTERFACES as usize],
         }
+    }
+}
+
+/// `DESTINATIONS[DESTINATION_VIPS]`: every VIP address, `[DESTINATION_NAT_SOURCES]`:
+/// every NAT source; each a Bloom filter with one hash function. A destination clear in
+/// both is the host's, passed after reading the IP header only; only one for a NAT
+/// source is checked for a NAT reply. A set bit is no promise
+/// (another address may share it): such packets take the full path. 65536 bits keep
+/// false positives below 1 % up to 650 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestinationFilter {
+    pub words: [u64; DESTINATION_FILTER_WORDS],
+}
+const DESTINATION_FILTER_WORDS: usize = 1024;
+const _: () = assert!(core::mem::size_of::<DestinationFilter>() == 8192);
+
+impl DestinationFilter {
+    pub const EMPTY: DestinationFilter = DestinationFilter {
+        words: [0; DESTINATION_FILTER_WORDS],
+    };
+
+    /// The address's bit: the top 16 bits of its hash.
+    #[inline(always)]
+    const fn bit(addr: &[u32; 4]) -> u32 {
+        address_hash(addr) >> 16
+    }
+
+    pub fn insert(&mut self, addr: &[u32; 4]) {
+        let bit = Self::bit(addr);
+        self.words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+
+    /// Whether the address may be one of those inserted.
+    #[inline(always)]
+    pub fn may_contain(&self, addr: &[u32; 4]) -> bool {
+        let bit = Self::bit(addr);
+        self.words[(bit >> 6) as usize] & (1 << (bit & 63)) != 0
+    }
+}
+
+impl Default for DestinationFilter {
+    fn default() -> Self {
+        DestinationFilter::EMPTY
+    }
+}
+
+/// `DESTINATIONS` slots.
+pub const DESTINATION_VIPS: u32 = 0;
+pub const DESTINATION_NAT_SOURCES: u32 = 1;
+
+/// A hash of an address (IPv4 and IPv6 alike: an IPv4 address is its first word) whose
+/// top bits are well mixed: Fibonacci hashing of the folded words. Callers take the top
+/// bits they need.
+#[inline(always)]
+pub const fn address_hash(addr: &[u32; 4]) -> u32 {
+    (addr[0] ^ addr[1] ^ addr[2] ^ addr[3]).wrapping_mul(0x9e37_79b1)
+}
+
+/// Slots of `CLIENT_HOPS`, a power of two.
+pub const CLIENT_HOP_SLOTS: u32 = 4096;
+
+/// A slot of `CLIENT_HOPS`, per CPU: the next hop towards a NAT client, cached for
+/// `NEXT_HOP_TTL_NS` like a backend's. Direct-mapped: the slot is picked by the top bits
+/// of the client address's hash and holds the address it caches, so a client that maps
+/// to a taken slot replaces its holder. All zero means empty (`expires_ns` 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientHop {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 7],
+    pub hop: NextHop,
+}
+const _: () = assert!(core::mem::size_of::<ClientHop>() == 56);
+
+impl ClientHop {
+    /// The `CLIENT_HOPS` slot of a client address.
+    #[inline(always)]
+    pub const fn slot(addr: &[u32; 4]) -> u32 {
+        address_hash(addr) >> (32 - CLIENT_HOP_SLOTS.trailing_zeros())
     }
 }
 

@@ -5,8 +5,8 @@ extern crate std;
 use std::net::IpAddr;
 
 use crate::{
-    Backend, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, FlowTimeouts, NatReply, NextHop, OwnMacs,
-    TrafficCounters, VipAddressKey, VipKey, VipMeta,
+    Backend, ClientHop, DestinationFilter, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, FlowTimeouts,
+    NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey, VipMeta,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, contain only integers and explicit
@@ -22,6 +22,8 @@ unsafe impl aya::Pod for NextHop {}
 unsafe impl aya::Pod for FlowTimeouts {}
 unsafe impl aya::Pod for NatReply {}
 unsafe impl aya::Pod for OwnMacs {}
+unsafe impl aya::Pod for DestinationFilter {}
+unsafe impl aya::Pod for ClientHop {}
 
 /// An address as the maps store it: its family tag and four words of network-order bytes.
 pub fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {

@@ -79,11 +79,8 @@ pub fn check_vip(packet: &Packet, vip: &VipMeta) -> Check {
 /// admits only the sources they allow; everything else passes untouched.
 #[inline(never)]
 pub fn check_host(packet: &Packet) -> Counter {
-    let host_rules = FW_SETTINGS
-        .get(0)
-        .is_some_and(|settings| settings.flags & FW_HOST_RULES != 0);
     // ICMP errors about the host's flows are its own business.
-    if !host_rules || packet.icmp.kind != IcmpKind::None {
+    if !host_rules() || packet.icmp.kind != IcmpKind::None {
         return Counter::PassNotVip;
     }
     let key = &packet.key;
@@ -102,6 +99,14 @@ pub fn check_host(packet: &Packet) -> Counter {
     } else {
         Counter::DropHostFirewall
     }
+}
+
+/// Whether the host has port rules: then its packets need their transport header read.
+#[inline(always)]
+pub fn host_rules() -> bool {
+    FW_SETTINGS
+        .get(0)
+        .is_some_and(|settings| settings.flags & FW_HOST_RULES != 0)
 }
 
 /// Whether the policy's source rules let `src` through; counts the rule that decided.

@@ -5,8 +5,9 @@
 //! the client directly.
 //!
 //! The lookup is the most expensive step of the fast path, so each CPU keeps its result
-//! per backend for `NEXT_HOP_TTL_NS` (`NEXT_HOPS`); failures are never cached. Replies
-//! of NAT flows are routed towards their client with a lookup each.
+//! per backend for `NEXT_HOP_TTL_NS` (`NEXT_HOPS`), and for NAT replies per client
+//! address (`CLIENT_HOPS`, direct-mapped by a hash of the address); failures are never
+//! cached.
 
 use core::mem;
 
@@ -18,11 +19,11 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{Counter, FAMILY_IPV4, FlowKey, NEXT_HOP_TTL_NS, NextHop, mac_word};
+use lb_common::{ClientHop, Counter, FAMILY_IPV4, FlowKey, NEXT_HOP_TTL_NS, NextHop, mac_word};
 use network_types::eth::EthHdr;
 
 use crate::{
-    NEXT_HOPS, OWN_MACS, TX_PORTS,
+    CLIENT_HOPS, NEXT_HOPS, OWN_MACS, TX_PORTS,
     packet::{ptr_at_mut, read},
     parse::Packet,
     target::{NatTarget, Target},
@@ -96,10 +97,15 @@ fn forward_translated(
 
 /// Sends a NAT flow's reply (or an ICMP error about it) back to `client`, translated.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, packet: &Packet, client: &FlowKey) -> Result<Counter, Counter> {
+pub fn reply(
+    ctx: &XdpContext,
+    packet: &Packet,
+    client: &FlowKey,
+    now: u64,
+) -> Result<Counter, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
+    let hop = client_hop(ctx, ingress, client, now)?;
     let ports = [client.dst_port, client.src_port];
-    let hop = lookup(ctx, ingress, client, &client.dst, &client.src, ports, 0)?;
     if packet.is_icmp() {
         translate::rewrite_icmp(ctx, packet, client)
     } else {
@@ -197,6 +203,45 @@ fn next_hop(
     if let Some(cached) = cached {
         // SAFETY: as above.
         unsafe { *cached = hop };
+    }
+    Ok(hop)
+}
+
+/// The next hop towards a NAT flow's client: this CPU's cached lookup while it is
+/// fresh, else a new one.
+#[inline(always)]
+fn client_hop(
+    ctx: &XdpContext,
+    ingress: u32,
+    client: &FlowKey,
+    now: u64,
+) -> Result<NextHop, Counter> {
+    let cached = CLIENT_HOPS.get_ptr_mut(ClientHop::slot(&client.src));
+    if let Some(cached) = cached {
+        // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+        let slot = unsafe { &*cached };
+        if slot.hop.expires_ns > now && slot.addr == client.src && slot.family == client.family {
+            return Ok(slot.hop);
+        }
+    }
+    let ports = [client.dst_port, client.src_port];
+    let expires = now + NEXT_HOP_TTL_NS;
+    let hop = lookup(
+        ctx,
+        ingress,
+        client,
+        &client.dst,
+        &client.src,
+        ports,
+        expires,
+    )?;
+    if let Some(cached) = cached {
+        // SAFETY: as above.
+        unsafe {
+            (*cached).addr = client.src;
+            (*cached).family = client.family;
+            (*cached).hop = hop;
+        }
     }
     Ok(hop)
 }

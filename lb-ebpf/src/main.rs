@@ -14,6 +14,7 @@
 #![feature(asm_experimental_arch)]
 
 mod atomic;
+mod destinations;
 mod firewall;
 mod flood;
 mod forward;
@@ -35,10 +36,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES,
-    Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
-    NatReply, NextHop, OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VIP_GUARDED, VipAddressKey,
-    VipKey, VipMeta,
+    Backend, CLIENT_HOP_SLOTS, ClientHop, Counter, DEFAULT_CONNTRACK_ENTRIES,
+    DEFAULT_MAGLEV_RING_ENTRIES, DEFAULT_NAT_ENTRIES, DestinationFilter, Flow, FlowKey,
+    FlowTimeouts, GLOBAL_STATS_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, NatReply, NextHop,
+    OwnMacs, TrafficCounters, VIP_FORWARDING_NAT, VIP_GUARDED, VipAddressKey, VipKey, VipMeta,
     firewall::{
         BucketKey, FLOOD_BUCKET_ENTRIES, FirewallCounters, FwPolicy, FwPortKey, FwRule, FwSettings,
         FwSource, HostPortKey, MAX_FW_HOST_PORTS, MAX_FW_PORTS, MAX_FW_RULES, MAX_FW_SOURCES,
@@ -46,7 +47,7 @@ use lb_common::{
     },
 };
 
-use crate::parse::{IcmpKind, Kind, Packet, Parsed};
+use crate::parse::{IcmpKind, Kind, NatHandoff, Packet, Parsed};
 
 /// VIP (address, port, protocol) → its metadata. Port 0 matches every port.
 #[map(name = "VIPS")]
@@ -55,6 +56,11 @@ static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
 /// Every address that carries a VIP, for packets whose ports are unknown (fragments).
 #[map(name = "VIP_ADDRESSES")]
 static VIP_ADDRESSES: HashMap<VipAddressKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Every VIP address (`[0]`) and NAT source (`[1]`), as Bloom filters: a destination in
+/// neither is the host's (see `destinations.rs`).
+#[map(name = "DESTINATIONS")]
+static DESTINATIONS: Array<DestinationFilter> = Array::with_max_entries(2, 0);
 
 /// The Maglev tables of all VIPs, one slice each (`VipMeta::ring_base`, `ring_size`),
 /// holding backend ids. Sized by the agent at load time.
@@ -91,6 +97,16 @@ static NAT_CONFIG: Array<FlowTimeouts> = Array::with_max_entries(1, 0);
 /// `[0]`: `weir_nat`, put there by the agent (see `weir_nat`).
 #[map(name = "NAT_PROGRAM")]
 static NAT_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per CPU, `[0]`: the packet `weir_xdp` hands to `weir_nat` (see `to_nat`). Pinned
+/// with the rest, so that an adopted `weir_xdp` and a new `weir_nat` share it.
+#[map(name = "NAT_HANDOFF")]
+static NAT_HANDOFF: PerCpuArray<NatHandoff> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, by a hash of the client address: the next hop of NAT replies towards it,
+/// cached as `NEXT_HOPS` caches the backends' (see `lb_common::ClientHop`).
+#[map(name = "CLIENT_HOPS")]
+static CLIENT_HOPS: PerCpuArray<ClientHop> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
 
 /// Interfaces the program may redirect to (the ones the agent attached to), by ifindex.
 #[map(name = "TX_PORTS")]
@@ -171,8 +187,8 @@ fn process(ctx: &XdpContext) -> Counter {
         Err(reason) => return reason,
     };
     let Some(vip) = select::lookup_vip(packet) else {
-        if nat::may_be_reply(packet) {
-            return to_nat(ctx);
+        if destinations::may_be_nat_source(&packet.key.dst) && nat::may_be_reply(packet) {
+            return to_nat(ctx, packet, None);
         }
         return firewall::check_host(packet);
     };
@@ -189,7 +205,7 @@ fn process(ctx: &XdpContext) -> Counter {
         }
     }
     if vip.flags & VIP_FORWARDING_NAT != 0 {
-        return to_nat(ctx);
+        return to_nat(ctx, packet, Some(&vip));
     }
     let target = match select::select(packet, &vip) {
         Ok(target) => target,
@@ -211,9 +227,21 @@ fn flow_of(parsed: &Parsed) -> Result<&Packet, Counter> {
     }
 }
 
-/// Tail calls `weir_nat`, which counts the packet; only a missing program returns.
+/// Hands the packet's parse (and its NAT VIP, if any) to `weir_nat` and tail calls it;
+/// `weir_nat` counts the packet, only a missing program returns.
 #[inline(always)]
-fn to_nat(ctx: &XdpContext) -> Counter {
+fn to_nat(ctx: &XdpContext, packet: &Packet, vip: Option<&VipMeta>) -> Counter {
+    let Some(handoff) = NAT_HANDOFF.get_ptr_mut(0) else {
+        return Counter::DropNatUnavailable;
+    };
+    // SAFETY: this CPU's slot; the tail call runs on this CPU before any other packet.
+    unsafe {
+        (*handoff).packet = *packet;
+        (*handoff).vip_found = vip.is_some();
+        if let Some(vip) = vip {
+            (*handoff).vip = *vip;
+        }
+    }
     // SAFETY: the slot holds an XDP program of this object, put there by the agent.
     unsafe { NAT_PROGRAM.tail_call(ctx, 0) };
     Counter::DropNatUnavailable
@@ -243,9 +271,10 @@ fn counted(
 }
 
 /// NAT: the packets of NAT VIPs and the replies to them, reached from `weir_xdp` by tail
-/// call. A program of its own, so that NAT's stack is not added to the DSR path's: the
-/// verifier allows 512 bytes for the deepest chain of calls together. For the same
-/// reason parsing, the request path, the reply path and the port probe loop are each a
+/// call, with what `weir_xdp` found (`NAT_HANDOFF`): the packet is parsed and its VIP
+/// looked up once. A program of its own, so that NAT's stack is not added to the DSR
+/// path's: the verifier allows 512 bytes for the deepest chain of calls together. For
+/// the same reason the request path, the reply path and the port probe loop are each a
 /// function of its own (a BPF-to-BPF call) here.
 #[xdp]
 pub fn weir_nat(ctx: XdpContext) -> u32 {
@@ -254,28 +283,20 @@ pub fn weir_nat(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn process_nat(ctx: &XdpContext) -> Counter {
-    // Matched in place: a copy of the packet would cost stack.
-    let parsed = parse_apart(ctx);
-    let packet = match flow_of(&parsed) {
-        Ok(packet) => packet,
-        Err(reason) => return reason,
+    // Read in place: a copy would cost stack.
+    let Some(handoff) = NAT_HANDOFF.get_ptr(0) else {
+        return Counter::DropNatUnavailable;
     };
-    match select::lookup_vip(packet) {
+    // SAFETY: this CPU's slot, written by `weir_xdp` for this packet just before the tail
+    // call (see `to_nat`).
+    let handoff = unsafe { &*handoff };
+    let packet = &handoff.packet;
+    match (handoff.vip_found, packet.is_icmp()) {
         // Each its own BPF-to-BPF call, so that neither's stack adds to the other's.
-        Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 && packet.is_icmp() => {
-            nat_icmp_to_backend(ctx, packet, &vip)
-        }
-        Some(vip) if vip.flags & VIP_FORWARDING_NAT != 0 => nat_forward(ctx, packet, &vip),
-        // `weir_xdp` sends no DSR VIP here.
-        Some(_) => Counter::PassNotVip,
-        None => nat_reply(ctx, packet),
+        (true, true) => nat_icmp_to_backend(ctx, packet, &handoff.vip),
+        (true, false) => nat_forward(ctx, packet, &handoff.vip),
+        (false, _) => nat_reply(ctx, packet),
     }
-}
-
-#[inline(never)]
-fn parse_apart(ctx: &XdpContext) -> Parsed {
-    packet::keep_context(ctx);
-    parse::parse(ctx)
 }
 
 /// A packet for a NAT VIP.
@@ -322,13 +343,14 @@ fn nat_icmp_to_backend(ctx: &XdpContext, packet: &Packet, vip: &VipMeta) -> Coun
 #[inline(never)]
 fn nat_reply(ctx: &XdpContext, packet: &Packet) -> Counter {
     packet::keep_context(ctx);
-    let Some(client) = nat::reply_flow(packet) else {
+    let now = select::clock();
+    let Some(client) = nat::reply_flow(packet, now) else {
         return firewall::check_host(packet);
     };
     if !forward::sent_to_us(ctx) {
         return Counter::PassNotOurMac;
     }
-    match forward::reply(ctx, packet, &client) {
+    match forward::reply(ctx, packet, &client, now) {
         Ok(reason) => {
             stats::event(if packet.is_icmp() {
                 Counter::NatIcmpTranslated

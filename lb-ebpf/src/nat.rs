@@ -280,7 +280,7 @@ pub fn may_be_reply(packet: &Packet) -> bool {
 /// A backend's reply (or an ICMP error about a NAT flow): the client flow it belongs
 /// to, or `None` when it is not NAT traffic (the host's own).
 #[inline(always)]
-pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
+pub fn reply_flow(packet: &Packet, now: u64) -> Option<FlowKey> {
     if !may_be_reply(packet) {
         return None;
     }
@@ -292,7 +292,6 @@ pub fn reply_flow(packet: &Packet) -> Option<FlowKey> {
         // A reply keeps the flow alive, as the client's packets do (a service where only
         // the server talks is not idle); a backend's FIN or RST makes it linger from now
         // on, as the client's does. The first one ends its embryonic time.
-        let now = clock();
         promote(flow, now);
         touch(flow, closing_flag(packet), now);
     }

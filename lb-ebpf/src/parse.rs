@@ -5,14 +5,17 @@
 
 use core::mem::MaybeUninit;
 
-use lb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, VipAddressKey};
+use lb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, VipAddressKey, VipMeta};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     vlan::VlanHdr,
 };
 
-use crate::packet::{ipv4_words, ipv6_words, ptr_at, read, within};
+use crate::{
+    destinations,
+    packet::{ipv4_words, ipv6_words, ptr_at, read, within},
+};
 
 use aya_ebpf::programs::XdpContext;
 
@@ -65,7 +68,8 @@ pub enum Kind {
     Flow,
     /// Not IPv4 or IPv6.
     NotIp,
-    /// IP, but nothing the load balancer handles (other protocols, other ICMP).
+    /// IP, but nothing the load balancer handles: another destination (checked before
+    /// the transport header is read), other protocols, other ICMP.
     NotVip,
     /// Headers cut short or inconsistent.
     Malformed,
@@ -88,6 +92,16 @@ pub struct Packet {
     /// The TCP flags byte (0 for UDP and ICMP).
     pub tcp_flags: u8,
 }
+
+/// What `weir_xdp` hands to `weir_nat` through `NAT_HANDOFF`: the packet, and its NAT
+/// VIP when it is for one (else it may be a NAT reply).
+#[repr(C)]
+pub struct NatHandoff {
+    pub packet: Packet,
+    pub vip: VipMeta,
+    pub vip_found: bool,
+}
+const _: () = assert!(core::mem::size_of::<NatHandoff>() == lb_common::NAT_HANDOFF_SIZE as usize);
 
 impl Packet {
     /// Whether the packet is an ICMP error about the flow.
@@ -229,6 +243,9 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
         return Parsed::not_flow(Kind::Malformed);
     }
     let (src, dst) = (ipv4_words(ip.src_addr), ipv4_words(ip.dst_addr));
+    if destinations::is_hosts(&dst) {
+        return Parsed::not_flow(Kind::NotVip);
+    }
     if u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0 {
         return Parsed::fragment(dst, FAMILY_IPV4);
     }
@@ -250,6 +267,9 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
         return Parsed::not_flow(Kind::Malformed);
     }
     let (src, dst) = (ipv6_words(ip.src_addr), ipv6_words(ip.dst_addr));
+    if destinations::is_hosts(&dst) {
+        return Parsed::not_flow(Kind::NotVip);
+    }
     let mut next = ip.next_hdr;
     let mut l4 = l3 + Ipv6Hdr::LEN;
     for _ in 0..IPV6_MAX_EXTENSIONS {

@@ -3,8 +3,8 @@
 
 use lb_common::{
     BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, Counter, FLOW_CLOSING,
-    FLOW_TOUCH_INTERVAL_NS, Flow, FlowKey, NO_BACKEND, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey,
-    VipMeta, flow_hash,
+    FLOW_TOUCH_INTERVAL_NS, Flow, FlowKey, NO_BACKEND, VIP_HASH_SOURCE_ONLY, VIP_NO_CONNTRACK,
+    VipAddressKey, VipKey, VipMeta, flow_hash,
 };
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
@@ -44,8 +44,17 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
     let now = clock();
     let key = &packet.key;
     let icmp = packet.is_icmp();
+    if vip.flags & VIP_NO_CONNTRACK != 0 {
+        let (backend_id, backend) = maglev_pick(key, vip)?;
+        // No flow table: a SYN is the only sign of a new flow.
+        let new_flow = is_syn(packet);
+        return Ok(target(vip, backend_id, backend, new_flow, now));
+    }
     let closing = closing_flag(packet);
 
+    // The flow's entry when it must start afresh: rewritten in place, which spares the
+    // LRU a new node (and an eviction).
+    let mut stale = None;
     if let Some(flow) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a map value pointer from a successful lookup.
         let backend_id = unsafe { (*flow).backend_id };
@@ -54,39 +63,47 @@ pub fn select(packet: &Packet, vip: &VipMeta) -> Result<Target, Counter> {
                 if !icmp {
                     touch(flow, closing, now);
                 }
-                return Ok(Target {
-                    vip_id: vip.id,
-                    backend_id,
-                    backend_addr: backend.addr,
-                    new_flow: false,
-                    now,
-                    nat: None,
-                });
+                return Ok(target(vip, backend_id, backend, false, now));
             }
             Some(_) => stats::event(Counter::FlowReused),
             None => stats::event(Counter::FlowRescheduled),
         }
+        stale = Some(flow);
     }
 
     let (backend_id, backend) = maglev_pick(key, vip)?;
     // An ICMP error follows its flow but never creates one.
-    let flow = Flow {
-        backend_id,
-        flags: closing,
-        nat_port: 0,
-        last_seen_ns: now,
-    };
-    if !icmp && CONNTRACK.insert(key, flow, 0).is_err() {
-        stats::event(Counter::ConntrackInsertFailed);
+    if !icmp {
+        let flow = Flow {
+            backend_id,
+            flags: closing,
+            nat_port: 0,
+            last_seen_ns: now,
+        };
+        match stale {
+            // SAFETY: a map value pointer from a successful lookup; a racing reader on
+            // another CPU sees the old backend or the new one.
+            Some(entry) => unsafe { *entry = flow },
+            None => {
+                if CONNTRACK.insert(key, flow, 0).is_err() {
+                    stats::event(Counter::ConntrackInsertFailed);
+                }
+            }
+        }
     }
-    Ok(Target {
+    Ok(target(vip, backend_id, backend, !icmp, now))
+}
+
+#[inline(always)]
+fn target(vip: &VipMeta, backend_id: u32, backend: &Backend, new_flow: bool, now: u64) -> Target {
+    Target {
         vip_id: vip.id,
         backend_id,
         backend_addr: backend.addr,
-        new_flow: !icmp,
+        new_flow,
         now,
         nat: None,
-    })
+    }
 }
 
 /// The backend the VIP's Maglev table gives the flow (id and entry).

@@ -19,8 +19,6 @@ mod common;
 // This file is the crate root, so its modules' paths are spelled out.
 #[path = "dataplane/bench_xdp.rs"]
 mod bench_xdp;
-#[path = "dataplane/cpu.rs"]
-mod cpu;
 #[path = "dataplane/generator.rs"]
 mod generator;
 #[path = "dataplane/live.rs"]
@@ -33,6 +31,7 @@ mod report;
 use std::time::Instant;
 
 use anyhow::Result;
+use weir_testbed::cpu;
 
 /// Rounds: every case runs once per round. The machine's speed drifts by up to 2x over
 /// seconds, which the cases of a round see alike; more, shorter rounds make the medians

@@ -39,8 +39,10 @@ use rustls::{
 use weir_testbed::{
     Child, DsrTopology, Netns,
     agent::Agent,
+    cpu,
     topology::{HTTP_PORT, LB_V4, VIP_V4, backend_v4},
     weir_bin,
+    wrk::WrkReport,
 };
 
 const BACKENDS: u8 = 2;
@@ -297,13 +299,13 @@ impl Bed {
             server.label,
             String::from_utf8_lossy(&output.stderr)
         );
-        let wrk = Wrk::parse(&text)?;
+        let wrk = WrkReport::parse(&text)?;
         Ok(Round {
             handshakes_per_s: handshakes / WINDOW.as_secs_f64(),
             cpu_ms_per_1k_handshakes: handshake_cpu * 1e6 / handshakes,
             requests_per_s: wrk.requests as f64 / WINDOW.as_secs_f64(),
-            p50_ms: wrk.p50_ms,
-            p99_ms: wrk.p99_ms,
+            p50_ms: wrk.p50.as_secs_f64() * 1e3,
+            p99_ms: wrk.p99.as_secs_f64() * 1e3,
             cpu_s_per_10k_requests: request_cpu * 1e4 / wrk.requests as f64,
         })
     }
@@ -327,63 +329,7 @@ fn pin(pid: u32, cpus: &str) -> Result<()> {
 
 /// User + system CPU seconds of every thread of `pid` so far.
 fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("a /proc stat line")?
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / per_second)
-}
-
-/// What the bench reads from wrk's output.
-struct Wrk {
-    requests: u64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-impl Wrk {
-    fn parse(text: &str) -> Result<Wrk> {
-        let percentile = |label: &str| -> Result<f64> {
-            let line = text
-                .lines()
-                .find(|l| l.trim_start().starts_with(label))
-                .with_context(|| format!("no {label} line in wrk's output:\n{text}"))?;
-            duration_ms(line.split_whitespace().nth(1).unwrap_or_default())
-        };
-        let requests = text
-            .lines()
-            .find_map(|l| l.trim().split_once(" requests in "))
-            .with_context(|| format!("no request count in wrk's output:\n{text}"))?
-            .0
-            .parse()?;
-        Ok(Wrk {
-            requests,
-            p50_ms: percentile("50%")?,
-            p99_ms: percentile("99%")?,
-        })
-    }
-}
-
-/// wrk's `812.00us`, `1.23ms`, `2.00s` in milliseconds.
-fn duration_ms(text: &str) -> Result<f64> {
-    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
-        (n, 1e-3)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1e3)
-    } else {
-        bail!("not a wrk duration: {text:?}");
-    };
-    Ok(number.parse::<f64>()? * scale)
+    Ok(cpu::process_time(pid as i32)?.as_secs_f64())
 }
 
 /// A column of the table: its title, its figure, whether higher is better.

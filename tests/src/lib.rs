@@ -18,6 +18,7 @@ pub mod bird;
 pub mod browser;
 pub mod client;
 pub mod cmd;
+pub mod cpu;
 pub mod flood;
 pub mod keepalived;
 pub mod link;
@@ -26,6 +27,7 @@ pub mod netns;
 pub mod server;
 pub mod topology;
 pub mod two_arm;
+pub mod wrk;
 pub mod xdp;
 
 pub use bins::{test_server_bin, weir_bin, workspace_root};

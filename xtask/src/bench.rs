@@ -8,6 +8,9 @@
 //!   HAProxy on the same backends and certificate (handshakes, keep-alive requests,
 //!   latency, CPU per request). It runs the release binaries of the build. About two
 //!   minutes.
+//! * The `endtoend` bench of the test bed (`tests/benches/endtoend.rs`): weir DSR, weir
+//!   NAT and HAProxy (`mode tcp`) under `wrk` on the same backends (requests/s, p99, the
+//!   LB's CPU per connection), with the release agent. About two minutes.
 
 use anyhow::Result;
 use weir_testbed::bins::{TEST_SERVER_BIN_ENV, WEIR_BIN_ENV};
@@ -19,9 +22,12 @@ pub fn run_bench(built: &Built) -> Result<()> {
     cargo()
         .args(["bench", "--package", "lb-userspace", "--bench", "dataplane"])
         .run()?;
-    cargo()
-        .args(["bench", "--package", "weir-tests", "--bench", "tls"])
-        .env(WEIR_BIN_ENV, &built.weir_bin)
-        .env(TEST_SERVER_BIN_ENV, &built.test_server_bin)
-        .run()
+    for bench in ["tls", "endtoend"] {
+        cargo()
+            .args(["bench", "--package", "weir-tests", "--bench", bench])
+            .env(WEIR_BIN_ENV, &built.weir_bin)
+            .env(TEST_SERVER_BIN_ENV, &built.test_server_bin)
+            .run()?;
+    }
+    Ok(())
 }

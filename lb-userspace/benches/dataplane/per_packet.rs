@@ -28,8 +28,8 @@ use lb_common::Verdict;
 use crate::{
     bench_xdp,
     common::{
-        Bed, CLIENT_MAC, CLIENT4, CLIENT6, LB0_MAC, NEIGHBOURS, NOT_A_VIP4, ROUTER4, VIP4, VIP6,
-        mac_string, nat_config, tcp4, udp6,
+        Bed, CLIENT_MAC, CLIENT4, CLIENT6, HOST4, LB0_MAC, NEIGHBOURS, NOT_A_VIP4, ROUTER4,
+        STATELESS_CONFIG, STATELESS4, VIP4, VIP6, mac_string, nat_config, tcp4, udp6,
     },
     cpu,
 };
@@ -52,11 +52,15 @@ pub enum Path {
     Tcp4Established,
     /// Derived: `Tcp4Established` + `ChurnNewFlow` − `ChurnSameFlow`.
     Tcp4NewFlow,
+    /// Derived: `Tcp4Established` + `ChurnStateless` − `ChurnSameFlow`.
+    Tcp4NewFlowStateless,
     Udp6Established,
     VipMiss,
+    HostAddress,
     IcmpTooBig,
     ChurnSameFlow,
     ChurnNewFlow,
+    ChurnStateless,
     /// Derived: `Tcp4Established` + `ReplayNatRequest` − `ReplayDsr`.
     Nat4Request,
     /// Derived: `Tcp4Established` + `ReplayNatReply` − `ReplayDsr`.
@@ -73,11 +77,14 @@ impl Path {
             Path::MacSwapTx => "bare MAC swap, XDP_TX (harness floor)",
             Path::Tcp4Established => "weir TCP v4, established (conntrack hit)",
             Path::Tcp4NewFlow => "weir TCP v4, new flow (conntrack miss + insert) *",
+            Path::Tcp4NewFlowStateless => "weir TCP v4, new flow, VIP with conntrack = false *",
             Path::Udp6Established => "weir UDP v6, established",
-            Path::VipMiss => "weir VIP miss (XDP_PASS)",
+            Path::VipMiss => "weir VIP miss, to the NAT source (XDP_PASS)",
+            Path::HostAddress => "weir, to another host address (XDP_PASS)",
             Path::IcmpTooBig => "weir ICMP frag-needed, established flow",
             Path::ChurnSameFlow => "wrapper + weir, one flow",
             Path::ChurnNewFlow => "wrapper + weir, new flow every run",
+            Path::ChurnStateless => "wrapper + weir, new flow every run, conntrack = false",
             Path::Nat4Request => "weir TCP v4 NAT, client → backend (established) *",
             Path::Nat4Reply => "weir TCP v4 NAT, backend reply → client *",
             Path::ReplayDsr => "restore wrapper + weir DSR",
@@ -128,6 +135,11 @@ pub fn measure(rounds: usize) -> Result<PerPacket> {
     }
     let derived = [
         (Path::Tcp4NewFlow, Path::ChurnNewFlow, Path::ChurnSameFlow),
+        (
+            Path::Tcp4NewFlowStateless,
+            Path::ChurnStateless,
+            Path::ChurnSameFlow,
+        ),
         (Path::Nat4Request, Path::ReplayNatRequest, Path::ReplayDsr),
         (Path::Nat4Reply, Path::ReplayNatReply, Path::ReplayDsr),
     ];
@@ -188,6 +200,12 @@ fn cases(bed: &mut Bed) -> Result<Vec<Case>> {
             Verdict::Tx,
         ),
         case(
+            Path::ChurnStateless,
+            Program::Churn { step: 1 },
+            &tcp4(CLIENT4, 40000, STATELESS4, 80),
+            Verdict::Tx,
+        ),
+        case(
             Path::Udp6Established,
             Program::Weir,
             &udp6(CLIENT6, 40000, VIP6, 53),
@@ -197,6 +215,12 @@ fn cases(bed: &mut Bed) -> Result<Vec<Case>> {
             Path::VipMiss,
             Program::Weir,
             &tcp4(CLIENT4, 40000, NOT_A_VIP4, 80),
+            Verdict::Pass,
+        ),
+        case(
+            Path::HostAddress,
+            Program::Weir,
+            &tcp4(CLIENT4, 40000, HOST4, 80),
             Verdict::Pass,
         ),
         Case {
@@ -276,7 +300,7 @@ struct Harness {
 impl Harness {
     fn new() -> Result<Harness> {
         let mut bed = Bed::new();
-        bed.apply(&nat_config("20000-29999"));
+        bed.apply(&(nat_config("20000-29999") + STATELESS_CONFIG));
         // A repeated run sees the frame as the previous run left it, and weir forwards
         // only frames sent to lb0's MAC: the backends on lb0 take lb0's MAC, so that a
         // forwarded frame is sent to lb0 again. (NAT's wrapper restores the headers.)

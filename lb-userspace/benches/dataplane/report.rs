@@ -103,6 +103,7 @@ fn is_wrapper(path: Path) -> bool {
         path,
         Path::ChurnSameFlow
             | Path::ChurnNewFlow
+            | Path::ChurnStateless
             | Path::ReplayDsr
             | Path::ReplayNatRequest
             | Path::ReplayNatReply
@@ -181,6 +182,13 @@ fn print_comparisons(per_packet: &PerPacket, rates: &Rates) {
         "   weir's cost over the MAC swap: {:.0} ns/pkt live (NAPI thread), {:.0} ns in\n   \
          BPF_PROG_TEST_RUN (TCP v4 established); medians of the rounds' differences",
         live.median, test_run.median
+    );
+    let not_vip = Summary::paired(ns(Path::HostAddress), ns(Path::EmptyPass), |a, b| a - b);
+    let nat = Summary::paired(ns(Path::Nat4Reply), ns(Path::Nat4Request), |a, b| a / b);
+    println!(
+        "   a packet for the host over the empty program: {:.0} ns; NAT reply / NAT request:\n   \
+         {:.2} (BPF_PROG_TEST_RUN, medians of the rounds' differences and ratios)",
+        not_vip.median, nat.median
     );
 }
 

@@ -243,6 +243,11 @@ pub struct VipConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat_source: Option<IpAddr>,
     pub hash: HashMode,
+    /// Whether established flows keep their backend through the connection table
+    /// (default). `false` (DSR only): every packet goes where the Maglev table says, with
+    /// no table lookup or insert — for stateless services, where a backend change may
+    /// move flows.
+    pub conntrack: bool,
     /// Maglev table size: prime, greater than the number of backends.
     pub table_size: u32,
     /// How its backends are checked (`[vip.health]`).

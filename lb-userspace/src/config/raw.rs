@@ -117,6 +117,7 @@ pub(super) struct RawVip {
     pub(super) forwarding: Option<Forwarding>,
     pub(super) nat_source: Option<Spanned<String>>,
     pub(super) hash: Option<HashMode>,
+    pub(super) conntrack: Option<Spanned<bool>>,
     pub(super) table_size: Option<Spanned<Integer>>,
     pub(super) health: Option<RawHealth>,
     pub(super) allow_sources: Option<Vec<Spanned<String>>>,

@@ -89,6 +89,7 @@ fn full_config_with_defaults() {
                 forwarding: Forwarding::Dsr,
                 nat_source: None,
                 hash: HashMode::FiveTuple,
+                conntrack: true,
                 table_size: maglev::DEFAULT_TABLE_SIZE,
                 health: HealthConfig::default_for(Protocol::Tcp, 80),
                 firewall: VipFirewall::default(),
@@ -115,6 +116,7 @@ fn full_config_with_defaults() {
                 forwarding: Forwarding::Dsr,
                 nat_source: None,
                 hash: HashMode::SourceIp,
+                conntrack: true,
                 table_size: 251,
                 health: HealthConfig::default_for(Protocol::Udp, 53),
                 firewall: VipFirewall::default(),
@@ -306,6 +308,17 @@ fn nat_vips_and_their_settings() {
             "port = 80\nforwarding = \"nat\"\n[[vip.backend]]\naddress = \"2001:db8::1\"\n"
         ))
         .contains("NAT does not translate between families")
+    );
+}
+
+#[test]
+fn vips_without_connection_table() {
+    let config = parse(&web("port = 53\nprotocol = \"udp\"\nconntrack = false\n")).expect("valid");
+    assert!(!config.vips[0].conntrack);
+    assert!(parse(&web("port = 80\n")).expect("valid").vips[0].conntrack);
+    assert_eq!(
+        error(&web("port = 80\nforwarding = \"nat\"\nconntrack = false\n")),
+        "weir.toml:9:13: vip[0].conntrack: NAT needs its flow table: conntrack = false is for DSR VIPs only"
     );
 }
 

@@ -26,8 +26,9 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NatReply, NextHop, OwnMacs,
-    PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey, VipMeta, mac_word, map_names,
+    Backend, Counter, DestinationFilter, Flow, FlowKey, FlowTimeouts, NAT_PROGRAM_NAME, NatReply,
+    NextHop, OwnMacs, PROGRAM_NAME, TrafficCounters, VipAddressKey, VipKey, VipMeta, mac_word,
+    map_names,
 };
 use tracing::warn;
 
@@ -133,6 +134,7 @@ pub struct Dataplane {
     conntrack: HashMap<MapData, FlowKey, Flow>,
     tx_ports: DevMapHash<MapData>,
     own_macs: Array<MapData, OwnMacs>,
+    destinations: Array<MapData, DestinationFilter>,
     global_stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -240,6 +242,7 @@ impl Dataplane {
             conntrack: take(&mut ebpf, map_names::CONNTRACK)?,
             tx_ports: take(&mut ebpf, map_names::TX_PORTS)?,
             own_macs: take(&mut ebpf, map_names::OWN_MACS)?,
+            destinations: take(&mut ebpf, map_names::DESTINATIONS)?,
             global_stats: take(&mut ebpf, map_names::GLOBAL_STATS)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
@@ -443,6 +446,10 @@ impl Dataplane {
                 .nat_config
                 .set(0, timeouts, 0)
                 .map_err(map_err(map_names::NAT_CONFIG)),
+            MapWrite::SetDestinations { slot, filter } => self
+                .destinations
+                .set(*slot, filter.as_ref(), 0)
+                .map_err(map_err(map_names::DESTINATIONS)),
             MapWrite::Firewall(write) => self.firewall.apply(write),
         }
     }

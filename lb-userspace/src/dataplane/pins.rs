@@ -14,9 +14,9 @@ use std::{
 
 use aya::maps::MapInfo;
 use lb_common::{
-    Backend, Flow, FlowKey, FlowTimeouts, GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS,
-    MAX_INTERFACES, MAX_VIPS, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey,
-    VipMeta,
+    Backend, CLIENT_HOP_SLOTS, ClientHop, DestinationFilter, Flow, FlowKey, FlowTimeouts,
+    GLOBAL_STATS_SLOTS, MAP_LAYOUT_VERSION, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
+    NAT_HANDOFF_SIZE, NatReply, NextHop, OwnMacs, TrafficCounters, VipAddressKey, VipKey, VipMeta,
     firewall::{
         BucketKey, FLOOD_BUCKET_ENTRIES, FirewallCounters, FwPolicy, FwPortKey, FwRule, FwSettings,
         FwSource, HostPortKey, MAX_FW_HOST_PORTS, MAX_FW_PORTS, MAX_FW_RULES, MAX_FW_SOURCES,
@@ -65,7 +65,7 @@ pub fn map_specs(
     conntrack_entries: u32,
     maglev_ring_entries: u32,
     nat_entries: u32,
-) -> [MapSpec; 24] {
+) -> [MapSpec; 27] {
     [
         spec::<VipKey, VipMeta>(map_names::VIPS, MAX_VIPS),
         spec::<VipAddressKey, u32>(map_names::VIP_ADDRESSES, MAX_VIPS),
@@ -96,6 +96,12 @@ pub fn map_specs(
         spec::<u32, u64>(map_names::FW_RULE_STATS, MAX_FW_RULES),
         spec::<BucketKey, TokenBucket>(map_names::FLOOD_BUCKETS, FLOOD_BUCKET_ENTRIES),
         spec::<u32, TokenBucket>(map_names::FLOOD_CAP, 1),
+        spec::<u32, DestinationFilter>(map_names::DESTINATIONS, 2),
+        MapSpec {
+            value_size: Some(NAT_HANDOFF_SIZE),
+            ..spec::<u32, u32>(map_names::NAT_HANDOFF, 1)
+        },
+        spec::<u32, ClientHop>(map_names::CLIENT_HOPS, CLIENT_HOP_SLOTS),
     ]
 }
 

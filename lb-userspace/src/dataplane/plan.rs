@@ -21,8 +21,9 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, FlowTimeouts, MAX_BACKENDS, MAX_VIPS,
-    NO_BACKEND, VIP_FORWARDING_NAT, VIP_GUARDED, VIP_HASH_SOURCE_ONLY, VipAddressKey, VipKey,
+    BACKEND_ACCEPTS_FLOWS, BACKEND_TAKES_NEW_FLOWS, Backend, DESTINATION_NAT_SOURCES,
+    DESTINATION_VIPS, DestinationFilter, FlowTimeouts, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
+    VIP_FORWARDING_NAT, VIP_GUARDED, VIP_HASH_SOURCE_ONLY, VIP_NO_CONNTRACK, VipAddressKey, VipKey,
     VipMeta,
 };
 
@@ -95,6 +96,12 @@ pub enum MapWrite {
     /// `NAT_CONFIG[0] = timeouts`: flow lifetimes and the NAT port range.
     SetFlowTimeouts {
         timeouts: FlowTimeouts,
+    },
+    /// `DESTINATIONS[slot] = filter`: every VIP address (`DESTINATION_VIPS`) or every
+    /// NAT source (`DESTINATION_NAT_SOURCES`).
+    SetDestinations {
+        slot: u32,
+        filter: Box<DestinationFilter>,
     },
     /// The firewall's maps (`crate::firewall::plan`).
     Firewall(FirewallWrite),
@@ -351,6 +358,27 @@ impl Reconciler {
                 backend: Backend::default(),
             });
         }
+        // The destination filters let a VIP's packets in before any map names the VIP
+        // (the union of old and new, after the NAT port range and before anything
+        // else), and forget an address once nothing uses it.
+        let first = writes
+            .iter()
+            .take_while(|w| matches!(w, MapWrite::SetFlowTimeouts { .. }))
+            .count();
+        for slot in [DESTINATION_VIPS, DESTINATION_NAT_SOURCES] {
+            let (old, new) = (self.destinations(slot), next.destinations(slot));
+            let mut union = old.clone();
+            for (word, new) in union.words.iter_mut().zip(new.words) {
+                *word |= new;
+            }
+            if union != old {
+                let filter = union.clone();
+                writes.insert(first, MapWrite::SetDestinations { slot, filter });
+            }
+            if new != union {
+                writes.push(MapWrite::SetDestinations { slot, filter: new });
+            }
+        }
         for key in old_addresses.difference(&new_addresses) {
             writes.push(MapWrite::RemoveVipAddress { key: *key });
         }
@@ -367,6 +395,23 @@ impl Reconciler {
         }
         writes.extend(firewall.after.into_iter().map(MapWrite::Firewall));
         Ok((writes, next))
+    }
+
+    /// The `DESTINATIONS[slot]` filter of this state: its VIP addresses or NAT sources.
+    fn destinations(&self, slot: u32) -> Box<DestinationFilter> {
+        let mut filter = Box::new(DestinationFilter::EMPTY);
+        for vip in self.vips.values() {
+            if slot == DESTINATION_VIPS {
+                filter.insert(&vip.key.addr);
+                continue;
+            }
+            for backend in vip.backends.values() {
+                if backend.entry.nat_source != [0; 4] {
+                    filter.insert(&backend.entry.nat_source);
+                }
+            }
+        }
+        filter
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -386,7 +431,8 @@ impl Reconciler {
         } | match vip.forwarding {
             Forwarding::Dsr => 0,
             Forwarding::Nat => VIP_FORWARDING_NAT,
-        } | if guarded { VIP_GUARDED } else { 0 };
+        } | if guarded { VIP_GUARDED } else { 0 }
+            | if vip.conntrack { 0 } else { VIP_NO_CONNTRACK };
         let previous = self.vips.get(&key).cloned();
         let is_new = previous.is_none();
         let vip_id = match &previous {
@@ -1165,5 +1211,29 @@ mod tests {
             matches!(writes.as_slice(), [MapWrite::SetBackend { id: i, backend }, MapWrite::PatchRing { .. }] if *i == id && backend.flags == BACKEND_ACCEPTS_FLOWS | BACKEND_TAKES_NEW_FLOWS),
             "{writes:?}"
         );
+    }
+
+    #[test]
+    fn destination_filters_hold_a_vip_before_it_matches_and_until_it_is_gone() {
+        let cfg = web(&[("198.18.1.11", 100)], 251);
+        let (writes, state) = Reconciler::new(RING).plan(&cfg).unwrap();
+        let addr = state.vips().next().unwrap().key.addr;
+        let position = |writes: &[MapWrite], pred: &dyn Fn(&MapWrite) -> bool| {
+            writes.iter().position(pred).unwrap()
+        };
+        let covers = |w: &MapWrite, covered: bool| {
+            matches!(w, MapWrite::SetDestinations { slot: DESTINATION_VIPS, filter }
+                if filter.may_contain(&addr) == covered)
+        };
+        let added = position(&writes, &|w| covers(w, true));
+        let vip = position(&writes, &|w| matches!(w, MapWrite::SetVip { .. }));
+        assert!(added < vip, "{writes:?}");
+
+        let (writes, _) = state
+            .plan(&config("[agent]\ninterfaces = [\"eth0\"]\n"))
+            .unwrap();
+        let removed = position(&writes, &|w| matches!(w, MapWrite::RemoveVip { .. }));
+        let forgotten = position(&writes, &|w| covers(w, false));
+        assert!(removed < forgotten, "{writes:?}");
     }
 }

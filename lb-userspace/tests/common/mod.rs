@@ -55,6 +55,24 @@ pub const VIP6: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10,
 ];
 pub const NOT_A_VIP4: [u8; 4] = [198, 18, 0, 1];
+/// Neither a VIP address nor a NAT source (`DESTINATIONS`): the host's.
+pub const HOST4: [u8; 4] = [198, 18, 0, 200];
+/// The VIP of [`STATELESS_CONFIG`].
+pub const STATELESS4: [u8; 4] = [198, 19, 0, 70];
+/// A DSR VIP without a connection table (`conntrack = false`), to add to a bed's
+/// configuration.
+pub const STATELESS_CONFIG: &str = r#"
+[[vip]]
+name = "stateless"
+address = "198.19.0.70"
+port = 80
+conntrack = false
+table_size = 251
+[[vip.backend]]
+address = "198.18.0.11"
+[[vip.backend]]
+address = "198.18.0.12"
+"#;
 
 /// Capacity of the NAT tables in the bed: small, so that a test can fill them.
 pub const NAT_ENTRIES: u32 = 64;

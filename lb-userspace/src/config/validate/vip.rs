@@ -86,6 +86,14 @@ impl RawVip {
                 Some(nat_source)
             }
         };
+        let conntrack = match &self.conntrack {
+            Some(value) if !*value.get_ref() && forwarding == Forwarding::Nat => {
+                let message = "NAT needs its flow table: conntrack = false is for DSR VIPs only";
+                return Err(src.error_at(value, &format!("{key}.conntrack"), message));
+            }
+            Some(value) => *value.get_ref(),
+            None => true,
+        };
 
         let mut backends: Vec<BackendConfig> = Vec::with_capacity(self.backend.len());
         for (j, backend) in self.backend.iter().enumerate() {
@@ -198,6 +206,7 @@ impl RawVip {
             forwarding,
             nat_source,
             hash: self.hash.unwrap_or_default(),
+            conntrack,
             table_size,
             health,
             firewall,

@@ -1,4 +1,5 @@
-//! CPUs and threads: pinning, and how much CPU time a thread or a CPU used.
+//! CPUs and threads for the benches: pinning, and how much CPU time a thread, a process
+//! or a CPU used.
 //!
 //! The method (bench-method.md) gives each side of the live bench a CPU of its own: the
 //! generator runs on one, the LB namespace's NAPI thread on the other.
@@ -105,6 +106,21 @@ pub fn thread_runtime(pid: i32) -> Result<Duration> {
     Ok(Duration::from_nanos(nanos))
 }
 
+/// The CPU time the process `pid` has used, all its threads, user and system
+/// (`/proc/PID/stat`).
+pub fn process_time(pid: i32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces: fields are counted after its ')'.
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let ticks: u64 = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .map(|fields| fields.filter_map(|f| f.parse::<u64>().ok()).sum())
+        .with_context(|| format!("unexpected {path}: {text:?}"))?;
+    ticks_duration(ticks)
+}
+
 /// How long `cpu` has been busy since boot: every `/proc/stat` state but idle, I/O wait
 /// and time stolen by the hypervisor.
 pub fn busy_time(cpu: usize) -> Result<Duration> {
@@ -126,10 +142,15 @@ pub fn busy_time(cpu: usize) -> Result<Duration> {
         .with_context(|| format!("unexpected /proc/stat line {line:?}"))?;
     ensure!(ticks.len() >= 8, "unexpected /proc/stat line {line:?}");
     let busy: u64 = [0, 1, 2, 5, 6].iter().map(|&field| ticks[field]).sum();
+    ticks_duration(busy)
+}
+
+/// Clock ticks (`_SC_CLK_TCK`) as a duration.
+fn ticks_duration(ticks: u64) -> Result<Duration> {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     ensure!(ticks_per_second > 0, "sysconf(_SC_CLK_TCK) failed");
     Ok(Duration::from_secs_f64(
-        busy as f64 / ticks_per_second as f64,
+        ticks as f64 / ticks_per_second as f64,
     ))
 }
