@@ -92,6 +92,9 @@ allow_sources = ["198.18.0.0/24", "2001:db8:0:1::/64"]
 "#;
 
 fn firewall_bed() -> Bed {
+    // Rate-limit buckets are per CPU: a test that moved to the other CPU between two runs
+    // would meet a fresh bucket. The test's own thread stays on one CPU until it ends.
+    std::mem::forget(weir_testbed::cpu::pin_current_thread(0).expect("pin the test thread"));
     let mut bed = Bed::new();
     bed.apply(&format!("{BASE_CONFIG}{FIREWALL}"));
     bed

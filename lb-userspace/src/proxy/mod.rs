@@ -390,6 +390,10 @@ impl Proxy {
             );
         }
 
+        // The backends first: connections queue on the bound listeners meanwhile.
+        for pool in pools.values() {
+            pool::first_sync(pool, config.agent.api_socket.clone()).await;
+        }
         let (stop, _) = watch::channel(false);
         let mut tasks = Vec::new();
         for pool in pools.values() {

@@ -168,47 +168,60 @@ impl Pool {
 /// Keeps `pool` in step with the agent at `socket`, until the task is dropped.
 pub async fn follow_agent(pool: Arc<Pool>, socket: std::path::PathBuf) {
     let client = Client::new(socket).with_timeout(POLL_TIMEOUT);
-    let path = format!("/{API_VERSION}/vips/{}", escape(pool.vip()));
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let (client, path) = (client.clone(), path.clone());
-        // The CLI's client is blocking; a poll is a few hundred bytes over a Unix socket.
-        let answer = tokio::task::spawn_blocking(move || client.request("GET", &path, None)).await;
-        let view = match answer {
-            Ok(Ok(response)) if response.status == 200 => {
-                serde_json::from_slice::<VipView>(&response.body).map_err(|e| e.to_string())
-            }
-            Ok(Ok(response)) => Err(format!(
-                "HTTP {}: {}",
-                response.status,
-                String::from_utf8_lossy(&response.body).trim()
-            )),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match view {
-            Ok(view) => {
-                pool.agent_reachable(true, "");
-                let members = members(&view);
-                if pool.update(members.clone()) {
-                    let eligible: Vec<String> = members
-                        .iter()
-                        .filter(|m| m.eligible())
-                        .map(|m| m.address.to_string())
-                        .collect();
-                    info!(
-                        vip = %pool.vip(),
-                        "backends: {} of {} take requests: {}",
-                        eligible.len(),
-                        members.len(),
-                        eligible.join(" ")
-                    );
-                }
-            }
-            Err(error) => pool.agent_reachable(false, &error),
+        poll(&pool, &client).await;
+    }
+}
+
+/// Asks the agent once for `pool`'s backends, so that a starting proxy serves its first
+/// request with them (a new proxy taking over from an old one would otherwise answer 503
+/// until its first poll); an agent that does not answer is logged, and the proxy starts
+/// with no backend until it does.
+pub async fn first_sync(pool: &Pool, socket: std::path::PathBuf) {
+    poll(pool, &Client::new(socket).with_timeout(POLL_TIMEOUT)).await;
+}
+
+/// One poll of the agent: the pool takes the backends it reports.
+async fn poll(pool: &Pool, client: &Client) {
+    let path = format!("/{API_VERSION}/vips/{}", escape(pool.vip()));
+    let client = client.clone();
+    // The CLI's client is blocking; a poll is a few hundred bytes over a Unix socket.
+    let answer = tokio::task::spawn_blocking(move || client.request("GET", &path, None)).await;
+    let view = match answer {
+        Ok(Ok(response)) if response.status == 200 => {
+            serde_json::from_slice::<VipView>(&response.body).map_err(|e| e.to_string())
         }
+        Ok(Ok(response)) => Err(format!(
+            "HTTP {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body).trim()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match view {
+        Ok(view) => {
+            pool.agent_reachable(true, "");
+            let members = members(&view);
+            if pool.update(members.clone()) {
+                let eligible: Vec<String> = members
+                    .iter()
+                    .filter(|m| m.eligible())
+                    .map(|m| m.address.to_string())
+                    .collect();
+                info!(
+                    vip = %pool.vip(),
+                    "backends: {} of {} take requests: {}",
+                    eligible.len(),
+                    members.len(),
+                    eligible.join(" ")
+                );
+            }
+        }
+        Err(error) => pool.agent_reachable(false, &error),
     }
 }
 
