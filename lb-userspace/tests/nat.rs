@@ -1043,21 +1043,6 @@ fn a_port_being_claimed_by_another_cpu_is_not_taken_over() {
     );
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is a plain bit set, valid when zeroed; 0 is this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
-            0,
-            "pinning to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// Two CPUs create NAT flows at the same instant, many times over, for clients whose
 /// port probes start at the same port: first on free ports (one claims, the other must
 /// probe on), then on ports held by ended flows (both reclaim at once; one must win).
@@ -1117,7 +1102,10 @@ fn two_cpus_creating_flows_at_once_never_share_a_port() {
             for side in 0..2 {
                 let (frames, arrived, ns) = (&frames, &arrived, &*ns);
                 scope.spawn(move || {
-                    pin_to_cpu(side);
+                    // The thread ends with the scope: no need to give the CPUs back.
+                    std::mem::forget(
+                        weir_testbed::cpu::pin_current_thread(side).expect("pin to a CPU"),
+                    );
                     ns.enter(|| {
                         let ctx: Vec<u8> = [0, frames[0][side].len() as u32, 0, lb0, 0, 0]
                             .iter()
