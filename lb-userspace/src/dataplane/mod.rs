@@ -576,9 +576,7 @@ impl Dataplane {
 
     /// The flow timeouts the program uses (`NAT_CONFIG`).
     pub fn flow_timeouts(&self) -> Result<FlowTimeouts, DataplaneError> {
-        self.nat_config
-            .get(&0, 0)
-            .map_err(map_err(map_names::NAT_CONFIG))
+        self.flow_tables()?.timeouts()
     }
 
     /// Sweeps the NAT tables once (see [`FlowTables::sweep_nat`]); the agent sweeps
