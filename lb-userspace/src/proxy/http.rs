@@ -159,8 +159,8 @@ pub async fn handle(
         ));
     };
     forward::rewrite_request(&mut head, backend, upstream.forward, connection.client);
-    // A request without a body can go to a second backend when the first cannot be
-    // connected to (it was never sent); one with a body cannot be replayed.
+    // A request without a body can go to a second backend when the first did not answer
+    // at all (below); one with a body cannot be replayed.
     let retry_head = body
         .is_end_stream()
         .then(|| (head.method.clone(), head.uri.clone(), head.headers.clone()));
@@ -182,21 +182,42 @@ pub async fn handle(
             Ok(Err(error)) => error,
         };
         let reason = error_chain(&error);
-        if !error.is_connect() {
+        // Refused, or sent on a kept-alive connection the backend had closed (killed,
+        // restarted) without a byte back: it never reached a backend that answered, so an
+        // idempotent request without a body may go to another (HAProxy's `retry-on
+        // conn-failure empty-response`).
+        let unanswered = error.is_connect()
+            || (retry_head
+                .as_ref()
+                .is_some_and(|(method, _, _)| method.is_idempotent())
+                && closed_without_answer(&error));
+        if !unanswered {
             return Ok(proxy_answer(upstream, log, ProxyFailure::Backend, &reason));
         }
+        let failure = if error.is_connect() {
+            ProxyFailure::Connect
+        } else {
+            ProxyFailure::Backend
+        };
         let next = upstream.pool.pick(Some(backend));
         match (&retry_head, next) {
             (Some((method, uri, headers)), Some(next)) if !retried => {
-                warn!(frontend = %upstream.frontend, %backend, "cannot connect ({reason}); trying {next}");
+                warn!(frontend = %upstream.frontend, %backend, "no answer ({reason}); trying {next}");
                 upstream.stats.retry();
                 retried = true;
                 backend = next;
                 request = rebuild(method, uri, headers, next);
             }
-            _ => return Ok(proxy_answer(upstream, log, ProxyFailure::Connect, &reason)),
+            _ => return Ok(proxy_answer(upstream, log, failure, &reason)),
         }
     }
+}
+
+/// Whether the backend's connection closed before any of its answer arrived.
+fn closed_without_answer(error: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<hyper::Error>())
+        .is_some_and(|cause| cause.is_incomplete_message() || cause.is_canceled())
 }
 
 /// The request again, with an empty body, for `backend`.
